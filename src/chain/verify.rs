@@ -1,0 +1,374 @@
+//! Chain verification: re-hash stored entries and check every link, trusting nothing else.
+//!
+//! Work is split in two so callers can parallelise the expensive half:
+//! [`check_entry`] decodes and hashes one entry on its own (pure, any order, any thread), and
+//! [`ChainVerifier`] consumes the results in seq order and checks the links between them, the
+//! index's claims about them, and the head.
+
+use serde::Serialize;
+
+use super::entry::{LedgerId, Timestamp, decode};
+use super::hash::Hash;
+
+/// What went wrong at one seq. The names are stable API (`snake_case` in JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The entry's bytes hash to something other than the hash recorded for it.
+    HashMismatch,
+    /// The entry's `prev_hash` is not the hash of the stored entry before it.
+    ChainBreak,
+    /// No entry is stored for a seq that the ledger's head says exists.
+    MissingEntry,
+    /// The stored bytes are not a valid entry of this ledger at this seq.
+    MalformedEntry,
+    /// The index item for the seq disagrees with the stored entry.
+    IndexMismatch,
+    /// The ledger head (`seq_counter`, `last_hash`) disagrees with the stored chain.
+    HeadMismatch,
+}
+
+/// One verification failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Failure {
+    pub seq: u64,
+    pub kind: FailureKind,
+    pub detail: String,
+}
+
+/// What [`check_entry`] learns from one entry's stored bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedEntry {
+    pub hash: Hash,
+    pub prev_hash: Hash,
+    pub timestamp: Timestamp,
+}
+
+/// The evidence for one seq, as handed to [`ChainVerifier::push`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Evidence {
+    /// No object is stored for the seq.
+    Missing,
+    /// The stored bytes decoded and hashed.
+    Entry(CheckedEntry),
+    /// The stored bytes hash to `hash` but are not a valid entry for this ledger and seq.
+    Malformed { hash: Hash, reason: String },
+}
+
+/// Decodes and hashes one entry's stored bytes, checking it claims this ledger and seq.
+pub fn check_entry(ledger_id: &LedgerId, seq: u64, stored: Option<&[u8]>) -> Evidence {
+    let Some(bytes) = stored else {
+        return Evidence::Missing;
+    };
+    let hash = Hash::of_entry(bytes);
+    match decode(bytes) {
+        Err(e) => Evidence::Malformed { hash, reason: e.0 },
+        Ok(entry) if entry.header.seq != seq => Evidence::Malformed {
+            hash,
+            reason: format!("the entry stored for seq {seq} says it is seq {}", entry.header.seq),
+        },
+        Ok(entry) if entry.header.ledger_id != *ledger_id => Evidence::Malformed {
+            hash,
+            reason: format!("the entry belongs to ledger {:?}", entry.header.ledger_id.as_str()),
+        },
+        Ok(entry) => Evidence::Entry(CheckedEntry {
+            hash,
+            prev_hash: entry.header.prev_hash,
+            timestamp: entry.header.timestamp,
+        }),
+    }
+}
+
+/// What the index says about one seq, checked against the stored entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexClaim {
+    pub entry_hash: Hash,
+    pub prev_hash: Hash,
+    pub timestamp: Timestamp,
+}
+
+/// A ledger head: the last seq and the hash of the entry at it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Head {
+    pub seq: u64,
+    pub last_hash: Hash,
+}
+
+/// Checks links in seq order. Keeps going after a failure (up to `max_failures` recorded),
+/// re-anchoring on what the stored bytes say so that one bad entry is reported once or twice,
+/// not at every seq after it.
+#[derive(Debug)]
+pub struct ChainVerifier {
+    next_seq: u64,
+    /// Hash of the stored entry before `next_seq`; `None` when it is unknown (missing).
+    prev: Option<Hash>,
+    verified: u64,
+    failures: Vec<Failure>,
+    failures_total: u64,
+    max_failures: usize,
+}
+
+/// The outcome of a verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Entries whose bytes were present and checked.
+    pub verified: u64,
+    /// The recorded failures, in seq order (at most `max_failures`).
+    pub failures: Vec<Failure>,
+    /// All failures found, recorded or not.
+    pub failures_total: u64,
+    /// The hash of the last entry pushed, when known.
+    pub last_hash: Option<Hash>,
+}
+
+impl Outcome {
+    pub fn ok(&self) -> bool {
+        self.failures_total == 0
+    }
+}
+
+impl ChainVerifier {
+    /// Starts at `first_seq`. `prev_hash` is the hash the entry at `first_seq` must link to:
+    /// [`Hash::GENESIS`] for seq 1, or a trusted hash of entry `first_seq - 1`.
+    pub fn new(first_seq: u64, prev_hash: Option<Hash>, max_failures: usize) -> ChainVerifier {
+        ChainVerifier {
+            next_seq: first_seq,
+            prev: prev_hash,
+            verified: 0,
+            failures: Vec::new(),
+            failures_total: 0,
+            max_failures,
+        }
+    }
+
+    /// The seq the next [`push`](Self::push) is for.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    fn fail(&mut self, seq: u64, kind: FailureKind, detail: String) {
+        self.failures_total += 1;
+        if self.failures.len() < self.max_failures {
+            self.failures.push(Failure { seq, kind, detail });
+        }
+    }
+
+    /// Feeds the evidence for [`next_seq`](Self::next_seq) and, if the index has an item for
+    /// it, that item.
+    pub fn push(&mut self, evidence: Evidence, claim: Option<&IndexClaim>) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        match evidence {
+            Evidence::Missing => {
+                self.fail(seq, FailureKind::MissingEntry, format!("no entry is stored for seq {seq}"));
+                self.prev = claim.map(|c| c.entry_hash);
+            }
+            Evidence::Malformed { hash, reason } => {
+                self.fail(seq, FailureKind::MalformedEntry, reason);
+                self.prev = Some(hash);
+            }
+            Evidence::Entry(entry) => {
+                self.verified += 1;
+                if let Some(prev) = self.prev
+                    && prev != entry.prev_hash
+                {
+                    self.fail(
+                        seq,
+                        FailureKind::ChainBreak,
+                        format!(
+                            "prev_hash is {} but the stored entry before it hashes to {prev}",
+                            entry.prev_hash
+                        ),
+                    );
+                }
+                if let Some(claim) = claim {
+                    self.check_claim(seq, &entry, claim);
+                }
+                self.prev = Some(entry.hash);
+            }
+        }
+    }
+
+    fn check_claim(&mut self, seq: u64, entry: &CheckedEntry, claim: &IndexClaim) {
+        if claim.entry_hash != entry.hash {
+            self.fail(
+                seq,
+                FailureKind::HashMismatch,
+                format!(
+                    "the stored bytes hash to {} but {} was recorded for them",
+                    entry.hash, claim.entry_hash
+                ),
+            );
+        }
+        let mut differs = Vec::new();
+        if claim.prev_hash != entry.prev_hash {
+            differs.push("prev_hash");
+        }
+        if claim.timestamp != entry.timestamp {
+            differs.push("timestamp");
+        }
+        if !differs.is_empty() {
+            self.fail(
+                seq,
+                FailureKind::IndexMismatch,
+                format!("the index item's {} differ from the stored entry", differs.join(" and ")),
+            );
+        }
+    }
+
+    /// Reports a failure found outside the entries themselves (an index item naming the wrong
+    /// object, say), counted like any other.
+    pub fn report(&mut self, seq: u64, kind: FailureKind, detail: String) {
+        self.fail(seq, kind, detail);
+    }
+
+    /// Ends the walk. With `head`, also checks that the chain ends exactly at the head: the
+    /// last seq pushed is `head.seq` and it hashes to `head.last_hash`.
+    pub fn finish(mut self, head: Option<Head>) -> Outcome {
+        let last_seq = self.next_seq - 1;
+        if let Some(head) = head {
+            if head.seq != last_seq {
+                self.fail(
+                    head.seq,
+                    FailureKind::HeadMismatch,
+                    format!("the head says seq {} but the stored chain ends at {last_seq}", head.seq),
+                );
+            } else if self.prev.is_some_and(|p| p != head.last_hash) {
+                let found = self.prev.map(|p| p.to_hex()).unwrap_or_default();
+                self.fail(
+                    head.seq,
+                    FailureKind::HeadMismatch,
+                    format!("the head's last_hash is {} but entry {last_seq} hashes to {found}", head.last_hash),
+                );
+            }
+        }
+        let mut failures = self.failures;
+        failures.sort_by_key(|f| f.seq);
+        Outcome {
+            verified: self.verified,
+            failures,
+            failures_total: self.failures_total,
+            last_hash: self.prev,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::entry::{EntryHeader, Record, encode};
+    use proptest::prelude::*;
+
+    fn chain(n: u64) -> Vec<Vec<u8>> {
+        let ledger_id = LedgerId::parse("t").unwrap();
+        let mut prev = Hash::GENESIS;
+        (1..=n)
+            .map(|seq| {
+                let header = EntryHeader {
+                    ledger_id: ledger_id.clone(),
+                    seq,
+                    prev_hash: prev,
+                    timestamp: Timestamp::from_unix_micros(1_700_000_000_000_000 + seq as i64).unwrap(),
+                };
+                let record = Record::parse(format!(r#"{{"n":{seq},"s":"é"}}"#).as_bytes()).unwrap();
+                let bytes = encode(&header, &record);
+                prev = Hash::of_entry(&bytes);
+                bytes
+            })
+            .collect()
+    }
+
+    fn claims(entries: &[Vec<u8>]) -> Vec<IndexClaim> {
+        let id = LedgerId::parse("t").unwrap();
+        entries
+            .iter()
+            .enumerate()
+            .map(|(i, b)| match check_entry(&id, i as u64 + 1, Some(b)) {
+                Evidence::Entry(e) => IndexClaim { entry_hash: e.hash, prev_hash: e.prev_hash, timestamp: e.timestamp },
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    fn verify(entries: &[Option<Vec<u8>>], claims: &[IndexClaim], head: Head) -> Outcome {
+        let id = LedgerId::parse("t").unwrap();
+        let mut v = ChainVerifier::new(1, Some(Hash::GENESIS), 100);
+        for (i, e) in entries.iter().enumerate() {
+            v.push(check_entry(&id, i as u64 + 1, e.as_deref()), claims.get(i));
+        }
+        v.finish(Some(head))
+    }
+
+    fn head_of(entries: &[Vec<u8>]) -> Head {
+        Head { seq: entries.len() as u64, last_hash: Hash::of_entry(entries.last().unwrap()) }
+    }
+
+    #[test]
+    fn an_untouched_chain_verifies() {
+        let c = chain(5);
+        let out = verify(&c.iter().cloned().map(Some).collect::<Vec<_>>(), &claims(&c), head_of(&c));
+        assert!(out.ok(), "{:?}", out.failures);
+        assert_eq!(out.verified, 5);
+    }
+
+    #[test]
+    fn a_missing_entry_is_named_and_the_walk_goes_on() {
+        let c = chain(5);
+        let mut stored: Vec<_> = c.iter().cloned().map(Some).collect();
+        stored[2] = None;
+        let out = verify(&stored, &claims(&c), head_of(&c));
+        assert_eq!(out.failures.len(), 1, "{:?}", out.failures);
+        assert_eq!((out.failures[0].seq, out.failures[0].kind), (3, FailureKind::MissingEntry));
+    }
+
+    #[test]
+    fn swapped_entries_are_reported_at_both_seqs() {
+        let c = chain(5);
+        let mut stored: Vec<_> = c.iter().cloned().map(Some).collect();
+        stored.swap(1, 2);
+        let out = verify(&stored, &claims(&c), head_of(&c));
+        let seqs: Vec<_> = out.failures.iter().map(|f| f.seq).collect();
+        assert!(seqs.contains(&2) && seqs.contains(&3), "{:?}", out.failures);
+    }
+
+    #[test]
+    fn a_head_that_is_not_the_chain_end_is_a_head_mismatch() {
+        let c = chain(3);
+        let stored: Vec<_> = c.iter().cloned().map(Some).collect();
+        let out = verify(&stored, &claims(&c), Head { seq: 4, last_hash: Hash::GENESIS });
+        assert_eq!(out.failures[0].kind, FailureKind::HeadMismatch);
+        let out = verify(&stored, &claims(&c), Head { seq: 3, last_hash: Hash::GENESIS });
+        assert_eq!(out.failures[0].kind, FailureKind::HeadMismatch);
+    }
+
+    #[test]
+    fn failures_beyond_the_bound_are_counted_not_kept() {
+        let id = LedgerId::parse("t").unwrap();
+        let mut v = ChainVerifier::new(1, Some(Hash::GENESIS), 2);
+        for seq in 1..=5 {
+            v.push(check_entry(&id, seq, None), None);
+        }
+        let out = v.finish(None);
+        assert_eq!((out.failures.len(), out.failures_total), (2, 5));
+    }
+
+    proptest! {
+        #[test]
+        fn flipping_any_byte_names_that_seq(target in 0usize..6, pos in any::<prop::sample::Index>(), bit in 0u8..8) {
+            let c = chain(6);
+            let claims = claims(&c);
+            let head = head_of(&c);
+            let mut stored: Vec<_> = c.iter().cloned().map(Some).collect();
+            let bytes = stored[target].as_mut().unwrap();
+            let i = pos.index(bytes.len());
+            bytes[i] ^= 1 << bit;
+            let out = verify(&stored, &claims, head);
+            prop_assert!(!out.ok());
+            let seq = target as u64 + 1;
+            prop_assert!(
+                out.failures.iter().any(|f| f.seq == seq),
+                "flipped byte {} of seq {}: {:?}", i, seq, out.failures
+            );
+        }
+    }
+}

@@ -1,0 +1,423 @@
+//! The embedded backend: both stores in one [redb](https://docs.rs/redb) file under the data
+//! directory (`<data_dir>/ledger.redb`).
+//!
+//! Why redb (see `docs/STORAGE.md`): it is pure Rust (nothing to build or install), every
+//! write transaction is atomic, and a commit returns only after its pages and the new header
+//! are flushed with `fsync`, so a returned commit survives a crash or power cut; the header
+//! and pages carry checksums, so a torn write is detected on open and the last good commit is
+//! used. One process holds the file lock: a second `ledger-server` on the same directory is
+//! refused at startup with a clear message instead of sharing (and corrupting) it.
+//!
+//! Each trait call is one write transaction, so one commit (one fsync) covers a whole batch of
+//! objects or `SEQ#` items: group commit at the storage level.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    BackendMetrics, CasOutcome, IndexStore, Meta, NewObject, ObjectStore, PendingBatch, PutOutcome, SeqItem,
+    SeqPut, StoreError, StoreResult, Stores, StoredObject,
+};
+use crate::chain::entry::{LedgerId, Timestamp};
+use crate::chain::hash::Hash;
+
+/// Entry objects: key -> stored bytes.
+const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
+/// Ledger heads: ledger id -> encoded [`Meta`]. Its keys are also the list of ledgers.
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// `SEQ#` items: (ledger id, seq) -> encoded [`SeqItem`].
+const SEQ: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("seq");
+
+const DEPENDENCY: &str = "local";
+/// The file name inside the data directory.
+pub const DB_FILE: &str = "ledger.redb";
+
+/// Why the embedded store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(
+        "the data directory {0} is in use by another ledger process; stop it or choose another ELEANOR_LEDGER_DATA_DIR"
+    )]
+    InUse(PathBuf),
+    #[error("cannot open the embedded store at {path}: {detail}")]
+    Io { path: PathBuf, detail: String },
+}
+
+/// The embedded backend. Cheap to clone; all clones share one database handle.
+#[derive(Clone)]
+pub struct LocalStore {
+    db: Arc<Database>,
+    metrics: BackendMetrics,
+}
+
+impl LocalStore {
+    /// Opens (creating if needed) the store in `data_dir`.
+    pub fn open(data_dir: &Path, metrics: BackendMetrics) -> Result<LocalStore, OpenError> {
+        let io = |detail: String| OpenError::Io { path: data_dir.to_owned(), detail };
+        std::fs::create_dir_all(data_dir).map_err(|e| io(e.to_string()))?;
+        let db = match Database::create(data_dir.join(DB_FILE)) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(OpenError::InUse(data_dir.to_owned())),
+            Err(e) => return Err(io(e.to_string())),
+        };
+        let txn = db.begin_write().map_err(|e| io(e.to_string()))?;
+        {
+            txn.open_table(OBJECTS).map_err(|e| io(e.to_string()))?;
+            txn.open_table(META).map_err(|e| io(e.to_string()))?;
+            txn.open_table(SEQ).map_err(|e| io(e.to_string()))?;
+        }
+        txn.commit().map_err(|e| io(e.to_string()))?;
+        Ok(LocalStore { db: Arc::new(db), metrics })
+    }
+
+    /// Both trait objects over this one store.
+    pub fn into_stores(self) -> Stores {
+        let this = Arc::new(self);
+        Stores { backend: "local", objects: this.clone(), index: this }
+    }
+
+    /// Runs blocking database work off the async runtime and counts it as one request.
+    async fn run<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        work: impl FnOnce(&Database) -> Result<T, redb::Error> + Send + 'static,
+    ) -> StoreResult<T> {
+        let db = self.db.clone();
+        let result = tokio::task::spawn_blocking(move || work(&db))
+            .await
+            .map_err(|e| unavailable(format!("storage task failed: {e}")))?
+            .map_err(|e| match e {
+                redb::Error::Corrupted(detail) => StoreError::Corrupt(detail),
+                other => unavailable(other.to_string()),
+            });
+        self.metrics.record(op, if result.is_ok() { "ok" } else { "error" }, 1);
+        result
+    }
+}
+
+fn unavailable(detail: String) -> StoreError {
+    StoreError::Unavailable { dependency: DEPENDENCY, detail }
+}
+
+/// Decoding failures are reported as corruption through redb's error type.
+fn corrupt(what: &str, e: impl std::fmt::Display) -> redb::Error {
+    redb::Error::Corrupted(format!("{what}: {e}"))
+}
+
+#[async_trait]
+impl ObjectStore for LocalStore {
+    async fn put_new(&self, objects: &[NewObject]) -> StoreResult<Vec<PutOutcome>> {
+        let objects = objects.to_vec();
+        self.run("put_objects", move |db| {
+            let txn = db.begin_write()?;
+            let mut outcomes = Vec::with_capacity(objects.len());
+            {
+                let mut table = txn.open_table(OBJECTS)?;
+                for object in &objects {
+                    if table.get(object.key.as_str())?.is_some() {
+                        outcomes.push(PutOutcome::AlreadyExists);
+                    } else {
+                        table.insert(object.key.as_str(), object.body.as_ref())?;
+                        outcomes.push(PutOutcome::Created { version: None });
+                    }
+                }
+            }
+            txn.commit()?;
+            Ok(outcomes)
+        })
+        .await
+    }
+
+    async fn get(&self, key: &str, version: Option<&str>) -> StoreResult<Option<StoredObject>> {
+        if version.is_some() {
+            // This store has no versions: a versioned read names something that is not here.
+            return Ok(None);
+        }
+        let key = key.to_owned();
+        self.run("get_object", move |db| {
+            let table = db.begin_read()?.open_table(OBJECTS)?;
+            Ok(table
+                .get(key.as_str())?
+                .map(|v| StoredObject { body: Bytes::copy_from_slice(v.value()), version: None }))
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> StoreResult<Vec<String>> {
+        let (prefix, start_after) = (prefix.to_owned(), start_after.map(str::to_owned));
+        self.run("list_objects", move |db| {
+            let table = db.begin_read()?.open_table(OBJECTS)?;
+            let start = match &start_after {
+                Some(after) if after.as_str() >= prefix.as_str() => after.as_str(),
+                _ => prefix.as_str(),
+            };
+            let mut keys = Vec::new();
+            for item in table.range(start..)? {
+                let (key, _) = item?;
+                let key = key.value();
+                if !key.starts_with(prefix.as_str()) || keys.len() == limit {
+                    break;
+                }
+                if start_after.as_deref() != Some(key) {
+                    keys.push(key.to_owned());
+                }
+            }
+            Ok(keys)
+        })
+        .await
+    }
+
+    async fn version_count(&self, key: &str) -> StoreResult<usize> {
+        let key = key.to_owned();
+        self.run("count_versions", move |db| {
+            let table = db.begin_read()?.open_table(OBJECTS)?;
+            Ok(usize::from(table.get(key.as_str())?.is_some()))
+        })
+        .await
+    }
+
+    async fn check(&self) -> StoreResult<()> {
+        self.run("check", |db| {
+            db.begin_read()?.open_table(OBJECTS)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl IndexStore for LocalStore {
+    async fn head(&self, ledger: &LedgerId) -> StoreResult<Option<Meta>> {
+        let ledger = ledger.clone();
+        self.run("get_head", move |db| {
+            let table = db.begin_read()?.open_table(META)?;
+            table.get(ledger.as_str())?.map(|v| decode_meta(v.value())).transpose()
+        })
+        .await
+    }
+
+    async fn create_ledger(&self, ledger: &LedgerId) -> StoreResult<Meta> {
+        let ledger = ledger.clone();
+        self.run("create_ledger", move |db| {
+            let txn = db.begin_write()?;
+            let meta = {
+                let mut table = txn.open_table(META)?;
+                let existing = table.get(ledger.as_str())?.map(|v| decode_meta(v.value())).transpose()?;
+                match existing {
+                    Some(meta) => meta,
+                    None => {
+                        table.insert(ledger.as_str(), encode_meta(&Meta::empty()).as_slice())?;
+                        Meta::empty()
+                    }
+                }
+            };
+            txn.commit()?;
+            Ok(meta)
+        })
+        .await
+    }
+
+    async fn compare_and_set_head(&self, ledger: &LedgerId, expected_seq: u64, new: &Meta) -> StoreResult<CasOutcome> {
+        let (ledger, encoded) = (ledger.clone(), encode_meta(new));
+        let result = self
+            .run("cas_head", move |db| {
+                let txn = db.begin_write()?;
+                let outcome = {
+                    let mut table = txn.open_table(META)?;
+                    let current = table.get(ledger.as_str())?.map(|v| decode_meta(v.value())).transpose()?;
+                    match current {
+                        Some(meta) if meta.seq_counter == expected_seq => {
+                            table.insert(ledger.as_str(), encoded.as_slice())?;
+                            CasOutcome::Applied
+                        }
+                        other => CasOutcome::Conflict(other),
+                    }
+                };
+                txn.commit()?;
+                Ok(outcome)
+            })
+            .await;
+        if let Ok(CasOutcome::Conflict(_)) = result {
+            self.metrics.record("cas_head", "conflict", 1);
+        }
+        result
+    }
+
+    async fn put_seq_items(&self, ledger: &LedgerId, items: &[SeqItem]) -> StoreResult<Vec<SeqPut>> {
+        let (ledger, items) = (ledger.clone(), items.to_vec());
+        self.run("put_seq_items", move |db| {
+            let txn = db.begin_write()?;
+            let mut outcomes = Vec::with_capacity(items.len());
+            {
+                let mut table = txn.open_table(SEQ)?;
+                for item in &items {
+                    let key = (ledger.as_str(), item.seq);
+                    let existing = table.get(key)?.map(|v| decode_seq_item(item.seq, v.value())).transpose()?;
+                    match existing {
+                        Some(existing) => outcomes.push(SeqPut::AlreadyExists(existing)),
+                        None => {
+                            table.insert(key, encode_seq_item(item).as_slice())?;
+                            outcomes.push(SeqPut::Created);
+                        }
+                    }
+                }
+            }
+            txn.commit()?;
+            Ok(outcomes)
+        })
+        .await
+    }
+
+    async fn seq_items(&self, ledger: &LedgerId, from: u64, to: u64, limit: usize) -> StoreResult<Vec<SeqItem>> {
+        let ledger = ledger.clone();
+        self.run("query_seq_items", move |db| {
+            let table = db.begin_read()?.open_table(SEQ)?;
+            let mut items = Vec::new();
+            if from > to {
+                return Ok(items);
+            }
+            for item in table.range((ledger.as_str(), from)..=(ledger.as_str(), to))?.take(limit) {
+                let (key, value) = item?;
+                items.push(decode_seq_item(key.value().1, value.value())?);
+            }
+            Ok(items)
+        })
+        .await
+    }
+
+    async fn ledgers(&self, after: Option<&LedgerId>, limit: usize) -> StoreResult<Vec<LedgerId>> {
+        let after = after.cloned();
+        self.run("list_ledgers", move |db| {
+            let table = db.begin_read()?.open_table(META)?;
+            let mut ids = Vec::new();
+            let range = match &after {
+                Some(a) => table.range::<&str>((std::ops::Bound::Excluded(a.as_str()), std::ops::Bound::Unbounded))?,
+                None => table.range::<&str>(..)?,
+            };
+            for item in range.take(limit) {
+                let (key, _) = item?;
+                ids.push(LedgerId::parse(key.value()).map_err(|e| corrupt("ledger id", e))?);
+            }
+            Ok(ids)
+        })
+        .await
+    }
+
+    async fn check(&self) -> StoreResult<()> {
+        ObjectStore::check(self).await
+    }
+}
+
+/// `META` as stored: a fixed binary layout (all integers big-endian):
+/// `seq_counter u64 | last_hash [32] | pending_first_seq u64 | n u32 | n x (len u32 | bytes)`,
+/// where `pending_first_seq = 0` and `n = 0` mean no pending batch.
+fn encode_meta(meta: &Meta) -> Vec<u8> {
+    let entries: &[Bytes] = meta.pending.as_ref().map_or(&[], |p| &p.entries);
+    let mut out = Vec::with_capacity(52 + entries.iter().map(|e| e.len() + 4).sum::<usize>());
+    out.extend_from_slice(&meta.seq_counter.to_be_bytes());
+    out.extend_from_slice(&meta.last_hash.0);
+    out.extend_from_slice(&meta.pending.as_ref().map_or(0, |p| p.first_seq).to_be_bytes());
+    out.extend_from_slice(&(entries.len() as u32).to_be_bytes());
+    for entry in entries {
+        out.extend_from_slice(&(entry.len() as u32).to_be_bytes());
+        out.extend_from_slice(entry);
+    }
+    out
+}
+
+fn decode_meta(bytes: &[u8]) -> Result<Meta, redb::Error> {
+    let mut r = Reader(bytes);
+    let seq_counter = r.u64()?;
+    let last_hash = Hash(r.take(32)?.try_into().map_err(|e| corrupt("META", e))?);
+    let first_seq = r.u64()?;
+    let n = r.u32()?;
+    let mut entries = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let len = r.u32()? as usize;
+        entries.push(Bytes::copy_from_slice(r.take(len)?));
+    }
+    if !r.0.is_empty() {
+        return Err(corrupt("META", "trailing bytes"));
+    }
+    let pending = (n > 0).then_some(PendingBatch { first_seq, entries });
+    Ok(Meta { seq_counter, last_hash, pending })
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], redb::Error> {
+        if self.0.len() < n {
+            return Err(corrupt("META", "truncated"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn u64(&mut self) -> Result<u64, redb::Error> {
+        Ok(u64::from_be_bytes(self.take(8)?.try_into().map_err(|e| corrupt("META", e))?))
+    }
+    fn u32(&mut self) -> Result<u32, redb::Error> {
+        Ok(u32::from_be_bytes(self.take(4)?.try_into().map_err(|e| corrupt("META", e))?))
+    }
+}
+
+/// A `SEQ#` item as stored: JSON with the same attribute names as the DynamoDB item.
+#[derive(Serialize, Deserialize)]
+struct SeqItemRow {
+    entry_hash: Hash,
+    prev_hash: Hash,
+    timestamp: Timestamp,
+    s3_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    version_id: Option<String>,
+}
+
+fn encode_seq_item(item: &SeqItem) -> Vec<u8> {
+    serde_json::to_vec(&SeqItemRow {
+        entry_hash: item.entry_hash,
+        prev_hash: item.prev_hash,
+        timestamp: item.timestamp,
+        s3_key: item.object_key.clone(),
+        version_id: item.version_id.clone(),
+    })
+    .expect("a SEQ# row always serialises")
+}
+
+fn decode_seq_item(seq: u64, bytes: &[u8]) -> Result<SeqItem, redb::Error> {
+    let row: SeqItemRow = serde_json::from_slice(bytes).map_err(|e| corrupt(&format!("SEQ#{seq:018}"), e))?;
+    Ok(SeqItem {
+        seq,
+        entry_hash: row.entry_hash,
+        prev_hash: row.prev_hash,
+        timestamp: row.timestamp,
+        object_key: row.s3_key,
+        version_id: row.version_id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_round_trips_with_and_without_a_pending_batch() {
+        let mut meta = Meta { seq_counter: 7, last_hash: Hash([3; 32]), pending: None };
+        assert_eq!(decode_meta(&encode_meta(&meta)).unwrap(), meta);
+        meta.pending = Some(PendingBatch { first_seq: 6, entries: vec![Bytes::from_static(b"a"), Bytes::new()] });
+        assert_eq!(decode_meta(&encode_meta(&meta)).unwrap(), meta);
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = LocalStore::open(dir.path(), BackendMetrics::unregistered()).unwrap();
+        let second = LocalStore::open(dir.path(), BackendMetrics::unregistered());
+        assert!(matches!(second, Err(OpenError::InUse(_))));
+    }
+}

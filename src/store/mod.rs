@@ -1,0 +1,224 @@
+//! Storage behind two small traits, one per kind of guarantee the ledger needs.
+//!
+//! - [`ObjectStore`]: write-once blobs, for entry objects. S3 under Object Lock
+//!   ([`aws`]), or the embedded engine ([`local`]).
+//! - [`IndexStore`]: each ledger's head (`META`), changed only by compare-and-set, plus one
+//!   `SEQ#` item per entry. DynamoDB conditional writes, or the embedded engine.
+//!
+//! The commit protocol in [`crate::ledger`] is written once over these traits; every backend
+//! passes the same [`conformance`] suite. Every method's doc states its contract, including
+//! what a crash halfway through leaves behind.
+
+pub mod conformance;
+pub mod local;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use prometheus::{IntCounterVec, Opts, Registry};
+
+use crate::chain::entry::{LedgerId, Timestamp};
+use crate::chain::hash::Hash;
+
+/// Errors from a store. Variants say what went wrong, not which dependency said so.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The dependency could not be reached or refused service for now (timeouts, throttling,
+    /// 5xx, a full disk). Retrying later may succeed; nothing was left half-written.
+    #[error("{dependency} is unavailable: {detail}")]
+    Unavailable { dependency: &'static str, detail: String },
+    /// Stored data cannot be read back as what was written (undecodable item or object).
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// An object to create with [`ObjectStore::put_new`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewObject {
+    pub key: String,
+    pub body: Bytes,
+}
+
+/// What [`ObjectStore::put_new`] did with one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The object was written; `version` is the store's version id for it (S3's `VersionId`;
+    /// `None` on stores without versions).
+    Created { version: Option<String> },
+    /// An object already existed under the key. It was not touched; the caller decides
+    /// whether the existing bytes are the ones it meant to write.
+    AlreadyExists,
+}
+
+/// An object read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    pub body: Bytes,
+    pub version: Option<String>,
+}
+
+/// Write-once blob storage.
+#[async_trait]
+pub trait ObjectStore: Send + Sync + 'static {
+    /// Creates each object whose key is absent and never replaces or alters an existing one
+    /// (it reports [`PutOutcome::AlreadyExists`] instead). Outcomes are in input order.
+    /// Objects are independent: a crash or error halfway leaves any subset of them written,
+    /// each one whole or absent, never partial. An `Err` means some outcomes are unknown;
+    /// calling again with the same objects is safe.
+    async fn put_new(&self, objects: &[NewObject]) -> StoreResult<Vec<PutOutcome>>;
+
+    /// Reads the object at `key`: exactly `version` when given (stores without versions
+    /// return the object only for `None` or its own reported version), else the current one.
+    /// `Ok(None)` when there is no such object. Read-only.
+    async fn get(&self, key: &str, version: Option<&str>) -> StoreResult<Option<StoredObject>>;
+
+    /// Keys starting with `prefix` and sorting strictly after `start_after`, in ascending
+    /// key order, at most `limit` of them. Read-only.
+    async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> StoreResult<Vec<String>>;
+
+    /// How many versions are stored under `key` (0 when absent; at most 1 on stores without
+    /// versions). Verification reports an entry key with more than one. Read-only.
+    async fn version_count(&self, key: &str) -> StoreResult<usize>;
+
+    /// A cheap round trip proving the store is reachable and usable, for `/health`.
+    async fn check(&self) -> StoreResult<()>;
+}
+
+/// A batch whose range is claimed in `META` but whose objects and `SEQ#` items may not all
+/// exist yet. It carries the entries' stored bytes, so anyone can finish writing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingBatch {
+    /// Seq of `entries[0]`; the batch covers `first_seq .. first_seq + entries.len()`.
+    pub first_seq: u64,
+    /// Stored bytes of each entry, in seq order.
+    pub entries: Vec<Bytes>,
+}
+
+impl PendingBatch {
+    pub fn last_seq(&self) -> u64 {
+        self.first_seq + self.entries.len() as u64 - 1
+    }
+}
+
+/// A ledger's head item (`META`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    /// The highest claimed seq (0 for an empty ledger).
+    pub seq_counter: u64,
+    /// Hash of entry `seq_counter` ([`Hash::GENESIS`] for an empty ledger).
+    pub last_hash: Hash,
+    /// The most recently claimed batch. It ends at `seq_counter`. It stays here after it is
+    /// written out, until the next claim replaces it.
+    pub pending: Option<PendingBatch>,
+}
+
+impl Meta {
+    pub fn empty() -> Meta {
+        Meta { seq_counter: 0, last_hash: Hash::GENESIS, pending: None }
+    }
+}
+
+/// What [`IndexStore::compare_and_set_head`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CasOutcome {
+    Applied,
+    /// `META` did not have the expected `seq_counter`; this is what it holds now
+    /// (`None` if the ledger does not exist).
+    Conflict(Option<Meta>),
+}
+
+/// One `SEQ#` index item: where entry `seq` is stored and what it hashes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeqItem {
+    pub seq: u64,
+    pub entry_hash: Hash,
+    pub prev_hash: Hash,
+    pub timestamp: Timestamp,
+    pub object_key: String,
+    /// The exact object version written for this entry (`None` on stores without versions).
+    pub version_id: Option<String>,
+}
+
+/// What [`IndexStore::put_seq_items`] did with one item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SeqPut {
+    Created,
+    /// An item already existed for that seq; it was left as it is and is returned here.
+    AlreadyExists(SeqItem),
+}
+
+/// Ledger heads with compare-and-set, and the per-entry index.
+#[async_trait]
+pub trait IndexStore: Send + Sync + 'static {
+    /// The ledger's `META`, or `None` if the ledger does not exist. Read-only; strongly
+    /// consistent (reflects every completed compare-and-set).
+    async fn head(&self, ledger: &LedgerId) -> StoreResult<Option<Meta>>;
+
+    /// Creates the ledger if it does not exist: lists it in [`ledgers`](Self::ledgers) and
+    /// writes `META` = [`Meta::empty`] only if absent. Returns the `META` stored afterwards
+    /// (the existing one when the ledger already existed). Idempotent: a crash halfway leaves
+    /// at worst a listed ledger without `META`, which the next call completes.
+    async fn create_ledger(&self, ledger: &LedgerId) -> StoreResult<Meta>;
+
+    /// Replaces `META` with `new` if and only if its current `seq_counter` equals
+    /// `expected_seq`, atomically. Of any number of concurrent calls with the same
+    /// `expected_seq`, at most one is applied. A crash leaves either the old or the new `META`.
+    async fn compare_and_set_head(&self, ledger: &LedgerId, expected_seq: u64, new: &Meta) -> StoreResult<CasOutcome>;
+
+    /// Writes each `SEQ#` item whose seq has no item yet; never changes an existing item
+    /// (returns it in [`SeqPut::AlreadyExists`] instead). Outcomes are in input order. Items
+    /// are independent: a crash or error halfway leaves any subset written, each whole.
+    async fn put_seq_items(&self, ledger: &LedgerId, items: &[SeqItem]) -> StoreResult<Vec<SeqPut>>;
+
+    /// The `SEQ#` items with `from <= seq <= to`, ascending, at most `limit`. Read-only.
+    async fn seq_items(&self, ledger: &LedgerId, from: u64, to: u64, limit: usize) -> StoreResult<Vec<SeqItem>>;
+
+    /// Ledger ids sorting strictly after `after`, ascending, at most `limit`. Read-only.
+    async fn ledgers(&self, after: Option<&LedgerId>, limit: usize) -> StoreResult<Vec<LedgerId>>;
+
+    /// A cheap round trip proving the index is reachable and usable, for `/health`.
+    async fn check(&self) -> StoreResult<()>;
+}
+
+/// The two stores of one backend, as the service holds them.
+#[derive(Clone)]
+pub struct Stores {
+    /// `"local"` or `"aws"`, for `/health` and logs.
+    pub backend: &'static str,
+    pub objects: Arc<dyn ObjectStore>,
+    pub index: Arc<dyn IndexStore>,
+}
+
+/// Counts backend requests as `ledger_backend_requests_total{op, outcome}`. Backends count
+/// what they really send (one S3 PUT is one request), so requests per record can be read off.
+#[derive(Clone)]
+pub struct BackendMetrics {
+    requests: IntCounterVec,
+}
+
+impl BackendMetrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<BackendMetrics> {
+        let metrics = BackendMetrics::unregistered();
+        registry.register(Box::new(metrics.requests.clone()))?;
+        Ok(metrics)
+    }
+
+    /// Counters that no registry exports (tools and tests that need no `/metrics`).
+    pub fn unregistered() -> BackendMetrics {
+        let requests = IntCounterVec::new(
+            Opts::new("ledger_backend_requests_total", "Requests sent to the storage backend."),
+            &["op", "outcome"],
+        )
+        .expect("static metric definition is valid");
+        BackendMetrics { requests }
+    }
+
+    /// Counts `n` requests of kind `op` (`"put_object"`, `"update_item"`, ...) that ended
+    /// with `outcome` (`"ok"`, `"conflict"`, `"error"`).
+    pub fn record(&self, op: &str, outcome: &str, n: u64) {
+        self.requests.with_label_values(&[op, outcome]).inc_by(n);
+    }
+}
