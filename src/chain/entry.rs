@@ -408,8 +408,8 @@ mod tests {
 
     #[test]
     fn records_are_compacted_but_keep_numbers_escapes_and_key_order() {
-        let r = Record::parse(b" {\"b\" : 1.50, \"a\":[ 1e400, \"x y\\u00e9\" ] }\n").unwrap();
-        assert_eq!(r.as_str(), r#"{"b":1.50,"a":[1e400,"x y\u00e9"]}"#);
+        let r = Record::parse(b" {\"b\" : 1.50, \"a\":[ 1E300, 123456789012345678901234567890, \"x y\\u00e9\" ] }\n").unwrap();
+        assert_eq!(r.as_str(), r#"{"b":1.50,"a":[1E300,123456789012345678901234567890,"x y\u00e9"]}"#);
     }
 
     #[test]
