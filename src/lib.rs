@@ -6,5 +6,17 @@
 //! - [`store`]: the two storage traits ([`store::ObjectStore`] for write-once entry objects,
 //!   [`store::IndexStore`] for the compare-and-set head and the `SEQ#` index), the embedded
 //!   backend ([`store::local`]) and the shared conformance suite.
+//! - [`ledger`]: the service. Group commit and the commit protocol over the two traits,
+//!   reads, verification over storage, crash recovery.
+//! - [`http`]: the axum API, its one error mapping, health and metrics.
+//! - [`config`], [`telemetry`], [`app`]: settings, logging, startup and shutdown.
+//!
+//! The binaries in `src/bin/` only parse arguments and call [`app`].
+
+pub mod app;
 pub mod chain;
+pub mod config;
+pub mod http;
+pub mod ledger;
 pub mod store;
+pub mod telemetry;

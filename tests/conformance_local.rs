@@ -7,7 +7,9 @@ use eleanor_ledger::store::{BackendMetrics, Stores};
 /// store must outlive the test body, and the OS temp dir is cleaned outside the test.
 async fn fresh() -> Stores {
     let dir = tempfile::tempdir().expect("temp dir").keep();
-    LocalStore::open(&dir, BackendMetrics::unregistered()).expect("open store").into_stores()
+    LocalStore::open(&dir, BackendMetrics::unregistered())
+        .expect("open store")
+        .into_stores()
 }
 
 eleanor_ledger::store_conformance_tests!(local, super::fresh());

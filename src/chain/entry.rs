@@ -105,8 +105,8 @@ impl Timestamp {
         let parsed = time::PrimitiveDateTime::parse(s, TIMESTAMP_FORMAT)
             .map_err(|_| InvalidTimestamp)?
             .assume_utc();
-        let micros = i64::try_from(parsed.unix_timestamp_nanos() / 1000)
-            .map_err(|_| InvalidTimestamp)?;
+        let micros =
+            i64::try_from(parsed.unix_timestamp_nanos() / 1000).map_err(|_| InvalidTimestamp)?;
         let ts = Timestamp::from_unix_micros(micros)?;
         // Only the canonical spelling is accepted (the parser is lenient about nothing we
         // rely on, but this keeps "one set of fields, one byte string" true by construction).
@@ -170,12 +170,14 @@ impl Record {
             return Err(InvalidRecord::NotAnObject);
         }
         let mut de = serde_json::Deserializer::from_str(text);
-        serde::de::DeserializeSeed::deserialize(unique_keys::Checker, &mut de)
-            .map_err(|e| match unique_keys::duplicate(&e) {
+        let duplicate = std::cell::RefCell::new(None);
+        serde::de::DeserializeSeed::deserialize(unique_keys::Checker(&duplicate), &mut de)
+            .map_err(|e| match duplicate.take() {
                 Some(key) => InvalidRecord::DuplicateKey(key),
                 None => InvalidRecord::NotJson(e.to_string()),
             })?;
-        de.end().map_err(|e| InvalidRecord::NotJson(e.to_string()))?;
+        de.end()
+            .map_err(|e| InvalidRecord::NotJson(e.to_string()))?;
         Ok(Record(compact(text).into_boxed_str()))
     }
 
@@ -227,30 +229,24 @@ fn compact(text: &str) -> String {
 /// Rejects JSON objects that repeat a key, at any depth: two parsers may disagree about which
 /// of two values such a record "says", which is no property an audit record should have.
 mod unique_keys {
+    use std::cell::RefCell;
     use std::collections::HashSet;
     use std::fmt;
 
     use serde::de::{DeserializeSeed, Deserializer, Error, MapAccess, SeqAccess, Visitor};
 
-    const PREFIX: &str = "duplicate key ";
+    /// Walks a JSON value; on the first repeated key, stores it in the cell and fails.
+    #[derive(Clone, Copy)]
+    pub(super) struct Checker<'a>(pub &'a RefCell<Option<String>>);
 
-    pub(super) fn duplicate(e: &serde_json::Error) -> Option<String> {
-        let text = e.to_string();
-        let rest = text.strip_prefix(PREFIX)?;
-        let end = rest.rfind(" at line ").unwrap_or(rest.len());
-        serde_json::from_str(&rest[..end]).ok()
-    }
-
-    pub(super) struct Checker;
-
-    impl<'de> DeserializeSeed<'de> for Checker {
+    impl<'de> DeserializeSeed<'de> for Checker<'_> {
         type Value = ();
         fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
             d.deserialize_any(self)
         }
     }
 
-    impl<'de> Visitor<'de> for Checker {
+    impl<'de> Visitor<'de> for Checker<'_> {
         type Value = ();
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
             f.write_str("a JSON value")
@@ -274,17 +270,18 @@ mod unique_keys {
             Ok(())
         }
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-            while seq.next_element_seed(Checker)?.is_some() {}
+            while seq.next_element_seed(self)?.is_some() {}
             Ok(())
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
             let mut seen = HashSet::new();
             while let Some(key) = map.next_key::<String>()? {
-                if !seen.insert(key.clone()) {
-                    let quoted = serde_json::to_string(&key).map_err(A::Error::custom)?;
-                    return Err(A::Error::custom(format!("{PREFIX}{quoted}")));
+                if seen.contains(&key) {
+                    *self.0.borrow_mut() = Some(key);
+                    return Err(A::Error::custom("duplicate key"));
                 }
-                map.next_value_seed(Checker)?;
+                seen.insert(key);
+                map.next_value_seed(self)?;
             }
             Ok(())
         }
@@ -347,7 +344,8 @@ struct Wire<'a> {
 /// fields found: same field order, no whitespace, a compact object record with unique keys.
 pub fn decode(bytes: &[u8]) -> Result<DecodedEntry<'_>, MalformedEntry> {
     let bad = |what: &str| MalformedEntry(what.to_owned());
-    let wire: Wire<'_> = serde_json::from_slice(bytes).map_err(|e| MalformedEntry(e.to_string()))?;
+    let wire: Wire<'_> =
+        serde_json::from_slice(bytes).map_err(|e| MalformedEntry(e.to_string()))?;
     if wire.v != FORMAT_VERSION {
         return Err(MalformedEntry(format!("unknown format version {}", wire.v)));
     }
@@ -357,18 +355,27 @@ pub fn decode(bytes: &[u8]) -> Result<DecodedEntry<'_>, MalformedEntry> {
     let header = EntryHeader {
         ledger_id: LedgerId::parse(wire.ledger_id).map_err(|e| MalformedEntry(e.to_string()))?,
         seq: wire.seq,
-        prev_hash: wire.prev_hash.parse().map_err(|e: super::hash::HashParseError| MalformedEntry(e.to_string()))?,
+        prev_hash: wire
+            .prev_hash
+            .parse()
+            .map_err(|e: super::hash::HashParseError| MalformedEntry(e.to_string()))?,
         timestamp: Timestamp::parse(wire.timestamp).map_err(|e| MalformedEntry(e.to_string()))?,
     };
-    let record = Record::parse(wire.record.get().as_bytes()).map_err(|e| MalformedEntry(e.to_string()))?;
+    let record =
+        Record::parse(wire.record.get().as_bytes()).map_err(|e| MalformedEntry(e.to_string()))?;
     let mut canonical = Vec::with_capacity(bytes.len());
     write_prefix(&mut canonical, &header);
     canonical.extend_from_slice(record.as_str().as_bytes());
     canonical.push(b'}');
     if canonical != bytes {
-        return Err(bad("bytes are not in canonical form (field order, spacing or escapes differ)"));
+        return Err(bad(
+            "bytes are not in canonical form (field order, spacing or escapes differ)",
+        ));
     }
-    Ok(DecodedEntry { header, record: wire.record })
+    Ok(DecodedEntry {
+        header,
+        record: wire.record,
+    })
 }
 
 /// The object key of an entry: `{prefix}{ledger_id}/entries/{seq:018}.json`, sortable by seq.
@@ -408,17 +415,32 @@ mod tests {
 
     #[test]
     fn records_are_compacted_but_keep_numbers_escapes_and_key_order() {
-        let r = Record::parse(b" {\"b\" : 1.50, \"a\":[ 1E300, 123456789012345678901234567890, \"x y\\u00e9\" ] }\n").unwrap();
-        assert_eq!(r.as_str(), r#"{"b":1.50,"a":[1E300,123456789012345678901234567890,"x y\u00e9"]}"#);
+        let r = Record::parse(
+            b" {\"b\" : 1.50, \"a\":[ 1E300, 123456789012345678901234567890, \"x y\\u00e9\" ] }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            r.as_str(),
+            r#"{"b":1.50,"a":[1E300,123456789012345678901234567890,"x y\u00e9"]}"#
+        );
     }
 
     #[test]
     fn records_that_are_not_one_json_object_are_refused() {
         assert_eq!(Record::parse(b"[1]"), Err(InvalidRecord::NotAnObject));
         assert_eq!(Record::parse(b"\"s\""), Err(InvalidRecord::NotAnObject));
-        assert!(matches!(Record::parse(b"{"), Err(InvalidRecord::NotJson(_))));
-        assert!(matches!(Record::parse(b"{} {}"), Err(InvalidRecord::NotJson(_))));
-        assert!(matches!(Record::parse(b"\xff"), Err(InvalidRecord::NotJson(_))));
+        assert!(matches!(
+            Record::parse(b"{"),
+            Err(InvalidRecord::NotJson(_))
+        ));
+        assert!(matches!(
+            Record::parse(b"{} {}"),
+            Err(InvalidRecord::NotJson(_))
+        ));
+        assert!(matches!(
+            Record::parse(b"\xff"),
+            Err(InvalidRecord::NotJson(_))
+        ));
         assert!(matches!(Record::parse(b""), Err(InvalidRecord::NotJson(_))));
     }
 
@@ -448,7 +470,10 @@ mod tests {
             good.replace("\"seq\":1", "\"seq\": 1"),
             good.replace("{\"a\":1}", "{ \"a\":1}"),
             good.replace("\"v\":1,", "\"v\":1,\"extra\":0,"),
-            good.replace("\"ledger_id\":\"default\"", "\"ledger_id\":\"d\\u0065fault\""),
+            good.replace(
+                "\"ledger_id\":\"default\"",
+                "\"ledger_id\":\"d\\u0065fault\"",
+            ),
         ];
         for v in variants {
             assert!(decode(v.as_bytes()).is_err(), "{v}");
@@ -458,7 +483,10 @@ mod tests {
     #[test]
     fn keys_sort_by_seq() {
         let id = LedgerId::parse("l").unwrap();
-        assert_eq!(entry_key("p/", &id, 1), "p/l/entries/000000000000000001.json");
+        assert_eq!(
+            entry_key("p/", &id, 1),
+            "p/l/entries/000000000000000001.json"
+        );
         assert!(entry_key("", &id, 9) < entry_key("", &id, 10));
     }
 }

@@ -24,6 +24,9 @@ pub enum FailureKind {
     MalformedEntry,
     /// The index item for the seq disagrees with the stored entry.
     IndexMismatch,
+    /// The entry's object key holds more than the one version that was written (someone
+    /// wrote over it, or deleted it, in versioned storage).
+    ExtraVersion,
     /// The ledger head (`seq_counter`, `last_hash`) disagrees with the stored chain.
     HeadMismatch,
 }
@@ -65,11 +68,17 @@ pub fn check_entry(ledger_id: &LedgerId, seq: u64, stored: Option<&[u8]>) -> Evi
         Err(e) => Evidence::Malformed { hash, reason: e.0 },
         Ok(entry) if entry.header.seq != seq => Evidence::Malformed {
             hash,
-            reason: format!("the entry stored for seq {seq} says it is seq {}", entry.header.seq),
+            reason: format!(
+                "the entry stored for seq {seq} says it is seq {}",
+                entry.header.seq
+            ),
         },
         Ok(entry) if entry.header.ledger_id != *ledger_id => Evidence::Malformed {
             hash,
-            reason: format!("the entry belongs to ledger {:?}", entry.header.ledger_id.as_str()),
+            reason: format!(
+                "the entry belongs to ledger {:?}",
+                entry.header.ledger_id.as_str()
+            ),
         },
         Ok(entry) => Evidence::Entry(CheckedEntry {
             hash,
@@ -160,7 +169,11 @@ impl ChainVerifier {
         self.next_seq += 1;
         match evidence {
             Evidence::Missing => {
-                self.fail(seq, FailureKind::MissingEntry, format!("no entry is stored for seq {seq}"));
+                self.fail(
+                    seq,
+                    FailureKind::MissingEntry,
+                    format!("no entry is stored for seq {seq}"),
+                );
                 self.prev = claim.map(|c| c.entry_hash);
             }
             Evidence::Malformed { hash, reason } => {
@@ -211,7 +224,10 @@ impl ChainVerifier {
             self.fail(
                 seq,
                 FailureKind::IndexMismatch,
-                format!("the index item's {} differ from the stored entry", differs.join(" and ")),
+                format!(
+                    "the index item's {} differ from the stored entry",
+                    differs.join(" and ")
+                ),
             );
         }
     }
@@ -231,14 +247,20 @@ impl ChainVerifier {
                 self.fail(
                     head.seq,
                     FailureKind::HeadMismatch,
-                    format!("the head says seq {} but the stored chain ends at {last_seq}", head.seq),
+                    format!(
+                        "the head says seq {} but the stored chain ends at {last_seq}",
+                        head.seq
+                    ),
                 );
             } else if self.prev.is_some_and(|p| p != head.last_hash) {
                 let found = self.prev.map(|p| p.to_hex()).unwrap_or_default();
                 self.fail(
                     head.seq,
                     FailureKind::HeadMismatch,
-                    format!("the head's last_hash is {} but entry {last_seq} hashes to {found}", head.last_hash),
+                    format!(
+                        "the head's last_hash is {} but entry {last_seq} hashes to {found}",
+                        head.last_hash
+                    ),
                 );
             }
         }
@@ -268,7 +290,8 @@ mod tests {
                     ledger_id: ledger_id.clone(),
                     seq,
                     prev_hash: prev,
-                    timestamp: Timestamp::from_unix_micros(1_700_000_000_000_000 + seq as i64).unwrap(),
+                    timestamp: Timestamp::from_unix_micros(1_700_000_000_000_000 + seq as i64)
+                        .unwrap(),
                 };
                 let record = Record::parse(format!(r#"{{"n":{seq},"s":"é"}}"#).as_bytes()).unwrap();
                 let bytes = encode(&header, &record);
@@ -284,7 +307,11 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, b)| match check_entry(&id, i as u64 + 1, Some(b)) {
-                Evidence::Entry(e) => IndexClaim { entry_hash: e.hash, prev_hash: e.prev_hash, timestamp: e.timestamp },
+                Evidence::Entry(e) => IndexClaim {
+                    entry_hash: e.hash,
+                    prev_hash: e.prev_hash,
+                    timestamp: e.timestamp,
+                },
                 other => panic!("{other:?}"),
             })
             .collect()
@@ -300,13 +327,20 @@ mod tests {
     }
 
     fn head_of(entries: &[Vec<u8>]) -> Head {
-        Head { seq: entries.len() as u64, last_hash: Hash::of_entry(entries.last().unwrap()) }
+        Head {
+            seq: entries.len() as u64,
+            last_hash: Hash::of_entry(entries.last().unwrap()),
+        }
     }
 
     #[test]
     fn an_untouched_chain_verifies() {
         let c = chain(5);
-        let out = verify(&c.iter().cloned().map(Some).collect::<Vec<_>>(), &claims(&c), head_of(&c));
+        let out = verify(
+            &c.iter().cloned().map(Some).collect::<Vec<_>>(),
+            &claims(&c),
+            head_of(&c),
+        );
         assert!(out.ok(), "{:?}", out.failures);
         assert_eq!(out.verified, 5);
     }
@@ -318,7 +352,10 @@ mod tests {
         stored[2] = None;
         let out = verify(&stored, &claims(&c), head_of(&c));
         assert_eq!(out.failures.len(), 1, "{:?}", out.failures);
-        assert_eq!((out.failures[0].seq, out.failures[0].kind), (3, FailureKind::MissingEntry));
+        assert_eq!(
+            (out.failures[0].seq, out.failures[0].kind),
+            (3, FailureKind::MissingEntry)
+        );
     }
 
     #[test]
@@ -335,9 +372,23 @@ mod tests {
     fn a_head_that_is_not_the_chain_end_is_a_head_mismatch() {
         let c = chain(3);
         let stored: Vec<_> = c.iter().cloned().map(Some).collect();
-        let out = verify(&stored, &claims(&c), Head { seq: 4, last_hash: Hash::GENESIS });
+        let out = verify(
+            &stored,
+            &claims(&c),
+            Head {
+                seq: 4,
+                last_hash: Hash::GENESIS,
+            },
+        );
         assert_eq!(out.failures[0].kind, FailureKind::HeadMismatch);
-        let out = verify(&stored, &claims(&c), Head { seq: 3, last_hash: Hash::GENESIS });
+        let out = verify(
+            &stored,
+            &claims(&c),
+            Head {
+                seq: 3,
+                last_hash: Hash::GENESIS,
+            },
+        );
         assert_eq!(out.failures[0].kind, FailureKind::HeadMismatch);
     }
 

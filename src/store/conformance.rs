@@ -6,6 +6,10 @@
 //! for a backend, so a failure names the behaviour and the backend. Every check works under
 //! its own ledger ids and key prefixes, so all checks can share one bucket and one table and
 //! run in parallel.
+//!
+//! This is test support compiled into the library so that integration tests of every backend
+//! can share it; like a test, a failed check panics with the reason.
+#![allow(clippy::unwrap_used)]
 
 use bytes::Bytes;
 
@@ -19,7 +23,10 @@ pub fn unique_ledger() -> LedgerId {
 }
 
 fn object(prefix: &LedgerId, name: &str, body: &str) -> NewObject {
-    NewObject { key: format!("{prefix}/{name}"), body: Bytes::from(body.to_owned()) }
+    NewObject {
+        key: format!("{prefix}/{name}"),
+        body: Bytes::from(body.to_owned()),
+    }
 }
 
 fn seq_item(seq: u64, tag: u8) -> SeqItem {
@@ -27,7 +34,8 @@ fn seq_item(seq: u64, tag: u8) -> SeqItem {
         seq,
         entry_hash: Hash([tag; 32]),
         prev_hash: Hash([tag.wrapping_add(1); 32]),
-        timestamp: Timestamp::from_unix_micros(1_700_000_000_000_000 + seq as i64).expect("in range"),
+        timestamp: Timestamp::from_unix_micros(1_700_000_000_000_000 + seq as i64)
+            .expect("in range"),
         object_key: format!("k/{seq:018}"),
         version_id: None,
     }
@@ -37,12 +45,27 @@ pub async fn put_new_creates_and_get_reads_back(s: &Stores) {
     let p = unique_ledger();
     let o = object(&p, "a", "hello");
     let outcome = s.objects.put_new(std::slice::from_ref(&o)).await.unwrap();
-    let PutOutcome::Created { version } = &outcome[0] else { panic!("expected Created, got {outcome:?}") };
-    let current = s.objects.get(&o.key, None).await.unwrap().expect("object exists");
+    let PutOutcome::Created { version } = &outcome[0] else {
+        panic!("expected Created, got {outcome:?}")
+    };
+    let current = s
+        .objects
+        .get(&o.key, None)
+        .await
+        .unwrap()
+        .expect("object exists");
     assert_eq!(current.body, o.body);
-    assert_eq!(&current.version, version, "get reports the version put_new created");
+    assert_eq!(
+        &current.version, version,
+        "get reports the version put_new created"
+    );
     if let Some(v) = version {
-        let pinned = s.objects.get(&o.key, Some(v)).await.unwrap().expect("that version exists");
+        let pinned = s
+            .objects
+            .get(&o.key, Some(v))
+            .await
+            .unwrap()
+            .expect("that version exists");
         assert_eq!(pinned.body, o.body);
     }
 }
@@ -50,18 +73,32 @@ pub async fn put_new_creates_and_get_reads_back(s: &Stores) {
 pub async fn put_new_never_overwrites(s: &Stores) {
     let p = unique_ledger();
     let first = object(&p, "a", "first");
-    s.objects.put_new(std::slice::from_ref(&first)).await.unwrap();
+    s.objects
+        .put_new(std::slice::from_ref(&first))
+        .await
+        .unwrap();
     let second = object(&p, "a", "second");
     let outcome = s.objects.put_new(&[second]).await.unwrap();
     assert_eq!(outcome, vec![PutOutcome::AlreadyExists]);
-    assert_eq!(s.objects.get(&first.key, None).await.unwrap().unwrap().body, first.body);
-    assert_eq!(s.objects.version_count(&first.key).await.unwrap(), 1, "no second version was made");
+    assert_eq!(
+        s.objects.get(&first.key, None).await.unwrap().unwrap().body,
+        first.body
+    );
+    assert_eq!(
+        s.objects.version_count(&first.key).await.unwrap(),
+        1,
+        "no second version was made"
+    );
 }
 
 pub async fn put_new_reports_each_object_in_order(s: &Stores) {
     let p = unique_ledger();
     s.objects.put_new(&[object(&p, "b", "old")]).await.unwrap();
-    let batch = [object(&p, "a", "1"), object(&p, "b", "2"), object(&p, "c", "3")];
+    let batch = [
+        object(&p, "a", "1"),
+        object(&p, "b", "2"),
+        object(&p, "c", "3"),
+    ];
     let outcome = s.objects.put_new(&batch).await.unwrap();
     assert!(matches!(outcome[0], PutOutcome::Created { .. }));
     assert_eq!(outcome[1], PutOutcome::AlreadyExists);
@@ -72,7 +109,10 @@ pub async fn racing_put_new_on_one_key_has_one_winner(s: &Stores) {
     let p = unique_ledger();
     let tasks: Vec<_> = (0..8)
         .map(|i| {
-            let (objects, o) = (s.objects.clone(), object(&p, "race", &format!("writer {i}")));
+            let (objects, o) = (
+                s.objects.clone(),
+                object(&p, "race", &format!("writer {i}")),
+            );
             tokio::spawn(async move { objects.put_new(&[o]).await.unwrap().remove(0) })
         })
         .collect();
@@ -87,12 +127,24 @@ pub async fn racing_put_new_on_one_key_has_one_winner(s: &Stores) {
 
 pub async fn get_of_a_missing_key_or_version_is_none(s: &Stores) {
     let p = unique_ledger();
-    assert_eq!(s.objects.get(&format!("{p}/nothing"), None).await.unwrap(), None);
-    assert_eq!(s.objects.version_count(&format!("{p}/nothing")).await.unwrap(), 0);
+    assert_eq!(
+        s.objects.get(&format!("{p}/nothing"), None).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        s.objects
+            .version_count(&format!("{p}/nothing"))
+            .await
+            .unwrap(),
+        0
+    );
     let o = object(&p, "a", "x");
     s.objects.put_new(std::slice::from_ref(&o)).await.unwrap();
     let made_up = "3HL4kqtJvjVBH40Nrjfkd";
-    assert_eq!(s.objects.get(&o.key, Some(made_up)).await.ok().flatten(), None);
+    assert_eq!(
+        s.objects.get(&o.key, Some(made_up)).await.ok().flatten(),
+        None
+    );
 }
 
 pub async fn list_is_in_key_order_and_honours_prefix_start_after_and_limit(s: &Stores) {
@@ -102,11 +154,20 @@ pub async fn list_is_in_key_order_and_honours_prefix_start_after_and_limit(s: &S
     s.objects.put_new(&batch).await.unwrap();
     let prefix = format!("{p}/e/");
     let all = s.objects.list(&prefix, None, 100).await.unwrap();
-    let expect: Vec<_> = ["01", "02", "03", "10"].iter().map(|n| format!("{prefix}{n}")).collect();
+    let expect: Vec<_> = ["01", "02", "03", "10"]
+        .iter()
+        .map(|n| format!("{prefix}{n}"))
+        .collect();
     assert_eq!(all, expect);
     let page = s.objects.list(&prefix, Some(&expect[0]), 2).await.unwrap();
     assert_eq!(page, expect[1..3].to_vec());
-    assert!(s.objects.list(&prefix, Some(&expect[3]), 10).await.unwrap().is_empty());
+    assert!(
+        s.objects
+            .list(&prefix, Some(&expect[3]), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 pub async fn head_of_an_unknown_ledger_is_none(s: &Stores) {
@@ -117,9 +178,23 @@ pub async fn create_ledger_is_idempotent_and_lists_the_ledger(s: &Stores) {
     let l = unique_ledger();
     assert_eq!(s.index.create_ledger(&l).await.unwrap(), Meta::empty());
     assert_eq!(s.index.head(&l).await.unwrap(), Some(Meta::empty()));
-    let advanced = Meta { seq_counter: 1, last_hash: Hash([1; 32]), pending: None };
-    assert_eq!(s.index.compare_and_set_head(&l, 0, &advanced).await.unwrap(), CasOutcome::Applied);
-    assert_eq!(s.index.create_ledger(&l).await.unwrap(), advanced, "a second create changes nothing");
+    let advanced = Meta {
+        seq_counter: 1,
+        last_hash: Hash([1; 32]),
+        pending: None,
+    };
+    assert_eq!(
+        s.index
+            .compare_and_set_head(&l, 0, &advanced)
+            .await
+            .unwrap(),
+        CasOutcome::Applied
+    );
+    assert_eq!(
+        s.index.create_ledger(&l).await.unwrap(),
+        advanced,
+        "a second create changes nothing"
+    );
     let after = LedgerId::parse(&l.as_str()[..l.as_str().len() - 1]).unwrap();
     let listed = s.index.ledgers(Some(&after), 1).await.unwrap();
     assert_eq!(listed, vec![l]);
@@ -127,15 +202,26 @@ pub async fn create_ledger_is_idempotent_and_lists_the_ledger(s: &Stores) {
 
 pub async fn compare_and_set_applies_only_at_the_expected_seq(s: &Stores) {
     let l = unique_ledger();
-    let next = Meta { seq_counter: 2, last_hash: Hash([2; 32]), pending: None };
+    let next = Meta {
+        seq_counter: 2,
+        last_hash: Hash([2; 32]),
+        pending: None,
+    };
     assert_eq!(
         s.index.compare_and_set_head(&l, 0, &next).await.unwrap(),
         CasOutcome::Conflict(None),
         "no META, no update"
     );
     s.index.create_ledger(&l).await.unwrap();
-    assert_eq!(s.index.compare_and_set_head(&l, 0, &next).await.unwrap(), CasOutcome::Applied);
-    let stale = Meta { seq_counter: 1, last_hash: Hash([9; 32]), pending: None };
+    assert_eq!(
+        s.index.compare_and_set_head(&l, 0, &next).await.unwrap(),
+        CasOutcome::Applied
+    );
+    let stale = Meta {
+        seq_counter: 1,
+        last_hash: Hash([9; 32]),
+        pending: None,
+    };
     assert_eq!(
         s.index.compare_and_set_head(&l, 0, &stale).await.unwrap(),
         CasOutcome::Conflict(Some(next.clone())),
@@ -150,7 +236,11 @@ pub async fn racing_compare_and_set_has_one_winner(s: &Stores) {
     let tasks: Vec<_> = (0..8u8)
         .map(|i| {
             let (index, l) = (s.index.clone(), l.clone());
-            let meta = Meta { seq_counter: 1, last_hash: Hash([i; 32]), pending: None };
+            let meta = Meta {
+                seq_counter: 1,
+                last_hash: Hash([i; 32]),
+                pending: None,
+            };
             tokio::spawn(async move { index.compare_and_set_head(&l, 0, &meta).await.unwrap() })
         })
         .collect();
@@ -167,12 +257,21 @@ pub async fn a_pending_batch_round_trips_byte_for_byte(s: &Stores) {
     let l = unique_ledger();
     s.index.create_ledger(&l).await.unwrap();
     let entries: Vec<Bytes> = (0..50u8)
-        .map(|i| Bytes::from((0..2000).map(|j| (j as u8).wrapping_mul(i)).collect::<Vec<u8>>()))
+        .map(|i| {
+            Bytes::from(
+                (0..2000)
+                    .map(|j| (j as u8).wrapping_mul(i))
+                    .collect::<Vec<u8>>(),
+            )
+        })
         .collect();
     let meta = Meta {
         seq_counter: 50,
         last_hash: Hash([5; 32]),
-        pending: Some(PendingBatch { first_seq: 1, entries }),
+        pending: Some(PendingBatch {
+            first_seq: 1,
+            entries,
+        }),
     };
     s.index.compare_and_set_head(&l, 0, &meta).await.unwrap();
     assert_eq!(s.index.head(&l).await.unwrap(), Some(meta));
@@ -183,11 +282,21 @@ pub async fn seq_items_are_written_once_and_returned_when_present(s: &Stores) {
     let mut with_version = seq_item(2, 2);
     with_version.version_id = Some("v-2".into());
     assert_eq!(
-        s.index.put_seq_items(&l, &[seq_item(1, 1), with_version.clone()]).await.unwrap(),
+        s.index
+            .put_seq_items(&l, &[seq_item(1, 1), with_version.clone()])
+            .await
+            .unwrap(),
         vec![SeqPut::Created, SeqPut::Created]
     );
-    let outcome = s.index.put_seq_items(&l, &[seq_item(2, 7), seq_item(3, 3)]).await.unwrap();
-    assert_eq!(outcome, vec![SeqPut::AlreadyExists(with_version.clone()), SeqPut::Created]);
+    let outcome = s
+        .index
+        .put_seq_items(&l, &[seq_item(2, 7), seq_item(3, 3)])
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        vec![SeqPut::AlreadyExists(with_version.clone()), SeqPut::Created]
+    );
     let items = s.index.seq_items(&l, 1, 3, 10).await.unwrap();
     assert_eq!(items, vec![seq_item(1, 1), with_version, seq_item(3, 3)]);
 }
@@ -196,17 +305,41 @@ pub async fn seq_items_query_is_ascending_bounded_and_per_ledger(s: &Stores) {
     let (l, other) = (unique_ledger(), unique_ledger());
     let items: Vec<_> = (1..=12).rev().map(|n| seq_item(n, n as u8)).collect();
     s.index.put_seq_items(&l, &items).await.unwrap();
-    s.index.put_seq_items(&other, &[seq_item(5, 99)]).await.unwrap();
-    let got: Vec<u64> = s.index.seq_items(&l, 3, 11, 100).await.unwrap().iter().map(|i| i.seq).collect();
-    assert_eq!(got, (3..=11).collect::<Vec<_>>(), "10 sorts after 9: seqs are not compared as text");
-    let got: Vec<u64> = s.index.seq_items(&l, 2, 12, 4).await.unwrap().iter().map(|i| i.seq).collect();
+    s.index
+        .put_seq_items(&other, &[seq_item(5, 99)])
+        .await
+        .unwrap();
+    let got: Vec<u64> = s
+        .index
+        .seq_items(&l, 3, 11, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|i| i.seq)
+        .collect();
+    assert_eq!(
+        got,
+        (3..=11).collect::<Vec<_>>(),
+        "10 sorts after 9: seqs are not compared as text"
+    );
+    let got: Vec<u64> = s
+        .index
+        .seq_items(&l, 2, 12, 4)
+        .await
+        .unwrap()
+        .iter()
+        .map(|i| i.seq)
+        .collect();
     assert_eq!(got, vec![2, 3, 4, 5]);
     assert!(s.index.seq_items(&l, 13, 20, 10).await.unwrap().is_empty());
 }
 
 pub async fn ledgers_are_listed_in_order_and_paged(s: &Stores) {
     let base = unique_ledger();
-    let ids: Vec<_> = ["c", "a", "b"].iter().map(|x| LedgerId::parse(&format!("{base}-{x}")).unwrap()).collect();
+    let ids: Vec<_> = ["c", "a", "b"]
+        .iter()
+        .map(|x| LedgerId::parse(&format!("{base}-{x}")).unwrap())
+        .collect();
     for id in &ids {
         s.index.create_ledger(id).await.unwrap();
     }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use prometheus::{IntCounterVec, Opts, Registry};
+use prometheus::{CounterVec, IntCounterVec, Opts, Registry};
 
 use crate::chain::entry::{LedgerId, Timestamp};
 use crate::chain::hash::Hash;
@@ -27,7 +27,10 @@ pub enum StoreError {
     /// The dependency could not be reached or refused service for now (timeouts, throttling,
     /// 5xx, a full disk). Retrying later may succeed; nothing was left half-written.
     #[error("{dependency} is unavailable: {detail}")]
-    Unavailable { dependency: &'static str, detail: String },
+    Unavailable {
+        dependency: &'static str,
+        detail: String,
+    },
     /// Stored data cannot be read back as what was written (undecodable item or object).
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
@@ -77,7 +80,12 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     /// Keys starting with `prefix` and sorting strictly after `start_after`, in ascending
     /// key order, at most `limit` of them. Read-only.
-    async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> StoreResult<Vec<String>>;
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>>;
 
     /// How many versions are stored under `key` (0 when absent; at most 1 on stores without
     /// versions). Verification reports an entry key with more than one. Read-only.
@@ -117,7 +125,11 @@ pub struct Meta {
 
 impl Meta {
     pub fn empty() -> Meta {
-        Meta { seq_counter: 0, last_hash: Hash::GENESIS, pending: None }
+        Meta {
+            seq_counter: 0,
+            last_hash: Hash::GENESIS,
+            pending: None,
+        }
     }
 }
 
@@ -166,15 +178,27 @@ pub trait IndexStore: Send + Sync + 'static {
     /// Replaces `META` with `new` if and only if its current `seq_counter` equals
     /// `expected_seq`, atomically. Of any number of concurrent calls with the same
     /// `expected_seq`, at most one is applied. A crash leaves either the old or the new `META`.
-    async fn compare_and_set_head(&self, ledger: &LedgerId, expected_seq: u64, new: &Meta) -> StoreResult<CasOutcome>;
+    async fn compare_and_set_head(
+        &self,
+        ledger: &LedgerId,
+        expected_seq: u64,
+        new: &Meta,
+    ) -> StoreResult<CasOutcome>;
 
     /// Writes each `SEQ#` item whose seq has no item yet; never changes an existing item
     /// (returns it in [`SeqPut::AlreadyExists`] instead). Outcomes are in input order. Items
     /// are independent: a crash or error halfway leaves any subset written, each whole.
-    async fn put_seq_items(&self, ledger: &LedgerId, items: &[SeqItem]) -> StoreResult<Vec<SeqPut>>;
+    async fn put_seq_items(&self, ledger: &LedgerId, items: &[SeqItem])
+    -> StoreResult<Vec<SeqPut>>;
 
     /// The `SEQ#` items with `from <= seq <= to`, ascending, at most `limit`. Read-only.
-    async fn seq_items(&self, ledger: &LedgerId, from: u64, to: u64, limit: usize) -> StoreResult<Vec<SeqItem>>;
+    async fn seq_items(
+        &self,
+        ledger: &LedgerId,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<SeqItem>>;
 
     /// Ledger ids sorting strictly after `after`, ascending, at most `limit`. Read-only.
     async fn ledgers(&self, after: Option<&LedgerId>, limit: usize) -> StoreResult<Vec<LedgerId>>;
@@ -194,31 +218,55 @@ pub struct Stores {
 
 /// Counts backend requests as `ledger_backend_requests_total{op, outcome}`. Backends count
 /// what they really send (one S3 PUT is one request), so requests per record can be read off.
+/// Backends that bill writes by capacity also count it as `ledger_backend_write_units_total{op}`.
 #[derive(Clone)]
 pub struct BackendMetrics {
     requests: IntCounterVec,
+    write_units: CounterVec,
 }
 
 impl BackendMetrics {
     pub fn new(registry: &Registry) -> prometheus::Result<BackendMetrics> {
         let metrics = BackendMetrics::unregistered();
         registry.register(Box::new(metrics.requests.clone()))?;
+        registry.register(Box::new(metrics.write_units.clone()))?;
         Ok(metrics)
     }
 
     /// Counters that no registry exports (tools and tests that need no `/metrics`).
     pub fn unregistered() -> BackendMetrics {
         let requests = IntCounterVec::new(
-            Opts::new("ledger_backend_requests_total", "Requests sent to the storage backend."),
+            Opts::new(
+                "ledger_backend_requests_total",
+                "Requests sent to the storage backend.",
+            ),
             &["op", "outcome"],
         )
         .expect("static metric definition is valid");
-        BackendMetrics { requests }
+        let write_units = CounterVec::new(
+            Opts::new(
+                "ledger_backend_write_units_total",
+                "Write capacity units the backend reported consuming.",
+            ),
+            &["op"],
+        )
+        .expect("static metric definition is valid");
+        BackendMetrics {
+            requests,
+            write_units,
+        }
     }
 
     /// Counts `n` requests of kind `op` (`"put_object"`, `"update_item"`, ...) that ended
     /// with `outcome` (`"ok"`, `"conflict"`, `"error"`).
     pub fn record(&self, op: &str, outcome: &str, n: u64) {
         self.requests.with_label_values(&[op, outcome]).inc_by(n);
+    }
+
+    /// Counts `units` write capacity units consumed by a request of kind `op`.
+    pub fn record_write_units(&self, op: &str, units: f64) {
+        if units.is_finite() && units > 0.0 {
+            self.write_units.with_label_values(&[op]).inc_by(units);
+        }
     }
 }

@@ -20,8 +20,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    BackendMetrics, CasOutcome, IndexStore, Meta, NewObject, ObjectStore, PendingBatch, PutOutcome, SeqItem,
-    SeqPut, StoreError, StoreResult, Stores, StoredObject,
+    BackendMetrics, CasOutcome, IndexStore, Meta, NewObject, ObjectStore, PendingBatch, PutOutcome,
+    SeqItem, SeqPut, StoreError, StoreResult, StoredObject, Stores,
 };
 use crate::chain::entry::{LedgerId, Timestamp};
 use crate::chain::hash::Hash;
@@ -58,11 +58,16 @@ pub struct LocalStore {
 impl LocalStore {
     /// Opens (creating if needed) the store in `data_dir`.
     pub fn open(data_dir: &Path, metrics: BackendMetrics) -> Result<LocalStore, OpenError> {
-        let io = |detail: String| OpenError::Io { path: data_dir.to_owned(), detail };
+        let io = |detail: String| OpenError::Io {
+            path: data_dir.to_owned(),
+            detail,
+        };
         std::fs::create_dir_all(data_dir).map_err(|e| io(e.to_string()))?;
         let db = match Database::create(data_dir.join(DB_FILE)) {
             Ok(db) => db,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(OpenError::InUse(data_dir.to_owned())),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(OpenError::InUse(data_dir.to_owned()));
+            }
             Err(e) => return Err(io(e.to_string())),
         };
         let txn = db.begin_write().map_err(|e| io(e.to_string()))?;
@@ -72,13 +77,20 @@ impl LocalStore {
             txn.open_table(SEQ).map_err(|e| io(e.to_string()))?;
         }
         txn.commit().map_err(|e| io(e.to_string()))?;
-        Ok(LocalStore { db: Arc::new(db), metrics })
+        Ok(LocalStore {
+            db: Arc::new(db),
+            metrics,
+        })
     }
 
     /// Both trait objects over this one store.
     pub fn into_stores(self) -> Stores {
         let this = Arc::new(self);
-        Stores { backend: "local", objects: this.clone(), index: this }
+        Stores {
+            backend: "local",
+            objects: this.clone(),
+            index: this,
+        }
     }
 
     /// Runs blocking database work off the async runtime and counts it as one request.
@@ -95,13 +107,17 @@ impl LocalStore {
                 redb::Error::Corrupted(detail) => StoreError::Corrupt(detail),
                 other => unavailable(other.to_string()),
             });
-        self.metrics.record(op, if result.is_ok() { "ok" } else { "error" }, 1);
+        self.metrics
+            .record(op, if result.is_ok() { "ok" } else { "error" }, 1);
         result
     }
 }
 
 fn unavailable(detail: String) -> StoreError {
-    StoreError::Unavailable { dependency: DEPENDENCY, detail }
+    StoreError::Unavailable {
+        dependency: DEPENDENCY,
+        detail,
+    }
 }
 
 /// Decoding failures are reported as corruption through redb's error type.
@@ -141,14 +157,20 @@ impl ObjectStore for LocalStore {
         let key = key.to_owned();
         self.run("get_object", move |db| {
             let table = db.begin_read()?.open_table(OBJECTS)?;
-            Ok(table
-                .get(key.as_str())?
-                .map(|v| StoredObject { body: Bytes::copy_from_slice(v.value()), version: None }))
+            Ok(table.get(key.as_str())?.map(|v| StoredObject {
+                body: Bytes::copy_from_slice(v.value()),
+                version: None,
+            }))
         })
         .await
     }
 
-    async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> StoreResult<Vec<String>> {
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
         let (prefix, start_after) = (prefix.to_owned(), start_after.map(str::to_owned));
         self.run("list_objects", move |db| {
             let table = db.begin_read()?.open_table(OBJECTS)?;
@@ -196,7 +218,10 @@ impl IndexStore for LocalStore {
         let ledger = ledger.clone();
         self.run("get_head", move |db| {
             let table = db.begin_read()?.open_table(META)?;
-            table.get(ledger.as_str())?.map(|v| decode_meta(v.value())).transpose()
+            table
+                .get(ledger.as_str())?
+                .map(|v| decode_meta(v.value()))
+                .transpose()
         })
         .await
     }
@@ -207,7 +232,10 @@ impl IndexStore for LocalStore {
             let txn = db.begin_write()?;
             let meta = {
                 let mut table = txn.open_table(META)?;
-                let existing = table.get(ledger.as_str())?.map(|v| decode_meta(v.value())).transpose()?;
+                let existing = table
+                    .get(ledger.as_str())?
+                    .map(|v| decode_meta(v.value()))
+                    .transpose()?;
                 match existing {
                     Some(meta) => meta,
                     None => {
@@ -222,14 +250,22 @@ impl IndexStore for LocalStore {
         .await
     }
 
-    async fn compare_and_set_head(&self, ledger: &LedgerId, expected_seq: u64, new: &Meta) -> StoreResult<CasOutcome> {
+    async fn compare_and_set_head(
+        &self,
+        ledger: &LedgerId,
+        expected_seq: u64,
+        new: &Meta,
+    ) -> StoreResult<CasOutcome> {
         let (ledger, encoded) = (ledger.clone(), encode_meta(new));
         let result = self
             .run("cas_head", move |db| {
                 let txn = db.begin_write()?;
                 let outcome = {
                     let mut table = txn.open_table(META)?;
-                    let current = table.get(ledger.as_str())?.map(|v| decode_meta(v.value())).transpose()?;
+                    let current = table
+                        .get(ledger.as_str())?
+                        .map(|v| decode_meta(v.value()))
+                        .transpose()?;
                     match current {
                         Some(meta) if meta.seq_counter == expected_seq => {
                             table.insert(ledger.as_str(), encoded.as_slice())?;
@@ -248,7 +284,11 @@ impl IndexStore for LocalStore {
         result
     }
 
-    async fn put_seq_items(&self, ledger: &LedgerId, items: &[SeqItem]) -> StoreResult<Vec<SeqPut>> {
+    async fn put_seq_items(
+        &self,
+        ledger: &LedgerId,
+        items: &[SeqItem],
+    ) -> StoreResult<Vec<SeqPut>> {
         let (ledger, items) = (ledger.clone(), items.to_vec());
         self.run("put_seq_items", move |db| {
             let txn = db.begin_write()?;
@@ -257,7 +297,10 @@ impl IndexStore for LocalStore {
                 let mut table = txn.open_table(SEQ)?;
                 for item in &items {
                     let key = (ledger.as_str(), item.seq);
-                    let existing = table.get(key)?.map(|v| decode_seq_item(item.seq, v.value())).transpose()?;
+                    let existing = table
+                        .get(key)?
+                        .map(|v| decode_seq_item(item.seq, v.value()))
+                        .transpose()?;
                     match existing {
                         Some(existing) => outcomes.push(SeqPut::AlreadyExists(existing)),
                         None => {
@@ -273,7 +316,13 @@ impl IndexStore for LocalStore {
         .await
     }
 
-    async fn seq_items(&self, ledger: &LedgerId, from: u64, to: u64, limit: usize) -> StoreResult<Vec<SeqItem>> {
+    async fn seq_items(
+        &self,
+        ledger: &LedgerId,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<SeqItem>> {
         let ledger = ledger.clone();
         self.run("query_seq_items", move |db| {
             let table = db.begin_read()?.open_table(SEQ)?;
@@ -281,7 +330,10 @@ impl IndexStore for LocalStore {
             if from > to {
                 return Ok(items);
             }
-            for item in table.range((ledger.as_str(), from)..=(ledger.as_str(), to))?.take(limit) {
+            for item in table
+                .range((ledger.as_str(), from)..=(ledger.as_str(), to))?
+                .take(limit)
+            {
                 let (key, value) = item?;
                 items.push(decode_seq_item(key.value().1, value.value())?);
             }
@@ -296,7 +348,10 @@ impl IndexStore for LocalStore {
             let table = db.begin_read()?.open_table(META)?;
             let mut ids = Vec::new();
             let range = match &after {
-                Some(a) => table.range::<&str>((std::ops::Bound::Excluded(a.as_str()), std::ops::Bound::Unbounded))?,
+                Some(a) => table.range::<&str>((
+                    std::ops::Bound::Excluded(a.as_str()),
+                    std::ops::Bound::Unbounded,
+                ))?,
                 None => table.range::<&str>(..)?,
             };
             for item in range.take(limit) {
@@ -321,7 +376,13 @@ fn encode_meta(meta: &Meta) -> Vec<u8> {
     let mut out = Vec::with_capacity(52 + entries.iter().map(|e| e.len() + 4).sum::<usize>());
     out.extend_from_slice(&meta.seq_counter.to_be_bytes());
     out.extend_from_slice(&meta.last_hash.0);
-    out.extend_from_slice(&meta.pending.as_ref().map_or(0, |p| p.first_seq).to_be_bytes());
+    out.extend_from_slice(
+        &meta
+            .pending
+            .as_ref()
+            .map_or(0, |p| p.first_seq)
+            .to_be_bytes(),
+    );
     out.extend_from_slice(&(entries.len() as u32).to_be_bytes());
     for entry in entries {
         out.extend_from_slice(&(entry.len() as u32).to_be_bytes());
@@ -345,7 +406,11 @@ fn decode_meta(bytes: &[u8]) -> Result<Meta, redb::Error> {
         return Err(corrupt("META", "trailing bytes"));
     }
     let pending = (n > 0).then_some(PendingBatch { first_seq, entries });
-    Ok(Meta { seq_counter, last_hash, pending })
+    Ok(Meta {
+        seq_counter,
+        last_hash,
+        pending,
+    })
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -360,10 +425,14 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
     fn u64(&mut self) -> Result<u64, redb::Error> {
-        Ok(u64::from_be_bytes(self.take(8)?.try_into().map_err(|e| corrupt("META", e))?))
+        Ok(u64::from_be_bytes(
+            self.take(8)?.try_into().map_err(|e| corrupt("META", e))?,
+        ))
     }
     fn u32(&mut self) -> Result<u32, redb::Error> {
-        Ok(u32::from_be_bytes(self.take(4)?.try_into().map_err(|e| corrupt("META", e))?))
+        Ok(u32::from_be_bytes(
+            self.take(4)?.try_into().map_err(|e| corrupt("META", e))?,
+        ))
     }
 }
 
@@ -390,7 +459,8 @@ fn encode_seq_item(item: &SeqItem) -> Vec<u8> {
 }
 
 fn decode_seq_item(seq: u64, bytes: &[u8]) -> Result<SeqItem, redb::Error> {
-    let row: SeqItemRow = serde_json::from_slice(bytes).map_err(|e| corrupt(&format!("SEQ#{seq:018}"), e))?;
+    let row: SeqItemRow =
+        serde_json::from_slice(bytes).map_err(|e| corrupt(&format!("SEQ#{seq:018}"), e))?;
     Ok(SeqItem {
         seq,
         entry_hash: row.entry_hash,
@@ -407,9 +477,16 @@ mod tests {
 
     #[test]
     fn meta_round_trips_with_and_without_a_pending_batch() {
-        let mut meta = Meta { seq_counter: 7, last_hash: Hash([3; 32]), pending: None };
+        let mut meta = Meta {
+            seq_counter: 7,
+            last_hash: Hash([3; 32]),
+            pending: None,
+        };
         assert_eq!(decode_meta(&encode_meta(&meta)).unwrap(), meta);
-        meta.pending = Some(PendingBatch { first_seq: 6, entries: vec![Bytes::from_static(b"a"), Bytes::new()] });
+        meta.pending = Some(PendingBatch {
+            first_seq: 6,
+            entries: vec![Bytes::from_static(b"a"), Bytes::new()],
+        });
         assert_eq!(decode_meta(&encode_meta(&meta)).unwrap(), meta);
     }
 

@@ -1,0 +1,141 @@
+//! Startup and shutdown: open the configured backend, recover interrupted batches, bind,
+//! serve until told to stop, then drain.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::config::{BackendConfig, Config};
+use crate::http::metrics::HttpMetrics;
+use crate::http::{AppState, router};
+use crate::ledger::{Ledger, LedgerMetrics};
+use crate::store::local::{LocalStore, OpenError};
+use crate::store::{BackendMetrics, Stores};
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration or environment is wrong in a way the operator must fix (exit 2).
+    #[error("{0}")]
+    Config(String),
+    /// Anything else that stopped startup (exit 1).
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// A bound, ready-to-serve service.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// Opens storage, finishes any batch a crash left half-written, and binds the listener
+    /// (port 0 picks a free port; see [`local_addr`](Self::local_addr)).
+    pub async fn build(config: Config) -> Result<Application, StartError> {
+        let registry = prometheus::Registry::new();
+        let failed = |e: prometheus::Error| StartError::Failed(format!("metrics registry: {e}"));
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .map_err(failed)?;
+        let backend_metrics = BackendMetrics::new(&registry).map_err(failed)?;
+        let stores = open_backend(&config.backend, backend_metrics).await?;
+        let ledger = Ledger::new(
+            stores,
+            config.ledger.clone(),
+            LedgerMetrics::new(&registry).map_err(failed)?,
+        );
+        match ledger.recover().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                batches = n,
+                "finished batches that an earlier run had committed but not written out"
+            ),
+            Err(e) => {
+                return Err(StartError::Failed(format!(
+                    "recovering interrupted batches failed: {e}"
+                )));
+            }
+        }
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| StartError::Config(format!("cannot listen on {}: {e}", config.listen)))?;
+        let metrics = Arc::new(HttpMetrics::new(&registry).map_err(failed)?);
+        Ok(Application {
+            listener,
+            state: AppState {
+                ledger,
+                metrics,
+                registry,
+                limits: config.limits,
+            },
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, answers requests in flight,
+    /// lets every queued batch commit, and returns.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let ledger = self.state.ledger.clone();
+        tracing::info!(addr = %self.local_addr(), backend = ledger.stores().backend, "serving");
+        axum::serve(self.listener, router(self.state))
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        ledger.shutdown().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn open_backend(
+    backend: &BackendConfig,
+    metrics: BackendMetrics,
+) -> Result<Stores, StartError> {
+    match backend {
+        BackendConfig::Local { data_dir } => match LocalStore::open(data_dir, metrics) {
+            Ok(store) => Ok(store.into_stores()),
+            Err(e @ OpenError::InUse(_)) => Err(StartError::Config(e.to_string())),
+            Err(e @ OpenError::Io { .. }) => Err(StartError::Config(e.to_string())),
+        },
+        BackendConfig::Aws(_) => Err(StartError::Config(
+            "the aws backend is not available in this build".into(),
+        )),
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("Ctrl-C: shutting down"),
+        () = terminate => tracing::info!("SIGTERM: shutting down"),
+    }
+}

@@ -1,0 +1,366 @@
+//! Configuration: one typed [`Config`] from command-line flags with `ELEANOR_LEDGER_*`
+//! environment fallbacks, validated at startup so a bad setting fails in one clear sentence.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Parser, ValueEnum};
+
+use crate::chain::entry::LedgerId;
+use crate::http::Limits;
+use crate::ledger::Options;
+
+/// Which storage backend to run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    /// The embedded store under the data directory.
+    Local,
+    /// S3 (Object Lock) for entries, DynamoDB for the index.
+    Aws,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Object Lock retention mode for entry objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LockMode {
+    #[value(name = "COMPLIANCE", alias = "compliance")]
+    Compliance,
+    #[value(name = "GOVERNANCE", alias = "governance")]
+    Governance,
+}
+
+/// Flags and environment variables of `ledger-server`.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "ledger-server",
+    version,
+    about = "The eleanor-ledger audit ledger service."
+)]
+pub struct ServerArgs {
+    /// Address to listen on.
+    #[arg(long, env = "ELEANOR_LEDGER_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Storage backend.
+    #[arg(
+        long,
+        env = "ELEANOR_LEDGER_BACKEND",
+        value_enum,
+        default_value = "local"
+    )]
+    pub backend: BackendKind,
+    /// Directory of the embedded store (local backend).
+    #[arg(long, env = "ELEANOR_LEDGER_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Create a ledger on its first append; when false, appends to unknown ledgers get 404.
+    #[arg(long, env = "ELEANOR_LEDGER_AUTO_CREATE", default_value_t = true, action = ArgAction::Set)]
+    pub auto_create: bool,
+    /// Largest append body accepted, in bytes.
+    #[arg(
+        long,
+        env = "ELEANOR_LEDGER_MAX_RECORD_BYTES",
+        default_value_t = 262_144
+    )]
+    pub max_record_bytes: usize,
+    /// Most records in one group-commit batch.
+    #[arg(long, env = "ELEANOR_LEDGER_BATCH_MAX_RECORDS", default_value_t = 1024)]
+    pub batch_max_records: usize,
+    /// Most bytes of entries in one batch (one META update carries them all).
+    #[arg(
+        long,
+        env = "ELEANOR_LEDGER_BATCH_MAX_BYTES",
+        default_value_t = 327_680
+    )]
+    pub batch_max_bytes: usize,
+    /// Microseconds a batch waits for more appends after its first; 0 takes only what is queued.
+    #[arg(long, env = "ELEANOR_LEDGER_BATCH_LINGER_US", default_value_t = 0)]
+    pub batch_linger_us: u64,
+    /// Appends that may wait per ledger before new ones are refused with 503.
+    #[arg(long, env = "ELEANOR_LEDGER_QUEUE_DEPTH", default_value_t = 4096)]
+    pub queue_depth: usize,
+    /// Time allowed for one request (verification excepted), in milliseconds.
+    #[arg(
+        long,
+        env = "ELEANOR_LEDGER_REQUEST_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub request_timeout_ms: u64,
+    /// Log format.
+    #[arg(
+        long,
+        env = "ELEANOR_LEDGER_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+    /// S3 bucket with Object Lock for entry objects (aws backend).
+    #[arg(long, env = "ELEANOR_LEDGER_S3_BUCKET")]
+    pub s3_bucket: Option<String>,
+    /// Key prefix for every object the service writes (aws backend), e.g. `ledger/`.
+    #[arg(long, env = "ELEANOR_LEDGER_S3_PREFIX", default_value = "")]
+    pub s3_prefix: String,
+    /// Object Lock mode of entry objects.
+    #[arg(
+        long,
+        env = "ELEANOR_LEDGER_S3_LOCK_MODE",
+        value_enum,
+        default_value = "COMPLIANCE"
+    )]
+    pub s3_lock_mode: LockMode,
+    /// Days each entry object stays locked.
+    #[arg(long, env = "ELEANOR_LEDGER_RETENTION_DAYS", default_value_t = 2557)]
+    pub retention_days: u32,
+    /// DynamoDB index table (aws backend).
+    #[arg(long, env = "ELEANOR_LEDGER_DDB_TABLE")]
+    pub ddb_table: Option<String>,
+    /// AWS region of the table and bucket.
+    #[arg(long, env = "ELEANOR_LEDGER_DDB_REGION")]
+    pub ddb_region: Option<String>,
+    /// The ledger `ledger-init --init-meta` creates (and the runbook's examples use).
+    #[arg(long, env = "ELEANOR_LEDGER_DDB_LEDGER_ID", default_value = "default")]
+    pub ddb_ledger_id: String,
+    /// Endpoint override for S3 and DynamoDB emulators; leave unset in production.
+    #[arg(long, env = "ELEANOR_LEDGER_AWS_ENDPOINT_URL")]
+    pub aws_endpoint_url: Option<String>,
+}
+
+/// Settings of the AWS backend, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsConfig {
+    pub bucket: String,
+    pub prefix: String,
+    pub table: String,
+    pub region: String,
+    pub endpoint_url: Option<String>,
+    pub lock_mode: LockMode,
+    pub retention_days: u32,
+}
+
+/// The validated backend choice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendConfig {
+    Local { data_dir: PathBuf },
+    Aws(AwsConfig),
+}
+
+/// Everything the server needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub backend: BackendConfig,
+    pub ledger: Options,
+    pub limits: Limits,
+    pub log_format: LogFormat,
+    pub default_ledger: LedgerId,
+}
+
+/// A setting that cannot work, in one sentence that names it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// DynamoDB items hold at most 400 KiB and a batch's entries ride in the `META` item.
+const AWS_MAX_BATCH_BYTES: usize = 380_000;
+/// Room for an entry's header fields beyond its record.
+const ENTRY_OVERHEAD: usize = 200;
+
+impl ServerArgs {
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let fail = |s: String| Err(ConfigError(s));
+        if !(2..=16 * 1024 * 1024).contains(&self.max_record_bytes) {
+            return fail(format!(
+                "ELEANOR_LEDGER_MAX_RECORD_BYTES must be between 2 and 16777216, got {}",
+                self.max_record_bytes
+            ));
+        }
+        if !(1..=10_000).contains(&self.batch_max_records) {
+            return fail(format!(
+                "ELEANOR_LEDGER_BATCH_MAX_RECORDS must be between 1 and 10000, got {}",
+                self.batch_max_records
+            ));
+        }
+        if self.batch_max_bytes < self.max_record_bytes + ENTRY_OVERHEAD {
+            return fail(format!(
+                "ELEANOR_LEDGER_BATCH_MAX_BYTES ({}) must be at least ELEANOR_LEDGER_MAX_RECORD_BYTES + {ENTRY_OVERHEAD} ({}) so that every record fits in a batch",
+                self.batch_max_bytes,
+                self.max_record_bytes + ENTRY_OVERHEAD
+            ));
+        }
+        if self.batch_linger_us > 1_000_000 {
+            return fail(format!(
+                "ELEANOR_LEDGER_BATCH_LINGER_US must be at most 1000000 (1 s), got {}",
+                self.batch_linger_us
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.queue_depth) {
+            return fail(format!(
+                "ELEANOR_LEDGER_QUEUE_DEPTH must be between 1 and 1000000, got {}",
+                self.queue_depth
+            ));
+        }
+        if !(100..=600_000).contains(&self.request_timeout_ms) {
+            return fail(format!(
+                "ELEANOR_LEDGER_REQUEST_TIMEOUT_MS must be between 100 and 600000, got {}",
+                self.request_timeout_ms
+            ));
+        }
+        let default_ledger = LedgerId::parse(&self.ddb_ledger_id).map_err(|e| {
+            ConfigError(format!(
+                "ELEANOR_LEDGER_DDB_LEDGER_ID {:?} is not a valid ledger id: {e}",
+                self.ddb_ledger_id
+            ))
+        })?;
+        let backend = match self.backend {
+            BackendKind::Local => {
+                if self.data_dir.as_os_str().is_empty() {
+                    return fail("ELEANOR_LEDGER_DATA_DIR must not be empty".into());
+                }
+                BackendConfig::Local {
+                    data_dir: self.data_dir,
+                }
+            }
+            BackendKind::Aws => BackendConfig::Aws(self.aws_config()?),
+        };
+        if matches!(backend, BackendConfig::Aws(_)) && self.batch_max_bytes > AWS_MAX_BATCH_BYTES {
+            return fail(format!(
+                "ELEANOR_LEDGER_BATCH_MAX_BYTES must be at most {AWS_MAX_BATCH_BYTES} with the aws backend (a batch rides in one DynamoDB item, 400 KiB at most), got {}",
+                self.batch_max_bytes
+            ));
+        }
+        let object_prefix = match &backend {
+            BackendConfig::Aws(aws) => aws.prefix.clone(),
+            BackendConfig::Local { .. } => String::new(),
+        };
+        Ok(Config {
+            listen: self.listen,
+            backend,
+            ledger: Options {
+                object_prefix,
+                auto_create: self.auto_create,
+                batch_max_records: self.batch_max_records,
+                batch_max_bytes: self.batch_max_bytes,
+                batch_linger: Duration::from_micros(self.batch_linger_us),
+                queue_depth: self.queue_depth,
+                ..Options::default()
+            },
+            limits: Limits {
+                max_record_bytes: self.max_record_bytes,
+                request_timeout: Duration::from_millis(self.request_timeout_ms),
+            },
+            log_format: self.log_format,
+            default_ledger,
+        })
+    }
+
+    fn aws_config(&self) -> Result<AwsConfig, ConfigError> {
+        let required = |value: &Option<String>, name: &str| match value.as_deref().map(str::trim) {
+            Some(v) if !v.is_empty() => Ok(v.to_owned()),
+            _ => Err(ConfigError(format!(
+                "ELEANOR_LEDGER_BACKEND=aws needs {name} to be set"
+            ))),
+        };
+        let bucket = required(&self.s3_bucket, "ELEANOR_LEDGER_S3_BUCKET")?;
+        let table = required(&self.ddb_table, "ELEANOR_LEDGER_DDB_TABLE")?;
+        let region = required(&self.ddb_region, "ELEANOR_LEDGER_DDB_REGION")?;
+        let prefix = self.s3_prefix.clone();
+        if prefix.starts_with('/') || prefix.contains("//") || prefix.len() > 512 {
+            return Err(ConfigError(format!(
+                "ELEANOR_LEDGER_S3_PREFIX {prefix:?} must not start with '/' or contain '//' (and at most 512 bytes)"
+            )));
+        }
+        if !(1..=36_500).contains(&self.retention_days) {
+            return Err(ConfigError(format!(
+                "ELEANOR_LEDGER_RETENTION_DAYS must be between 1 and 36500, got {}",
+                self.retention_days
+            )));
+        }
+        if let Some(url) = &self.aws_endpoint_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(ConfigError(format!(
+                "ELEANOR_LEDGER_AWS_ENDPOINT_URL must be an http(s) URL, got {url:?}"
+            )));
+        }
+        Ok(AwsConfig {
+            bucket,
+            prefix,
+            table,
+            region,
+            endpoint_url: self.aws_endpoint_url.clone(),
+            lock_mode: self.s3_lock_mode,
+            retention_days: self.retention_days,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> ServerArgs {
+        let mut argv = vec!["ledger-server"];
+        argv.extend_from_slice(extra);
+        ServerArgs::try_parse_from(argv).unwrap()
+    }
+
+    #[test]
+    fn defaults_make_a_local_server_on_loopback() {
+        let config = args(&[]).into_config().unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(
+            config.backend,
+            BackendConfig::Local {
+                data_dir: "./data".into()
+            }
+        );
+        assert_eq!(config.limits.max_record_bytes, 262_144);
+    }
+
+    #[test]
+    fn the_aws_backend_names_the_first_missing_setting() {
+        let err = args(&["--backend", "aws", "--s3-bucket", "b"])
+            .into_config()
+            .unwrap_err();
+        assert_eq!(
+            err.0,
+            "ELEANOR_LEDGER_BACKEND=aws needs ELEANOR_LEDGER_DDB_TABLE to be set"
+        );
+    }
+
+    #[test]
+    fn a_batch_too_small_for_one_record_is_refused() {
+        let err = args(&["--batch-max-bytes", "1000"])
+            .into_config()
+            .unwrap_err();
+        assert!(
+            err.0
+                .starts_with("ELEANOR_LEDGER_BATCH_MAX_BYTES (1000) must be at least"),
+            "{}",
+            err.0
+        );
+    }
+
+    #[test]
+    fn aws_batches_must_fit_one_dynamodb_item() {
+        let aws = [
+            "--backend",
+            "aws",
+            "--s3-bucket",
+            "b",
+            "--ddb-table",
+            "t",
+            "--ddb-region",
+            "us-east-1",
+        ];
+        assert!(args(&aws).into_config().is_ok());
+        let mut big = aws.to_vec();
+        big.extend_from_slice(&["--batch-max-bytes", "500000"]);
+        assert!(args(&big).into_config().unwrap_err().0.contains("400 KiB"));
+    }
+}

@@ -1,0 +1,144 @@
+//! The one mapping from errors to HTTP responses.
+//!
+//! Every error body is `{"error": {"code": "<stable_snake_case>", "message": "<what to do>"}}`.
+//! Codes are API: clients branch on them. 5xx bodies say what happened in general terms; the
+//! cause is logged, never sent.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::chain::entry::InvalidRecord;
+use crate::ledger::LedgerError;
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("ledger ids are 1 to 64 characters from A-Z, a-z, 0-9, '_' and '-'")]
+    InvalidLedgerId,
+    #[error("seq must be a positive integer, like /records/1")]
+    InvalidSeq,
+    #[error("invalid query parameter: {0}")]
+    InvalidQuery(String),
+    #[error("{0}")]
+    InvalidRecord(InvalidRecord),
+    #[error("could not read the request body: {0}")]
+    InvalidBody(String),
+    #[error("the record is larger than the limit of {limit} bytes; send a smaller event")]
+    RecordTooLarge { limit: usize },
+    #[error("send the record as JSON with 'Content-Type: application/json'")]
+    UnsupportedMediaType,
+    #[error("no such route; see the API in README.md")]
+    RouteNotFound,
+    #[error("this route does not accept that method")]
+    MethodNotAllowed,
+    #[error(
+        "the request took longer than {0:?}; retry, or look the record up before appending it again"
+    )]
+    Timeout(Duration),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("internal error")]
+    Panic,
+}
+
+impl From<InvalidRecord> for ApiError {
+    fn from(e: InvalidRecord) -> ApiError {
+        ApiError::InvalidRecord(e)
+    }
+}
+
+impl ApiError {
+    /// The status and stable code of every error, in one exhaustive match.
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        use LedgerError as L;
+        match self {
+            ApiError::InvalidLedgerId => (StatusCode::BAD_REQUEST, "invalid_ledger_id"),
+            ApiError::InvalidSeq => (StatusCode::BAD_REQUEST, "invalid_seq"),
+            ApiError::InvalidQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query"),
+            ApiError::InvalidRecord(_) => (StatusCode::BAD_REQUEST, "invalid_record"),
+            ApiError::InvalidBody(_) => (StatusCode::BAD_REQUEST, "invalid_body"),
+            ApiError::RecordTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "record_too_large"),
+            ApiError::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ApiError::RouteNotFound => (StatusCode::NOT_FOUND, "route_not_found"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::Timeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
+            ApiError::Panic => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+            ApiError::Ledger(e) => match e {
+                L::LedgerNotFound => (StatusCode::NOT_FOUND, "ledger_not_found"),
+                L::RecordNotFound => (StatusCode::NOT_FOUND, "not_found"),
+                L::InvalidRange(_) => (StatusCode::BAD_REQUEST, "invalid_range"),
+                L::LedgerFull => (StatusCode::CONFLICT, "ledger_full"),
+                L::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+                L::Contention => (StatusCode::SERVICE_UNAVAILABLE, "contention"),
+                L::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+                L::Unavailable { .. } => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "dependency_unavailable")
+                }
+                L::OutcomeUnknown(_) => (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown"),
+                L::Corrupt { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "integrity_error"),
+            },
+        }
+    }
+
+    /// The message sent to the client: specific for client errors, general for server ones.
+    fn message(&self) -> String {
+        use LedgerError as L;
+        match self {
+            ApiError::Ledger(L::LedgerNotFound) => {
+                "the ledger does not exist; it is created by its first append unless auto-create is off".into()
+            }
+            ApiError::Ledger(L::RecordNotFound) => "no record with that seq in this ledger".into(),
+            ApiError::Ledger(L::Unavailable { dependency, .. }) => {
+                format!("the storage backend ({dependency}) is unavailable; nothing was committed, retry later")
+            }
+            ApiError::Ledger(L::OutcomeUnknown(_)) => {
+                "storage failed while committing and the outcome is unknown; look the record up before appending it again".into()
+            }
+            ApiError::Ledger(L::Contention) => {
+                "too many writers are appending to this ledger at once; nothing was committed, retry later".into()
+            }
+            ApiError::Ledger(L::Overloaded) => "too many appends are waiting for this ledger; retry later".into(),
+            ApiError::Ledger(L::Corrupt { seq, .. }) => format!(
+                "stored data failed an integrity check (seq {seq}); nothing was changed; an operator must run verification"
+            ),
+            other => other.to_string(),
+        }
+    }
+
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::Timeout(_)
+            | ApiError::Ledger(
+                LedgerError::Overloaded
+                | LedgerError::Contention
+                | LedgerError::ShuttingDown
+                | LedgerError::Unavailable { .. }
+                | LedgerError::OutcomeUnknown(_),
+            ) => Some(1),
+            _ => None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if status.is_server_error() {
+            tracing::error!(code, error = %self, "request failed");
+        }
+        let body = Json(json!({ "error": { "code": code, "message": self.message() } }));
+        let mut response = (status, body).into_response();
+        if let Some(secs) = self.retry_after() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}

@@ -1,0 +1,202 @@
+//! The commit protocol (`docs/PROTOCOL.md`), written once over the two storage traits.
+//!
+//! 1. **Claim**: one compare-and-set of `META` moves `seq_counter` past the batch and stores
+//!    the batch's entries (their full stored bytes) as `META.pending`. This is the commit
+//!    point: the content is durable atomically with the claim, so nothing can ever be
+//!    claimed without its bytes.
+//! 2. **Roll forward**: write every entry object (write-once), then every `SEQ#` item
+//!    (write-once). Both steps are idempotent and derive only from `META.pending`, so any
+//!    writer, in any process, can redo them after a crash, and concurrent redos are harmless.
+//! 3. The next claim replaces `pending`, but only after the pending batch it finds has been
+//!    rolled forward.
+
+use bytes::Bytes;
+use futures::future::try_join_all;
+
+use super::LedgerError;
+use crate::chain::entry::{EntryHeader, LedgerId, Record, Timestamp, encode, entry_key};
+use crate::chain::hash::Hash;
+use crate::chain::verify::{Evidence, check_entry};
+use crate::store::{Meta, NewObject, PendingBatch, PutOutcome, SeqItem, SeqPut, Stores};
+
+/// Builds the entries of a batch on top of `head`: seqs `head.seq_counter + 1 ..`, chained
+/// from `head.last_hash`, all stamped `timestamp`. Returns the `META` that claims them.
+pub(crate) fn build_batch(
+    ledger: &LedgerId,
+    head: &Meta,
+    records: &[Record],
+    timestamp: Timestamp,
+) -> Meta {
+    let first_seq = head.seq_counter + 1;
+    let mut prev_hash = head.last_hash;
+    let entries: Vec<Bytes> = records
+        .iter()
+        .enumerate()
+        .map(|(i, record)| {
+            let header = EntryHeader {
+                ledger_id: ledger.clone(),
+                seq: first_seq + i as u64,
+                prev_hash,
+                timestamp,
+            };
+            let bytes = encode(&header, record);
+            prev_hash = Hash::of_entry(&bytes);
+            Bytes::from(bytes)
+        })
+        .collect();
+    Meta {
+        seq_counter: head.seq_counter + records.len() as u64,
+        last_hash: prev_hash,
+        pending: Some(PendingBatch { first_seq, entries }),
+    }
+}
+
+/// One entry of a pending batch, decoded for roll-forward.
+pub(crate) struct PendingEntry {
+    pub seq: u64,
+    pub bytes: Bytes,
+    pub hash: Hash,
+    pub prev_hash: Hash,
+    pub timestamp: Timestamp,
+    pub key: String,
+}
+
+/// Decodes a pending batch and checks it is one unbroken piece of chain, so that nothing
+/// inconsistent is ever written to write-once storage.
+pub(crate) fn decode_pending(
+    ledger: &LedgerId,
+    prefix: &str,
+    pending: &PendingBatch,
+) -> Result<Vec<PendingEntry>, LedgerError> {
+    let mut out: Vec<PendingEntry> = Vec::with_capacity(pending.entries.len());
+    for (i, bytes) in pending.entries.iter().enumerate() {
+        let seq = pending.first_seq + i as u64;
+        let corrupt = |detail: String| LedgerError::Corrupt { seq, detail };
+        let entry = match check_entry(ledger, seq, Some(bytes)) {
+            Evidence::Entry(entry) => entry,
+            Evidence::Malformed { reason, .. } => {
+                return Err(corrupt(format!("pending entry is malformed: {reason}")));
+            }
+            Evidence::Missing => unreachable!("bytes were given"),
+        };
+        if let Some(prev) = out.last()
+            && prev.hash != entry.prev_hash
+        {
+            return Err(corrupt(
+                "pending entry does not link to the one before it".into(),
+            ));
+        }
+        out.push(PendingEntry {
+            seq,
+            bytes: bytes.clone(),
+            hash: entry.hash,
+            prev_hash: entry.prev_hash,
+            timestamp: entry.timestamp,
+            key: entry_key(prefix, ledger, seq),
+        });
+    }
+    Ok(out)
+}
+
+/// Whether every entry of `pending` already has its `SEQ#` item (the last step of roll-forward),
+/// each agreeing with the entry. One index query; used before redoing a batch someone else
+/// (or an earlier run of this process) claimed.
+pub(crate) async fn is_rolled_forward(
+    stores: &Stores,
+    ledger: &LedgerId,
+    entries: &[PendingEntry],
+) -> Result<bool, LedgerError> {
+    let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+        return Ok(true);
+    };
+    let items = stores
+        .index
+        .seq_items(ledger, first.seq, last.seq, entries.len())
+        .await?;
+    Ok(items.len() == entries.len()
+        && items
+            .iter()
+            .zip(entries)
+            .all(|(item, e)| item.entry_hash == e.hash))
+}
+
+/// Writes a claimed batch out: entry objects, then `SEQ#` items. Idempotent; safe to run
+/// concurrently with other writers doing the same. Existing objects or items that differ from
+/// what the batch says are corruption: reported, never overwritten.
+pub(crate) async fn roll_forward(
+    stores: &Stores,
+    ledger: &LedgerId,
+    entries: &[PendingEntry],
+) -> Result<(), LedgerError> {
+    let objects: Vec<NewObject> = entries
+        .iter()
+        .map(|e| NewObject {
+            key: e.key.clone(),
+            body: e.bytes.clone(),
+        })
+        .collect();
+    let outcomes = stores.objects.put_new(&objects).await?;
+    let versions = try_join_all(
+        entries
+            .iter()
+            .zip(outcomes)
+            .map(|(entry, outcome)| async move {
+                match outcome {
+                    PutOutcome::Created { version } => Ok(version),
+                    PutOutcome::AlreadyExists => existing_version(stores, entry).await,
+                }
+            }),
+    )
+    .await?;
+    let items: Vec<SeqItem> = entries
+        .iter()
+        .zip(versions)
+        .map(|(e, version_id)| SeqItem {
+            seq: e.seq,
+            entry_hash: e.hash,
+            prev_hash: e.prev_hash,
+            timestamp: e.timestamp,
+            object_key: e.key.clone(),
+            version_id,
+        })
+        .collect();
+    let outcomes = stores.index.put_seq_items(ledger, &items).await?;
+    for (item, outcome) in items.iter().zip(outcomes) {
+        if let SeqPut::AlreadyExists(existing) = outcome
+            && existing != *item
+        {
+            return Err(LedgerError::Corrupt {
+                seq: item.seq,
+                detail: format!(
+                    "the SEQ# item already stored disagrees with the committed entry ({existing:?})"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// An object already exists at an entry's key: it must be exactly this entry (a redo of an
+/// earlier write); then its version is the one to index.
+async fn existing_version(
+    stores: &Stores,
+    entry: &PendingEntry,
+) -> Result<Option<String>, LedgerError> {
+    match stores.objects.get(&entry.key, None).await? {
+        Some(object) if object.body == entry.bytes => Ok(object.version),
+        Some(_) => Err(LedgerError::Corrupt {
+            seq: entry.seq,
+            detail: format!(
+                "object {} holds different bytes than the committed entry",
+                entry.key
+            ),
+        }),
+        None => Err(LedgerError::Corrupt {
+            seq: entry.seq,
+            detail: format!(
+                "object {} was reported to exist but cannot be read",
+                entry.key
+            ),
+        }),
+    }
+}

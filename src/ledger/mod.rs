@@ -1,0 +1,308 @@
+//! The ledger service: appends (group commit over the commit protocol), reads, verification
+//! and crash recovery, over any pair of stores.
+//!
+//! - [`commit`]: the protocol itself (claim with content, idempotent roll-forward).
+//! - [`committer`]: one group-commit task per ledger.
+//! - [`read`]: records, heads and ledger listings.
+//! - [`verify`]: re-reads and re-hashes stored entries with the pure verifier.
+
+mod commit;
+mod committer;
+mod read;
+mod verify;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, Registry};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::chain::entry::{LedgerId, Record, Timestamp};
+use crate::chain::hash::Hash;
+use crate::store::{StoreError, Stores};
+use commit::PendingEntry;
+use committer::{Committer, Request};
+
+pub use read::{LedgerSummary, RecordPage, StoredRecord};
+pub use verify::{VerifyRange, VerifyReport};
+
+/// Errors of the ledger service. The HTTP layer maps each to one status and code.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LedgerError {
+    #[error("the ledger does not exist")]
+    LedgerNotFound,
+    #[error("no record with that seq")]
+    RecordNotFound,
+    #[error("the range is not valid: {0}")]
+    InvalidRange(String),
+    #[error("the ledger has reached its highest seq")]
+    LedgerFull,
+    #[error("too many appends are queued for this ledger")]
+    Overloaded,
+    #[error("too many writers are appending to this ledger at once; the append was not committed")]
+    Contention,
+    #[error("the service is shutting down")]
+    ShuttingDown,
+    #[error("{dependency} is unavailable: {detail}")]
+    Unavailable {
+        dependency: &'static str,
+        detail: String,
+    },
+    #[error("storage failed mid-commit and the outcome is unknown: {0}")]
+    OutcomeUnknown(String),
+    #[error("integrity failure at seq {seq}: {detail}")]
+    Corrupt { seq: u64, detail: String },
+}
+
+impl From<StoreError> for LedgerError {
+    fn from(e: StoreError) -> LedgerError {
+        match e {
+            StoreError::Unavailable { dependency, detail } => {
+                LedgerError::Unavailable { dependency, detail }
+            }
+            StoreError::Corrupt(detail) => LedgerError::Corrupt { seq: 0, detail },
+        }
+    }
+}
+
+/// Tuning and behaviour of the service (from [`crate::config`]).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Prepended to every object key (`ELEANOR_LEDGER_S3_PREFIX`; empty on the local backend).
+    pub object_prefix: String,
+    /// Create a ledger on its first append (`ELEANOR_LEDGER_AUTO_CREATE`).
+    pub auto_create: bool,
+    pub batch_max_records: usize,
+    pub batch_max_bytes: usize,
+    /// How long a batch waits for more appends after the first; zero takes only what is queued.
+    pub batch_linger: Duration,
+    /// Appends that may wait per ledger before new ones are refused (load shedding).
+    pub queue_depth: usize,
+    pub max_claim_attempts: u32,
+    pub claim_deadline: Duration,
+    /// Failures a verification records before it only counts them.
+    pub max_verify_failures: usize,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            object_prefix: String::new(),
+            auto_create: true,
+            batch_max_records: 1024,
+            batch_max_bytes: 320 * 1024,
+            batch_linger: Duration::ZERO,
+            queue_depth: 4096,
+            max_claim_attempts: 64,
+            claim_deadline: Duration::from_secs(10),
+            max_verify_failures: 1000,
+        }
+    }
+}
+
+/// Ledger-level metrics.
+#[derive(Clone)]
+pub struct LedgerMetrics {
+    batch_size: Histogram,
+    conflicts: IntCounter,
+    roll_forwards: IntCounter,
+    corruption: IntCounter,
+}
+
+impl LedgerMetrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<LedgerMetrics> {
+        let buckets = vec![
+            1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+        ];
+        let m = LedgerMetrics {
+            batch_size: Histogram::with_opts(
+                HistogramOpts::new(
+                    "ledger_batch_size",
+                    "Records per committed batch (one META update each).",
+                )
+                .buckets(buckets),
+            )?,
+            conflicts: IntCounter::new(
+                "ledger_commit_conflicts_total",
+                "META compare-and-set attempts lost to another writer and retried.",
+            )?,
+            roll_forwards: IntCounter::new(
+                "ledger_roll_forwards_total",
+                "Pending batches found unfinished (another writer's, or left by a crash) and written out.",
+            )?,
+            corruption: IntCounter::new(
+                "ledger_integrity_errors_total",
+                "Stored data found to disagree with the committed chain.",
+            )?,
+        };
+        registry.register(Box::new(m.batch_size.clone()))?;
+        registry.register(Box::new(m.conflicts.clone()))?;
+        registry.register(Box::new(m.roll_forwards.clone()))?;
+        registry.register(Box::new(m.corruption.clone()))?;
+        Ok(m)
+    }
+}
+
+/// The answer to an append.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Receipt {
+    pub ledger_id: LedgerId,
+    pub seq: u64,
+    pub entry_hash: Hash,
+    pub prev_hash: Hash,
+    pub timestamp: Timestamp,
+    pub object_key: String,
+    /// `false` when the record is committed (durable in `META`, its seq and hash final) but
+    /// its object and index item are not written yet; they will be, by the next append,
+    /// a read or startup recovery.
+    #[serde(skip)]
+    pub materialized: bool,
+}
+
+impl Receipt {
+    fn new(ledger: &LedgerId, e: &PendingEntry, materialized: bool) -> Receipt {
+        Receipt {
+            ledger_id: ledger.clone(),
+            seq: e.seq,
+            entry_hash: e.hash,
+            prev_hash: e.prev_hash,
+            timestamp: e.timestamp,
+            object_key: e.key.clone(),
+            materialized,
+        }
+    }
+}
+
+/// The service. Cheap to clone.
+#[derive(Clone)]
+pub struct Ledger {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    stores: Stores,
+    options: Arc<Options>,
+    metrics: LedgerMetrics,
+    committers: Mutex<Committers>,
+}
+
+#[derive(Default)]
+struct Committers {
+    closed: bool,
+    queues: HashMap<LedgerId, mpsc::Sender<Request>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Ledger {
+    pub fn new(stores: Stores, options: Options, metrics: LedgerMetrics) -> Ledger {
+        Ledger {
+            inner: Arc::new(Inner {
+                stores,
+                options: Arc::new(options),
+                metrics,
+                committers: Mutex::new(Committers::default()),
+            }),
+        }
+    }
+
+    pub fn stores(&self) -> &Stores {
+        &self.inner.stores
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.inner.options
+    }
+
+    /// Appends one record; resolves once its batch is committed.
+    pub async fn append(&self, ledger: &LedgerId, record: Record) -> Result<Receipt, LedgerError> {
+        let (reply, answer) = oneshot::channel();
+        let queue = self.queue(ledger)?;
+        queue
+            .try_send(Request { record, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => LedgerError::Overloaded,
+                mpsc::error::TrySendError::Closed(_) => LedgerError::ShuttingDown,
+            })?;
+        answer.await.map_err(|_| LedgerError::ShuttingDown)?
+    }
+
+    fn queue(&self, ledger: &LedgerId) -> Result<mpsc::Sender<Request>, LedgerError> {
+        let mut committers = self
+            .inner
+            .committers
+            .lock()
+            .expect("committer map lock is never poisoned");
+        if committers.closed {
+            return Err(LedgerError::ShuttingDown);
+        }
+        if let Some(queue) = committers.queues.get(ledger) {
+            return Ok(queue.clone());
+        }
+        let (tx, rx) = mpsc::channel(self.inner.options.queue_depth);
+        let committer = Committer::new(
+            ledger.clone(),
+            self.inner.stores.clone(),
+            self.inner.options.clone(),
+            self.inner.metrics.clone(),
+        );
+        committers.tasks.push(tokio::spawn(committer.run(rx)));
+        committers.queues.insert(ledger.clone(), tx.clone());
+        Ok(tx)
+    }
+
+    /// Stops taking appends, lets every queued batch finish, and waits for the committers.
+    pub async fn shutdown(&self) {
+        let tasks = {
+            let mut committers = self
+                .inner
+                .committers
+                .lock()
+                .expect("committer map lock is never poisoned");
+            committers.closed = true;
+            committers.queues.clear();
+            std::mem::take(&mut committers.tasks)
+        };
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Finishes any batch that a crashed writer claimed but did not write out, for every
+    /// ledger. Run at startup; safe at any time and alongside other writers.
+    pub async fn recover(&self) -> Result<u64, LedgerError> {
+        let mut finished = 0;
+        let mut after: Option<LedgerId> = None;
+        loop {
+            let page = self.inner.stores.index.ledgers(after.as_ref(), 500).await?;
+            for ledger in &page {
+                if self.finish_pending(ledger).await? {
+                    finished += 1;
+                }
+            }
+            match page.last() {
+                Some(last) if page.len() == 500 => after = Some(last.clone()),
+                _ => return Ok(finished),
+            }
+        }
+    }
+
+    /// Rolls forward the ledger's pending batch if it is unfinished. `true` if it was.
+    pub(crate) async fn finish_pending(&self, ledger: &LedgerId) -> Result<bool, LedgerError> {
+        let Some(head) = self.inner.stores.index.head(ledger).await? else {
+            return Ok(false);
+        };
+        let Some(pending) = &head.pending else {
+            return Ok(false);
+        };
+        let entries = commit::decode_pending(ledger, &self.inner.options.object_prefix, pending)?;
+        if commit::is_rolled_forward(&self.inner.stores, ledger, &entries).await? {
+            return Ok(false);
+        }
+        commit::roll_forward(&self.inner.stores, ledger, &entries).await?;
+        self.inner.metrics.roll_forwards.inc();
+        Ok(true)
+    }
+}

@@ -1,0 +1,600 @@
+//! The Python reference verifier (`scripts/verify_chain.py`) and the Rust verifier
+//! (`eleanor_ledger::chain::verify`) must agree: on the vectors chain, and on copies of it with
+//! one byte flipped, an entry removed or swapped, or a wrong head. "Agree" means the same
+//! ok/not-ok and the same (seq, kind) failures; a flipped byte in entry k must make both name
+//! seq k when an index (entry hashes) is given.
+//!
+//! Both verifiers walk seqs 1..M, M = max(largest seq given, head seq), as docs/FORMAT.md says.
+//! These tests need `python3` on PATH and fail loudly without it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use eleanor_ledger::chain::entry::{LedgerId, Timestamp};
+use eleanor_ledger::chain::hash::Hash;
+use eleanor_ledger::chain::verify::{ChainVerifier, Head, IndexClaim, check_entry};
+use serde_json::Value;
+
+const LEDGER: &str = "audit-demo";
+
+/// A chain as both verifiers see it: stored bytes and (optionally) index claims, by seq.
+#[derive(Clone)]
+struct Chain {
+    stored: BTreeMap<u64, Vec<u8>>,
+    claims: BTreeMap<u64, IndexClaim>,
+    head: Option<Head>,
+}
+
+/// (seq, kind) pairs; the order within one seq is not part of the contract.
+type Failures = BTreeSet<(u64, String)>;
+
+struct Report {
+    exit_code: i32,
+    ok: bool,
+    verified: u64,
+    last_hash: Option<String>,
+    failures: Failures,
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn vectors() -> Value {
+    let text = std::fs::read_to_string(root().join("tests/data/vectors/vectors.json"))
+        .expect("vectors.json");
+    serde_json::from_str(&text).expect("vectors.json parses")
+}
+
+/// The vectors chain, with the index claims and head the vectors record for it.
+fn vectors_chain() -> Chain {
+    let v = vectors();
+    let mut chain = Chain {
+        stored: BTreeMap::new(),
+        claims: BTreeMap::new(),
+        head: None,
+    };
+    for e in v["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["ledger_id"] == LEDGER)
+    {
+        let seq = e["seq"].as_u64().expect("seq");
+        let hash = |field: &str| {
+            e[field]
+                .as_str()
+                .expect("hash")
+                .parse::<Hash>()
+                .expect("hash")
+        };
+        chain.stored.insert(
+            seq,
+            hex::decode(e["stored_hex"].as_str().expect("hex")).expect("hex"),
+        );
+        chain.claims.insert(
+            seq,
+            IndexClaim {
+                entry_hash: hash("entry_hash"),
+                prev_hash: hash("prev_hash"),
+                timestamp: Timestamp::parse(e["timestamp"].as_str().expect("ts")).expect("ts"),
+            },
+        );
+    }
+    let head_hash = v["chain"]["head_hash"]
+        .as_str()
+        .expect("head")
+        .parse()
+        .expect("hash");
+    chain.head = Some(Head {
+        seq: v["chain"]["head_seq"].as_u64().expect("seq"),
+        last_hash: head_hash,
+    });
+    assert_eq!(chain.stored.len(), 5, "the vectors chain has five entries");
+    chain
+}
+
+fn without_claims(chain: &Chain) -> Chain {
+    Chain {
+        claims: BTreeMap::new(),
+        ..chain.clone()
+    }
+}
+
+fn rust_verify(ledger: &str, chain: &Chain) -> (bool, Failures) {
+    let id = LedgerId::parse(ledger).expect("ledger id");
+    let last = [
+        chain.stored.keys().last(),
+        chain.claims.keys().last(),
+        chain.head.as_ref().map(|h| &h.seq),
+    ]
+    .into_iter()
+    .flatten()
+    .copied()
+    .max()
+    .unwrap_or(0);
+    let mut verifier = ChainVerifier::new(1, Some(Hash::GENESIS), 10_000);
+    for seq in 1..=last {
+        let evidence = check_entry(&id, seq, chain.stored.get(&seq).map(Vec::as_slice));
+        verifier.push(evidence, chain.claims.get(&seq));
+    }
+    let outcome = verifier.finish(chain.head);
+    let failures = outcome
+        .failures
+        .iter()
+        .map(|f| {
+            (
+                f.seq,
+                serde_json::to_value(f.kind)
+                    .expect("kind")
+                    .as_str()
+                    .expect("kind")
+                    .to_owned(),
+            )
+        })
+        .collect();
+    (outcome.ok(), failures)
+}
+
+/// The Python interpreter, resolved once: `python3` on PATH may be a slow wrapper script
+/// (pyenv), and these tests start it well over a hundred times.
+fn python() -> &'static Path {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let found = Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output();
+        match found {
+            Ok(out) if out.status.success() && !out.stdout.trim_ascii().is_empty() => {
+                PathBuf::from(String::from_utf8_lossy(out.stdout.trim_ascii()).into_owned())
+            }
+            _ => panic!(
+                "python3 is required to run scripts/verify_chain.py but was not found on PATH"
+            ),
+        }
+    })
+}
+
+fn run_python(args: &[&str]) -> std::process::Output {
+    Command::new(python())
+        .arg(root().join("scripts/verify_chain.py"))
+        .args(args)
+        .output()
+        .expect("run python3 scripts/verify_chain.py")
+}
+
+fn python_verify(ledger: &str, chain: &Chain, mode: Mode) -> Report {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = match mode {
+        Mode::Dir => {
+            assert!(
+                chain.claims.is_empty(),
+                "the directory input carries no index"
+            );
+            for (seq, bytes) in &chain.stored {
+                std::fs::write(dir.path().join(format!("{seq:018}.json")), bytes)
+                    .expect("write entry");
+            }
+            vec!["--dir".to_owned(), dir.path().display().to_string()]
+        }
+        Mode::Jsonl => {
+            let path = dir.path().join("chain.jsonl");
+            std::fs::write(&path, jsonl(chain)).expect("write jsonl");
+            vec!["--jsonl".to_owned(), path.display().to_string()]
+        }
+    };
+    let mut args: Vec<String> = vec!["--json".into(), "--ledger".into(), ledger.into()];
+    args.extend(input);
+    if let Some(head) = chain.head {
+        args.extend([
+            "--head-seq".into(),
+            head.seq.to_string(),
+            "--head-hash".into(),
+            head.last_hash.to_hex(),
+        ]);
+    }
+    let out = run_python(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "verify_chain.py printed no JSON report ({e}): {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    Report {
+        exit_code: out.status.code().expect("an exit code"),
+        ok: report["ok"].as_bool().expect("ok"),
+        verified: report["verified"].as_u64().expect("verified"),
+        last_hash: report["last_hash"].as_str().map(str::to_owned),
+        failures: report["failures"]
+            .as_array()
+            .expect("failures")
+            .iter()
+            .map(|f| {
+                (
+                    f["seq"].as_u64().expect("seq"),
+                    f["kind"].as_str().expect("kind").to_owned(),
+                )
+            })
+            .collect(),
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    Dir,
+    Jsonl,
+}
+
+fn jsonl(chain: &Chain) -> String {
+    let seqs: BTreeSet<u64> = chain
+        .stored
+        .keys()
+        .chain(chain.claims.keys())
+        .copied()
+        .collect();
+    let mut out = String::new();
+    for seq in seqs {
+        let mut line = serde_json::Map::new();
+        line.insert("seq".into(), seq.into());
+        if let Some(bytes) = chain.stored.get(&seq) {
+            line.insert("stored".into(), base64(bytes).into());
+        }
+        if let Some(c) = chain.claims.get(&seq) {
+            line.insert("entry_hash".into(), c.entry_hash.to_hex().into());
+            line.insert("prev_hash".into(), c.prev_hash.to_hex().into());
+            line.insert("timestamp".into(), c.timestamp.to_string().into());
+        }
+        out.push_str(&Value::Object(line).to_string());
+        out.push('\n');
+    }
+    out
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Runs both verifiers over `chain` in the given mode and asserts they agree; returns the
+/// failures they both found.
+fn both_agree(ledger: &str, chain: &Chain, mode: Mode, what: &str) -> Failures {
+    let (rust_ok, rust_failures) = rust_verify(ledger, chain);
+    let py = python_verify(ledger, chain, mode);
+    assert_eq!(
+        py.ok, rust_ok,
+        "{what} ({mode:?}): ok differs; python {:?}, rust {:?}",
+        py.failures, rust_failures
+    );
+    assert_eq!(
+        py.failures, rust_failures,
+        "{what} ({mode:?}): failures differ"
+    );
+    assert_eq!(
+        py.exit_code,
+        if rust_ok { 0 } else { 1 },
+        "{what} ({mode:?}): exit code"
+    );
+    rust_failures
+}
+
+#[test]
+fn both_verifiers_accept_the_vectors_chain() {
+    let chain = vectors_chain();
+    let head = chain.head.expect("a head");
+    for (mode, chain) in [
+        (Mode::Jsonl, chain.clone()),
+        (Mode::Dir, without_claims(&chain)),
+    ] {
+        assert!(both_agree(LEDGER, &chain, mode, "the vectors chain").is_empty());
+        let py = python_verify(LEDGER, &chain, mode);
+        assert_eq!(py.verified, 5);
+        assert_eq!(py.last_hash, Some(head.last_hash.to_hex()));
+    }
+}
+
+#[test]
+fn the_committed_chain_files_verify_as_they_are() {
+    let v = vectors();
+    let head_seq = v["chain"]["head_seq"].to_string();
+    let head_hash = v["chain"]["head_hash"].as_str().expect("head hash");
+    let data = root().join("tests/data/vectors");
+    for input in [
+        ["--dir", &data.join("chain").display().to_string()],
+        ["--jsonl", &data.join("chain.jsonl").display().to_string()],
+    ] {
+        let out = run_python(
+            &[
+                &input[..],
+                &[
+                    "--ledger",
+                    LEDGER,
+                    "--head-seq",
+                    &head_seq,
+                    "--head-hash",
+                    head_hash,
+                ],
+            ]
+            .concat(),
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{input:?}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.starts_with("OK: ledger audit-demo: 5 entries verified"),
+            "{stdout}"
+        );
+    }
+}
+
+/// Byte positions worth flipping in an entry: its first and last bytes, one inside each header
+/// field, and some inside the record.
+fn positions(bytes: &[u8]) -> Vec<usize> {
+    let text = String::from_utf8_lossy(bytes);
+    let at = |needle: &str, offset: usize| {
+        text.find(needle).expect("a header field") + needle.len() + offset
+    };
+    let record = at("\"record\":", 0);
+    let mut p = vec![
+        0,
+        at("\"v\":", 0),
+        at("\"ledger_id\":\"", 2),
+        at("\"seq\":", 0),
+        at("\"prev_hash\":\"", 10),
+        at("\"timestamp\":\"", 3),
+        at("\"timestamp\":\"", 24),
+        record,
+        record + 2,
+        (record + bytes.len()) / 2,
+        bytes.len() - 3,
+        bytes.len() - 1,
+    ];
+    p.sort_unstable();
+    p.dedup();
+    p
+}
+
+#[test]
+fn a_flipped_byte_makes_both_verifiers_fail_and_name_its_seq() {
+    let chain = vectors_chain();
+    let head = chain.head.expect("a head");
+    // One thread per entry: each case starts python, so this is bound by process start-up.
+    let runs: usize = std::thread::scope(|scope| {
+        let workers: Vec<_> = (1..=head.seq)
+            .map(|k| {
+                let chain = &chain;
+                scope.spawn(move || tamper_entry(chain, k))
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("a tampering worker panicked"))
+            .sum()
+    });
+    assert!(runs >= 40, "only {runs} tampered copies were tried");
+}
+
+/// Flips one byte of entry `k` at each of [`positions`], checking both verifiers each time;
+/// returns how many tampered copies were tried.
+fn tamper_entry(chain: &Chain, k: u64) -> usize {
+    let mut runs = 0;
+    for (n, pos) in positions(&chain.stored[&k]).into_iter().enumerate() {
+        let mut tampered = chain.clone();
+        // Vary the bit so both letters and digits turn into other bytes, some of them invalid.
+        tampered.stored.get_mut(&k).expect("entry")[pos] ^= [0x01, 0x20, 0x80, 0x04][n % 4];
+        let what = format!("entry {k} byte {pos} flipped");
+
+        // With the index's entry hashes, the entry itself is named.
+        let failures = both_agree(LEDGER, &tampered, Mode::Jsonl, &what);
+        assert!(
+            failures.iter().any(|(s, _)| *s == k),
+            "{what}: seq {k} not named: {failures:?}"
+        );
+
+        // From the entry files alone: named at k (malformed, or the head for the last entry)
+        // or at k + 1 (the link from the next entry breaks).
+        let failures = both_agree(LEDGER, &without_claims(&tampered), Mode::Dir, &what);
+        assert!(
+            failures.iter().any(|(s, _)| *s == k || *s == k + 1),
+            "{what}: neither seq {k} nor {} named: {failures:?}",
+            k + 1
+        );
+        runs += 1;
+    }
+    runs
+}
+
+#[test]
+fn a_missing_entry_is_reported_at_its_seq_by_both() {
+    let mut chain = vectors_chain();
+    chain.stored.remove(&3);
+    let failures = both_agree(LEDGER, &chain, Mode::Jsonl, "entry 3 removed");
+    assert_eq!(failures, BTreeSet::from([(3, "missing_entry".to_owned())]));
+    let failures = both_agree(
+        LEDGER,
+        &without_claims(&chain),
+        Mode::Dir,
+        "entry 3 removed",
+    );
+    assert_eq!(failures, BTreeSet::from([(3, "missing_entry".to_owned())]));
+}
+
+#[test]
+fn swapped_entries_are_reported_at_both_seqs_by_both() {
+    let mut chain = vectors_chain();
+    let (two, three) = (chain.stored[&2].clone(), chain.stored[&3].clone());
+    chain.stored.insert(2, three);
+    chain.stored.insert(3, two);
+    for (mode, chain) in [
+        (Mode::Jsonl, chain.clone()),
+        (Mode::Dir, without_claims(&chain)),
+    ] {
+        let failures = both_agree(LEDGER, &chain, mode, "entries 2 and 3 swapped");
+        for seq in [2, 3] {
+            assert!(
+                failures.contains(&(seq, "malformed_entry".to_owned())),
+                "{mode:?}: {failures:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_head_that_is_not_the_chain_end_is_a_head_mismatch_for_both() {
+    let chain = without_claims(&vectors_chain());
+    let head = chain.head.expect("a head");
+    let wrong_hash = Chain {
+        head: Some(Head {
+            seq: 5,
+            last_hash: Hash::GENESIS,
+        }),
+        ..chain.clone()
+    };
+    assert_eq!(
+        both_agree(LEDGER, &wrong_hash, Mode::Dir, "head with a wrong hash"),
+        BTreeSet::from([(5, "head_mismatch".to_owned())])
+    );
+    let short = Chain {
+        head: Some(Head {
+            seq: 4,
+            last_hash: head.last_hash,
+        }),
+        ..chain.clone()
+    };
+    assert_eq!(
+        both_agree(LEDGER, &short, Mode::Dir, "head below the last entry"),
+        BTreeSet::from([(4, "head_mismatch".to_owned())])
+    );
+    let beyond = Chain {
+        head: Some(Head {
+            seq: 6,
+            last_hash: head.last_hash,
+        }),
+        ..chain
+    };
+    assert_eq!(
+        both_agree(LEDGER, &beyond, Mode::Dir, "head above the last entry"),
+        BTreeSet::from([(6, "missing_entry".to_owned())])
+    );
+}
+
+#[test]
+fn entries_of_another_ledger_are_malformed_for_both() {
+    let chain = without_claims(&vectors_chain());
+    let failures = both_agree(
+        "other-ledger",
+        &chain,
+        Mode::Dir,
+        "verified as another ledger",
+    );
+    assert_eq!(failures.len(), 5, "each entry is malformed: {failures:?}");
+}
+
+#[test]
+fn every_rejected_entry_vector_is_malformed_for_both() {
+    for r in vectors()["rejected_entries"]
+        .as_array()
+        .expect("rejected_entries")
+    {
+        let stored = hex::decode(r["stored_hex"].as_str().expect("hex")).expect("hex");
+        let chain = Chain {
+            stored: BTreeMap::from([(1, stored)]),
+            claims: BTreeMap::new(),
+            head: None,
+        };
+        let failures = both_agree(LEDGER, &chain, Mode::Dir, r["name"].as_str().expect("name"));
+        assert_eq!(
+            failures,
+            BTreeSet::from([(1, "malformed_entry".to_owned())]),
+            "{}",
+            r["name"]
+        );
+    }
+}
+
+#[test]
+fn an_empty_directory_is_an_empty_intact_chain() {
+    let chain = Chain {
+        stored: BTreeMap::new(),
+        claims: BTreeMap::new(),
+        head: None,
+    };
+    assert!(both_agree(LEDGER, &chain, Mode::Dir, "no entries").is_empty());
+}
+
+#[test]
+fn usage_errors_exit_with_status_2() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let chain_dir = root()
+        .join("tests/data/vectors/chain")
+        .display()
+        .to_string();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path.display().to_string()
+    };
+    let bad_base64 = write("b64.jsonl", "{\"seq\":1,\"stored\":\"not base64!\"}\n");
+    let twice = write(
+        "twice.jsonl",
+        "{\"seq\":1,\"stored\":\"e30=\"}\n{\"seq\":1,\"stored\":\"e30=\"}\n",
+    );
+    let unknown = write(
+        "unknown.jsonl",
+        "{\"seq\":1,\"stored\":\"e30=\",\"entry-hash\":\"x\"}\n",
+    );
+    let missing = dir.path().join("absent").display().to_string();
+    let cases: Vec<Vec<&str>> = vec![
+        vec![],
+        vec!["--dir", &chain_dir],
+        vec!["--ledger", LEDGER],
+        vec!["--ledger", "../x", "--dir", &chain_dir],
+        vec!["--ledger", LEDGER, "--dir", &chain_dir, "--head-seq", "5"],
+        vec![
+            "--ledger",
+            LEDGER,
+            "--dir",
+            &chain_dir,
+            "--head-seq",
+            "5",
+            "--head-hash",
+            "ABC",
+        ],
+        vec!["--ledger", LEDGER, "--dir", &missing],
+        vec!["--ledger", LEDGER, "--jsonl", &missing],
+        vec!["--ledger", LEDGER, "--jsonl", &bad_base64],
+        vec!["--ledger", LEDGER, "--jsonl", &twice],
+        vec!["--ledger", LEDGER, "--jsonl", &unknown],
+    ];
+    for args in cases {
+        let out = run_python(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.stderr.is_empty(), "{args:?}: no message on stderr");
+    }
+    assert!(Path::new(&chain_dir).is_dir());
+}
