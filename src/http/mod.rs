@@ -2,10 +2,11 @@
 //!
 //! - [`error`]: the one error-to-response mapping.
 //! - [`records`]: append, read one, read a page.
-//! - [`ledgers`]: list ledgers, heads, verification.
+//! - [`ledgers`]: list ledgers, heads, verification; [`export`]: NDJSON export.
 //! - [`health`], [`metrics`]: `/health` and `/metrics` plus request metrics.
 
 pub mod error;
+mod export;
 mod extract;
 mod health;
 mod ledgers;
@@ -61,8 +62,10 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health::health))
         .route("/metrics", get(metrics::export))
         .route_layer(middleware::from_fn_with_state(state.clone(), timeout));
-    // Verification reads the whole range it is asked for, however long that takes.
-    let untimed = Router::new().route("/v1/ledgers/{ledger_id}/verify", get(ledgers::verify));
+    // Verification and export read the whole range it is asked for, however long that takes.
+    let untimed = Router::new()
+        .route("/v1/ledgers/{ledger_id}/verify", get(ledgers::verify))
+        .route("/v1/ledgers/{ledger_id}/export", get(export::export));
     timed
         .merge(untimed)
         .fallback(|| async { ApiError::RouteNotFound })

@@ -26,7 +26,7 @@ use crate::store::{StoreError, Stores};
 use commit::PendingEntry;
 use committer::{Committer, Request};
 
-pub use read::{LedgerSummary, RecordPage, StoredRecord};
+pub use read::{ExportedEntry, LedgerSummary, RecordPage, StoredRecord};
 pub use verify::{VerifyRange, VerifyReport};
 
 /// Errors of the ledger service. The HTTP layer maps each to one status and code.
@@ -271,15 +271,27 @@ impl Ledger {
     }
 
     /// Finishes any batch that a crashed writer claimed but did not write out, for every
-    /// ledger. Run at startup; safe at any time and alongside other writers.
+    /// ledger, and returns how many it finished. Run at startup; safe at any time and
+    /// alongside other writers. A ledger whose batch cannot be finished is logged and counted
+    /// and left for its next append to retry (or refuse); only failing to list ledgers is an
+    /// error.
     pub async fn recover(&self) -> Result<u64, LedgerError> {
         let mut finished = 0;
         let mut after: Option<LedgerId> = None;
         loop {
             let page = self.inner.stores.index.ledgers(after.as_ref(), 500).await?;
             for ledger in &page {
-                if self.finish_pending(ledger).await? {
-                    finished += 1;
+                // One damaged or unreachable ledger must not keep the others (or reads and
+                // verification of this one) from being served: report it and go on.
+                match self.finish_pending(ledger).await {
+                    Ok(true) => finished += 1,
+                    Ok(false) => {}
+                    Err(e) => {
+                        if matches!(e, LedgerError::Corrupt { .. }) {
+                            self.inner.metrics.corruption.inc();
+                        }
+                        tracing::error!(ledger_id = %ledger, error = %e, "cannot finish this ledger's pending batch");
+                    }
                 }
             }
             match page.last() {
