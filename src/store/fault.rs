@@ -1,0 +1,244 @@
+//! A fault-injecting wrapper around any pair of stores, to test every crash point of the
+//! commit protocol (test support; not used by the service).
+//!
+//! Every call through the wrapper is numbered from 0. A [`Fault`] planned for call `n` makes
+//! that call fail before doing anything, or do its work (all of it, or only the first half of a
+//! batch) and then "crash": from then on every call fails, as if the writer process had died
+//! at that point. A fresh service over the unwrapped stores then plays the restarted writer.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+
+use super::{
+    CasOutcome, IndexStore, Meta, NewObject, ObjectStore, PutOutcome, SeqItem, SeqPut, StoreError,
+    StoreResult, StoredObject, Stores,
+};
+use crate::chain::entry::LedgerId;
+
+/// What happens at the planned call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The call fails without effect; later calls work (a transient error).
+    FailBefore,
+    /// The call takes full effect, then the writer dies.
+    CrashAfter,
+    /// A batch call writes only its first half, then the writer dies (single calls: as
+    /// [`Fault::CrashAfter`]).
+    CrashHalfway,
+}
+
+#[derive(Default)]
+struct Plan {
+    calls: AtomicUsize,
+    crashed: AtomicBool,
+    fault: Mutex<Option<(usize, Fault)>>,
+    log: Mutex<Vec<&'static str>>,
+}
+
+/// What the wrapper decided for one call.
+enum Step {
+    Run,
+    Fail,
+    RunThenCrash { halfway: bool },
+}
+
+impl Plan {
+    fn step(&self, op: &'static str) -> Step {
+        if self.crashed.load(Ordering::SeqCst) {
+            return Step::Fail;
+        }
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        self.log.lock().expect("log lock").push(op);
+        let fault = *self.fault.lock().expect("plan lock");
+        match fault {
+            Some((at, Fault::FailBefore)) if at == n => Step::Fail,
+            Some((at, Fault::CrashAfter)) if at == n => Step::RunThenCrash { halfway: false },
+            Some((at, Fault::CrashHalfway)) if at == n => Step::RunThenCrash { halfway: true },
+            _ => Step::Run,
+        }
+    }
+
+    fn crash(&self) -> StoreError {
+        self.crashed.store(true, Ordering::SeqCst);
+        injected()
+    }
+}
+
+fn injected() -> StoreError {
+    StoreError::Unavailable {
+        dependency: "fault-injection",
+        detail: "injected fault".into(),
+    }
+}
+
+/// Wraps `inner`; returns the wrapped stores and the handle that plans faults.
+pub fn wrap(inner: &Stores) -> (Stores, FaultHandle) {
+    let plan = Arc::new(Plan::default());
+    let wrapper = Arc::new(Faulty {
+        inner: inner.clone(),
+        plan: plan.clone(),
+    });
+    let stores = Stores {
+        backend: inner.backend,
+        objects: wrapper.clone(),
+        index: wrapper,
+    };
+    (stores, FaultHandle { plan })
+}
+
+/// Plans faults and reports what was called.
+#[derive(Clone)]
+pub struct FaultHandle {
+    plan: Arc<Plan>,
+}
+
+impl FaultHandle {
+    /// Makes call number `at` (counting from the next call) behave as `fault`.
+    pub fn plan(&self, at: usize, fault: Fault) {
+        let base = self.plan.calls.load(Ordering::SeqCst);
+        *self.plan.fault.lock().expect("plan lock") = Some((base + at, fault));
+    }
+
+    /// Calls made so far, in order, by operation name.
+    pub fn calls(&self) -> Vec<&'static str> {
+        self.plan.log.lock().expect("log lock").clone()
+    }
+
+    pub fn crashed(&self) -> bool {
+        self.plan.crashed.load(Ordering::SeqCst)
+    }
+}
+
+struct Faulty {
+    inner: Stores,
+    plan: Arc<Plan>,
+}
+
+impl Faulty {
+    /// Runs a single (non-batch) call under the plan.
+    async fn single<T>(
+        &self,
+        op: &'static str,
+        call: impl Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
+        match self.plan.step(op) {
+            Step::Fail => Err(injected()),
+            Step::Run => call.await,
+            Step::RunThenCrash { .. } => {
+                let _ = call.await;
+                Err(self.plan.crash())
+            }
+        }
+    }
+
+    /// Decides a batch call: which items to pass on, and whether to crash afterwards.
+    fn batch<'a, T>(&self, op: &'static str, items: &'a [T]) -> StoreResult<(&'a [T], bool)> {
+        match self.plan.step(op) {
+            Step::Fail => Err(injected()),
+            Step::Run => Ok((items, false)),
+            Step::RunThenCrash { halfway } => Ok((
+                if halfway {
+                    &items[..items.len() / 2]
+                } else {
+                    items
+                },
+                true,
+            )),
+        }
+    }
+
+    /// Finishes a batch call: after a planned crash the caller sees only the error.
+    fn after<R>(&self, result: StoreResult<R>, crash: bool) -> StoreResult<R> {
+        if crash {
+            Err(self.plan.crash())
+        } else {
+            result
+        }
+    }
+}
+
+#[async_trait]
+impl ObjectStore for Faulty {
+    async fn put_new(&self, objects: &[NewObject]) -> StoreResult<Vec<PutOutcome>> {
+        let (part, crash) = self.batch("put_new", objects)?;
+        let result = self.inner.objects.put_new(part).await;
+        self.after(result, crash)
+    }
+    async fn get(&self, key: &str, version: Option<&str>) -> StoreResult<Option<StoredObject>> {
+        self.single("get", self.inner.objects.get(key, version))
+            .await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        self.single("list", self.inner.objects.list(prefix, start_after, limit))
+            .await
+    }
+    async fn version_count(&self, key: &str) -> StoreResult<usize> {
+        self.single("version_count", self.inner.objects.version_count(key))
+            .await
+    }
+    async fn check(&self) -> StoreResult<()> {
+        self.single("check_objects", self.inner.objects.check())
+            .await
+    }
+}
+
+#[async_trait]
+impl IndexStore for Faulty {
+    async fn head(&self, ledger: &LedgerId) -> StoreResult<Option<Meta>> {
+        self.single("head", self.inner.index.head(ledger)).await
+    }
+    async fn create_ledger(&self, ledger: &LedgerId) -> StoreResult<Meta> {
+        self.single("create_ledger", self.inner.index.create_ledger(ledger))
+            .await
+    }
+    async fn compare_and_set_head(
+        &self,
+        ledger: &LedgerId,
+        expected_seq: u64,
+        new: &Meta,
+    ) -> StoreResult<CasOutcome> {
+        self.single(
+            "compare_and_set_head",
+            self.inner
+                .index
+                .compare_and_set_head(ledger, expected_seq, new),
+        )
+        .await
+    }
+    async fn put_seq_items(
+        &self,
+        ledger: &LedgerId,
+        items: &[SeqItem],
+    ) -> StoreResult<Vec<SeqPut>> {
+        let (part, crash) = self.batch("put_seq_items", items)?;
+        let result = self.inner.index.put_seq_items(ledger, part).await;
+        self.after(result, crash)
+    }
+    async fn seq_items(
+        &self,
+        ledger: &LedgerId,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<SeqItem>> {
+        self.single(
+            "seq_items",
+            self.inner.index.seq_items(ledger, from, to, limit),
+        )
+        .await
+    }
+    async fn ledgers(&self, after: Option<&LedgerId>, limit: usize) -> StoreResult<Vec<LedgerId>> {
+        self.single("ledgers", self.inner.index.ledgers(after, limit))
+            .await
+    }
+    async fn check(&self) -> StoreResult<()> {
+        self.single("check_index", self.inner.index.check()).await
+    }
+}

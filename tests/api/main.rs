@@ -1,0 +1,15 @@
+//! API tests: the real service on `127.0.0.1:0` over a temp dir, driven over HTTP.
+//!
+//! One test binary (`cargo nextest run --test api`), one module per concern; every test starts
+//! its own app with [`helpers::spawn_app`].
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod append;
+mod errors;
+mod helpers;
+mod lifecycle;
+mod observability;
+mod read;
+mod reference_verifier;
+mod tamper;
+mod verify;

@@ -1,0 +1,192 @@
+//! Every crash point of an append batch, deterministically (docs/PROTOCOL.md, "Crash points").
+//!
+//! For each store call a batch makes, and each kind of fault at that call, a writer appends a
+//! batch through the fault-injecting wrapper; then a fresh writer over the same stores plays
+//! the restarted process. It must find one valid chain: verification ok, no gap, duplicate or
+//! fork, every acknowledged record present with its hash, and the interrupted batch either
+//! wholly present (rolled forward) or wholly absent.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use eleanor_ledger::chain::entry::{LedgerId, Record};
+use eleanor_ledger::ledger::{Ledger, LedgerError, LedgerMetrics, Options, Receipt, VerifyRange};
+use eleanor_ledger::store::fault::{self, Fault};
+use eleanor_ledger::store::local::LocalStore;
+use eleanor_ledger::store::{BackendMetrics, Stores};
+
+const BATCH: usize = 4;
+
+fn options() -> Options {
+    // A linger long enough that the batch's appends, sent together, form one batch.
+    Options {
+        batch_linger: Duration::from_millis(50),
+        ..Options::default()
+    }
+}
+
+fn service(stores: &Stores) -> Ledger {
+    Ledger::new(
+        stores.clone(),
+        options(),
+        LedgerMetrics::new(&prometheus::Registry::new()).unwrap(),
+    )
+}
+
+fn record(tag: &str, i: usize) -> Record {
+    Record::parse(format!(r#"{{"tag":"{tag}","i":{i},"text":"entrée"}}"#).as_bytes()).unwrap()
+}
+
+async fn append_batch(
+    ledger: &Ledger,
+    id: &LedgerId,
+    tag: &str,
+) -> Vec<Result<Receipt, LedgerError>> {
+    let calls: Vec<_> = (0..BATCH)
+        .map(|i| {
+            let (ledger, id) = (ledger.clone(), id.clone());
+            let record = record(tag, i);
+            tokio::spawn(async move { ledger.append(&id, record).await })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for call in calls {
+        results.push(call.await.unwrap());
+    }
+    results
+}
+
+/// Store calls one batch makes on a writer that has just started (cold head cache).
+async fn calls_per_batch(make: &impl AsyncFn() -> Stores) -> Vec<&'static str> {
+    let base = make().await;
+    let id = LedgerId::parse("probe").unwrap();
+    let seed = service(&base);
+    append_batch(&seed, &id, "seed").await;
+    seed.shutdown().await;
+    let (faulty, handle) = fault::wrap(&base);
+    let writer = service(&faulty);
+    for r in append_batch(&writer, &id, "probe").await {
+        r.unwrap();
+    }
+    writer.shutdown().await;
+    handle.calls()
+}
+
+async fn run_scenario(make: &impl AsyncFn() -> Stores, at: usize, fault: Fault) -> String {
+    let base = make().await;
+    let id = LedgerId::parse("crash").unwrap();
+    let seed = service(&base);
+    let seeded: Vec<Receipt> = append_batch(&seed, &id, "seed")
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    seed.shutdown().await;
+
+    let (faulty, handle) = fault::wrap(&base);
+    let writer = service(&faulty);
+    handle.plan(at, fault);
+    let results = append_batch(&writer, &id, "victim").await;
+    let acked: Vec<Receipt> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok().cloned())
+        .collect();
+    // The writer is dead (or, for a transient fault, simply done); a new one takes over.
+    drop(writer);
+
+    let restarted = service(&base);
+    restarted.recover().await.unwrap();
+    let after = restarted.append(&id, record("after", 0)).await.unwrap();
+    let report = restarted.verify(&id, VerifyRange::default()).await.unwrap();
+    let case = format!(
+        "fault {fault:?} at call {at} (crashed: {})",
+        handle.crashed()
+    );
+    assert!(
+        report.ok,
+        "{case}: verification failed: {:?}",
+        report.failures
+    );
+
+    // Every acknowledged record is there, with the hash it was acknowledged with.
+    for receipt in seeded.iter().chain(&acked) {
+        let stored = restarted.record(&id, receipt.seq).await.unwrap();
+        assert_eq!(
+            stored.entry_hash, receipt.entry_hash,
+            "{case}: seq {} changed",
+            receipt.seq
+        );
+    }
+    // The interrupted batch is all there or not there at all; seqs are contiguous.
+    let page = restarted.records(&id, 0, 100).await.unwrap();
+    let victims = page
+        .records
+        .iter()
+        .filter(|r| r.record.get().contains("\"victim\""))
+        .count();
+    assert!(
+        victims == 0 || victims == BATCH,
+        "{case}: {victims} of {BATCH} records of the batch survived"
+    );
+    assert!(
+        victims == BATCH || acked.is_empty(),
+        "{case}: acknowledged records were lost"
+    );
+    let seqs: Vec<u64> = page.records.iter().map(|r| r.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=after.seq).collect::<Vec<_>>(),
+        "{case}: seqs are not 1..=N"
+    );
+    assert_eq!(
+        after.seq,
+        (BATCH + victims + 1) as u64,
+        "{case}: unexpected head"
+    );
+    restarted.shutdown().await;
+    format!(
+        "{case}: acked {}, batch {}",
+        acked.len(),
+        if victims > 0 {
+            "rolled forward"
+        } else {
+            "absent"
+        }
+    )
+}
+
+async fn every_crash_point(make: impl AsyncFn() -> Stores) {
+    let calls = calls_per_batch(&make).await;
+    assert!(
+        calls.contains(&"compare_and_set_head") && calls.contains(&"put_new"),
+        "{calls:?}"
+    );
+    let mut outcomes = Vec::new();
+    // One past the end too: a fault planned after the batch's last call must change nothing.
+    for at in 0..=calls.len() {
+        for fault in [Fault::FailBefore, Fault::CrashAfter, Fault::CrashHalfway] {
+            outcomes.push(run_scenario(&make, at, fault).await);
+        }
+    }
+    // Both outcomes of the protocol must have been exercised.
+    assert!(
+        outcomes.iter().any(|o| o.ends_with("rolled forward")),
+        "{outcomes:#?}"
+    );
+    assert!(
+        outcomes.iter().any(|o| o.ends_with("absent")),
+        "{outcomes:#?}"
+    );
+    eprintln!("calls per batch: {calls:?}\n{}", outcomes.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_crash_point_of_a_batch_heals_on_the_embedded_backend() {
+    every_crash_point(async || {
+        let dir = tempfile::tempdir().unwrap().keep();
+        LocalStore::open(&dir, BackendMetrics::unregistered())
+            .unwrap()
+            .into_stores()
+    })
+    .await;
+}
