@@ -13,6 +13,8 @@
 //!
 //! The binaries in `src/bin/` only parse arguments and call [`app`].
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod app;
 pub mod chain;
 pub mod config;

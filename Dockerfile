@@ -1,0 +1,38 @@
+# syntax=docker/dockerfile:1
+# eleanor-ledger: `docker build -t eleanor-ledger .`
+#
+# Stage 1 builds the release binaries with the registry and target directory in BuildKit cache
+# mounts, so a rebuild after a source change recompiles only this crate. Stage 2 is a slim
+# Debian with the binaries, a non-root user and the /data volume for the embedded backend.
+
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY benches ./benches
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bins \
+    && mkdir -p /out \
+    && find target/release -maxdepth 1 -type f -name 'ledger-*' -perm -u+x -exec cp {} /out/ \;
+
+FROM debian:bookworm-slim AS runtime
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates curl \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 ledger \
+    && useradd --system --uid 10001 --gid ledger --home-dir /data --shell /usr/sbin/nologin ledger \
+    && mkdir -p /data \
+    && chown ledger:ledger /data
+COPY --from=build /out/ /usr/local/bin/
+USER 10001:10001
+ENV ELEANOR_LEDGER_LISTEN=0.0.0.0:8080 \
+    ELEANOR_LEDGER_DATA_DIR=/data \
+    ELEANOR_LEDGER_LOG_FORMAT=json
+VOLUME ["/data"]
+EXPOSE 8080
+HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
+    CMD curl -fsS http://127.0.0.1:8080/health >/dev/null || exit 1
+# SIGTERM: stop accepting, finish in-flight batches, exit 0.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/bin/ledger-server"]
