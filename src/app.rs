@@ -12,7 +12,7 @@ use crate::http::metrics::HttpMetrics;
 use crate::http::{AppState, router};
 use crate::ledger::{Ledger, LedgerMetrics};
 use crate::store::local::{LocalStore, OpenError};
-use crate::store::{BackendMetrics, Stores};
+use crate::store::{BackendMetrics, Stores, aws};
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -110,9 +110,17 @@ async fn open_backend(
             Err(e @ OpenError::InUse(_)) => Err(StartError::Config(e.to_string())),
             Err(e @ OpenError::Io { .. }) => Err(StartError::Config(e.to_string())),
         },
-        BackendConfig::Aws(_) => Err(StartError::Config(
-            "the aws backend is not available in this build".into(),
-        )),
+        BackendConfig::Aws(settings) => {
+            let stores = aws::connect(settings, metrics)
+                .await
+                .map_err(|e| StartError::Config(e.to_string()))?;
+            // Fail at startup, in one sentence, if the bucket or table cannot be reached.
+            let (objects, index) = tokio::join!(stores.objects.check(), stores.index.check());
+            for (what, result) in [("bucket", objects), ("table", index)] {
+                result.map_err(|e| StartError::Failed(format!("the {what} is not usable: {e}")))?;
+            }
+            Ok(stores)
+        }
     }
 }
 

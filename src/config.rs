@@ -10,6 +10,7 @@ use clap::{ArgAction, Parser, ValueEnum};
 use crate::chain::entry::LedgerId;
 use crate::http::Limits;
 use crate::ledger::Options;
+use crate::store::aws::{self, AwsSettings};
 
 /// Which storage backend to run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -36,17 +37,9 @@ pub enum LockMode {
     Governance,
 }
 
-/// Flags and environment variables of `ledger-server`.
-#[derive(Debug, Clone, Parser)]
-#[command(
-    name = "ledger-server",
-    version,
-    about = "The eleanor-ledger audit ledger service."
-)]
-pub struct ServerArgs {
-    /// Address to listen on.
-    #[arg(long, env = "ELEANOR_LEDGER_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
+/// Where the ledger is stored: flags and environment shared by every binary.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StorageArgs {
     /// Storage backend.
     #[arg(
         long,
@@ -58,6 +51,50 @@ pub struct ServerArgs {
     /// Directory of the embedded store (local backend).
     #[arg(long, env = "ELEANOR_LEDGER_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// S3 bucket with Object Lock for entry objects (aws backend).
+    #[arg(long, env = "ELEANOR_LEDGER_S3_BUCKET")]
+    pub s3_bucket: Option<String>,
+    /// Key prefix under which the service keeps its objects (aws backend), e.g. `ledger/`.
+    #[arg(long, env = "ELEANOR_LEDGER_S3_PREFIX", default_value = "")]
+    pub s3_prefix: String,
+    /// Object Lock mode of entry objects.
+    #[arg(
+        long,
+        env = "ELEANOR_LEDGER_S3_LOCK_MODE",
+        value_enum,
+        default_value = "COMPLIANCE"
+    )]
+    pub s3_lock_mode: LockMode,
+    /// Days each entry object stays locked.
+    #[arg(long, env = "ELEANOR_LEDGER_RETENTION_DAYS", default_value_t = 2557)]
+    pub retention_days: u32,
+    /// DynamoDB index table (aws backend).
+    #[arg(long, env = "ELEANOR_LEDGER_DDB_TABLE")]
+    pub ddb_table: Option<String>,
+    /// AWS region of the table and bucket.
+    #[arg(long, env = "ELEANOR_LEDGER_DDB_REGION")]
+    pub ddb_region: Option<String>,
+    /// The ledger `ledger-init --init-meta` creates (the runbook's `default`).
+    #[arg(long, env = "ELEANOR_LEDGER_DDB_LEDGER_ID", default_value = "default")]
+    pub ddb_ledger_id: String,
+    /// Endpoint override for S3 and DynamoDB emulators; leave unset in production.
+    #[arg(long, env = "ELEANOR_LEDGER_AWS_ENDPOINT_URL")]
+    pub aws_endpoint_url: Option<String>,
+}
+
+/// Flags and environment variables of `ledger-server`.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "ledger-server",
+    version,
+    about = "The eleanor-ledger audit ledger service."
+)]
+pub struct ServerArgs {
+    /// Address to listen on.
+    #[arg(long, env = "ELEANOR_LEDGER_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub storage: StorageArgs,
     /// Create a ledger on its first append; when false, appends to unknown ledgers get 404.
     #[arg(long, env = "ELEANOR_LEDGER_AUTO_CREATE", default_value_t = true, action = ArgAction::Set)]
     pub auto_create: bool,
@@ -99,54 +136,13 @@ pub struct ServerArgs {
         default_value = "text"
     )]
     pub log_format: LogFormat,
-    /// S3 bucket with Object Lock for entry objects (aws backend).
-    #[arg(long, env = "ELEANOR_LEDGER_S3_BUCKET")]
-    pub s3_bucket: Option<String>,
-    /// Key prefix for every object the service writes (aws backend), e.g. `ledger/`.
-    #[arg(long, env = "ELEANOR_LEDGER_S3_PREFIX", default_value = "")]
-    pub s3_prefix: String,
-    /// Object Lock mode of entry objects.
-    #[arg(
-        long,
-        env = "ELEANOR_LEDGER_S3_LOCK_MODE",
-        value_enum,
-        default_value = "COMPLIANCE"
-    )]
-    pub s3_lock_mode: LockMode,
-    /// Days each entry object stays locked.
-    #[arg(long, env = "ELEANOR_LEDGER_RETENTION_DAYS", default_value_t = 2557)]
-    pub retention_days: u32,
-    /// DynamoDB index table (aws backend).
-    #[arg(long, env = "ELEANOR_LEDGER_DDB_TABLE")]
-    pub ddb_table: Option<String>,
-    /// AWS region of the table and bucket.
-    #[arg(long, env = "ELEANOR_LEDGER_DDB_REGION")]
-    pub ddb_region: Option<String>,
-    /// The ledger `ledger-init --init-meta` creates (and the runbook's examples use).
-    #[arg(long, env = "ELEANOR_LEDGER_DDB_LEDGER_ID", default_value = "default")]
-    pub ddb_ledger_id: String,
-    /// Endpoint override for S3 and DynamoDB emulators; leave unset in production.
-    #[arg(long, env = "ELEANOR_LEDGER_AWS_ENDPOINT_URL")]
-    pub aws_endpoint_url: Option<String>,
-}
-
-/// Settings of the AWS backend, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AwsConfig {
-    pub bucket: String,
-    pub prefix: String,
-    pub table: String,
-    pub region: String,
-    pub endpoint_url: Option<String>,
-    pub lock_mode: LockMode,
-    pub retention_days: u32,
 }
 
 /// The validated backend choice.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum BackendConfig {
     Local { data_dir: PathBuf },
-    Aws(AwsConfig),
+    Aws(AwsSettings),
 }
 
 /// Everything the server needs, validated.
@@ -157,7 +153,6 @@ pub struct Config {
     pub ledger: Options,
     pub limits: Limits,
     pub log_format: LogFormat,
-    pub default_ledger: LedgerId,
 }
 
 /// A setting that cannot work, in one sentence that names it.
@@ -170,78 +165,67 @@ const AWS_MAX_BATCH_BYTES: usize = 380_000;
 /// Room for an entry's header fields beyond its record.
 const ENTRY_OVERHEAD: usize = 200;
 
+fn bounded<T: PartialOrd + std::fmt::Display>(
+    name: &str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError> {
+    if min <= value && value <= max {
+        Ok(value)
+    } else {
+        Err(ConfigError(format!(
+            "{name} must be between {min} and {max}, got {value}"
+        )))
+    }
+}
+
 impl ServerArgs {
     pub fn into_config(self) -> Result<Config, ConfigError> {
-        let fail = |s: String| Err(ConfigError(s));
-        if !(2..=16 * 1024 * 1024).contains(&self.max_record_bytes) {
-            return fail(format!(
-                "ELEANOR_LEDGER_MAX_RECORD_BYTES must be between 2 and 16777216, got {}",
-                self.max_record_bytes
-            ));
-        }
-        if !(1..=10_000).contains(&self.batch_max_records) {
-            return fail(format!(
-                "ELEANOR_LEDGER_BATCH_MAX_RECORDS must be between 1 and 10000, got {}",
-                self.batch_max_records
-            ));
-        }
+        bounded(
+            "ELEANOR_LEDGER_MAX_RECORD_BYTES",
+            self.max_record_bytes,
+            2,
+            16 * 1024 * 1024,
+        )?;
+        bounded(
+            "ELEANOR_LEDGER_BATCH_MAX_RECORDS",
+            self.batch_max_records,
+            1,
+            10_000,
+        )?;
+        bounded(
+            "ELEANOR_LEDGER_BATCH_LINGER_US",
+            self.batch_linger_us,
+            0,
+            1_000_000,
+        )?;
+        bounded("ELEANOR_LEDGER_QUEUE_DEPTH", self.queue_depth, 1, 1_000_000)?;
+        bounded(
+            "ELEANOR_LEDGER_REQUEST_TIMEOUT_MS",
+            self.request_timeout_ms,
+            100,
+            600_000,
+        )?;
         if self.batch_max_bytes < self.max_record_bytes + ENTRY_OVERHEAD {
-            return fail(format!(
+            return Err(ConfigError(format!(
                 "ELEANOR_LEDGER_BATCH_MAX_BYTES ({}) must be at least ELEANOR_LEDGER_MAX_RECORD_BYTES + {ENTRY_OVERHEAD} ({}) so that every record fits in a batch",
                 self.batch_max_bytes,
                 self.max_record_bytes + ENTRY_OVERHEAD
-            ));
+            )));
         }
-        if self.batch_linger_us > 1_000_000 {
-            return fail(format!(
-                "ELEANOR_LEDGER_BATCH_LINGER_US must be at most 1000000 (1 s), got {}",
-                self.batch_linger_us
-            ));
-        }
-        if !(1..=1_000_000).contains(&self.queue_depth) {
-            return fail(format!(
-                "ELEANOR_LEDGER_QUEUE_DEPTH must be between 1 and 1000000, got {}",
-                self.queue_depth
-            ));
-        }
-        if !(100..=600_000).contains(&self.request_timeout_ms) {
-            return fail(format!(
-                "ELEANOR_LEDGER_REQUEST_TIMEOUT_MS must be between 100 and 600000, got {}",
-                self.request_timeout_ms
-            ));
-        }
-        let default_ledger = LedgerId::parse(&self.ddb_ledger_id).map_err(|e| {
-            ConfigError(format!(
-                "ELEANOR_LEDGER_DDB_LEDGER_ID {:?} is not a valid ledger id: {e}",
-                self.ddb_ledger_id
-            ))
-        })?;
-        let backend = match self.backend {
-            BackendKind::Local => {
-                if self.data_dir.as_os_str().is_empty() {
-                    return fail("ELEANOR_LEDGER_DATA_DIR must not be empty".into());
-                }
-                BackendConfig::Local {
-                    data_dir: self.data_dir,
-                }
-            }
-            BackendKind::Aws => BackendConfig::Aws(self.aws_config()?),
-        };
+        let request_timeout = Duration::from_millis(self.request_timeout_ms);
+        let backend = self.storage.backend_config(request_timeout)?;
         if matches!(backend, BackendConfig::Aws(_)) && self.batch_max_bytes > AWS_MAX_BATCH_BYTES {
-            return fail(format!(
+            return Err(ConfigError(format!(
                 "ELEANOR_LEDGER_BATCH_MAX_BYTES must be at most {AWS_MAX_BATCH_BYTES} with the aws backend (a batch rides in one DynamoDB item, 400 KiB at most), got {}",
                 self.batch_max_bytes
-            ));
+            )));
         }
-        let object_prefix = match &backend {
-            BackendConfig::Aws(aws) => aws.prefix.clone(),
-            BackendConfig::Local { .. } => String::new(),
-        };
         Ok(Config {
             listen: self.listen,
             backend,
             ledger: Options {
-                object_prefix,
                 auto_create: self.auto_create,
                 batch_max_records: self.batch_max_records,
                 batch_max_bytes: self.batch_max_bytes,
@@ -251,14 +235,38 @@ impl ServerArgs {
             },
             limits: Limits {
                 max_record_bytes: self.max_record_bytes,
-                request_timeout: Duration::from_millis(self.request_timeout_ms),
+                request_timeout,
             },
             log_format: self.log_format,
-            default_ledger,
+        })
+    }
+}
+
+impl StorageArgs {
+    /// The backend these settings name, validated; `request_timeout` bounds each AWS call.
+    pub fn backend_config(&self, request_timeout: Duration) -> Result<BackendConfig, ConfigError> {
+        match self.backend {
+            BackendKind::Local if self.data_dir.as_os_str().is_empty() => Err(ConfigError(
+                "ELEANOR_LEDGER_DATA_DIR must not be empty".into(),
+            )),
+            BackendKind::Local => Ok(BackendConfig::Local {
+                data_dir: self.data_dir.clone(),
+            }),
+            BackendKind::Aws => self.aws_settings(request_timeout).map(BackendConfig::Aws),
+        }
+    }
+
+    /// The ledger named by `ELEANOR_LEDGER_DDB_LEDGER_ID`.
+    pub fn default_ledger(&self) -> Result<LedgerId, ConfigError> {
+        LedgerId::parse(&self.ddb_ledger_id).map_err(|e| {
+            ConfigError(format!(
+                "ELEANOR_LEDGER_DDB_LEDGER_ID {:?} is not a valid ledger id: {e}",
+                self.ddb_ledger_id
+            ))
         })
     }
 
-    fn aws_config(&self) -> Result<AwsConfig, ConfigError> {
+    fn aws_settings(&self, request_timeout: Duration) -> Result<AwsSettings, ConfigError> {
         let required = |value: &Option<String>, name: &str| match value.as_deref().map(str::trim) {
             Some(v) if !v.is_empty() => Ok(v.to_owned()),
             _ => Err(ConfigError(format!(
@@ -274,12 +282,12 @@ impl ServerArgs {
                 "ELEANOR_LEDGER_S3_PREFIX {prefix:?} must not start with '/' or contain '//' (and at most 512 bytes)"
             )));
         }
-        if !(1..=36_500).contains(&self.retention_days) {
-            return Err(ConfigError(format!(
-                "ELEANOR_LEDGER_RETENTION_DAYS must be between 1 and 36500, got {}",
-                self.retention_days
-            )));
-        }
+        bounded(
+            "ELEANOR_LEDGER_RETENTION_DAYS",
+            self.retention_days,
+            1,
+            36_500,
+        )?;
         if let Some(url) = &self.aws_endpoint_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
@@ -287,20 +295,23 @@ impl ServerArgs {
                 "ELEANOR_LEDGER_AWS_ENDPOINT_URL must be an http(s) URL, got {url:?}"
             )));
         }
-        Ok(AwsConfig {
-            bucket,
-            prefix,
-            table,
-            region,
-            endpoint_url: self.aws_endpoint_url.clone(),
-            lock_mode: self.s3_lock_mode,
-            retention_days: self.retention_days,
-        })
+        let mut settings = AwsSettings::new(bucket, table, region);
+        settings.prefix = prefix;
+        settings.endpoint_url = self.aws_endpoint_url.clone();
+        settings.lock_mode = match self.s3_lock_mode {
+            LockMode::Compliance => aws::LockMode::Compliance,
+            LockMode::Governance => aws::LockMode::Governance,
+        };
+        settings.retention_days = self.retention_days;
+        settings.request_timeout = request_timeout;
+        Ok(settings)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     fn args(extra: &[&str]) -> ServerArgs {

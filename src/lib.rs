@@ -9,7 +9,8 @@
 //! - [`ledger`]: the service. Group commit and the commit protocol over the two traits,
 //!   reads, verification over storage, crash recovery.
 //! - [`http`]: the axum API, its one error mapping, health and metrics.
-//! - [`config`], [`telemetry`], [`app`]: settings, logging, startup and shutdown.
+//! - [`config`], [`telemetry`], [`app`]: settings, logging, startup and shutdown;
+//!   [`init`]: one-time provisioning (`ledger-init`).
 //!
 //! The binaries in `src/bin/` only parse arguments and call [`app`].
 
@@ -19,6 +20,7 @@ pub mod app;
 pub mod chain;
 pub mod config;
 pub mod http;
+pub mod init;
 pub mod ledger;
 pub mod store;
 pub mod telemetry;

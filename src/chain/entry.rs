@@ -379,8 +379,15 @@ pub fn decode(bytes: &[u8]) -> Result<DecodedEntry<'_>, MalformedEntry> {
 }
 
 /// The object key of an entry: `{prefix}{ledger_id}/entries/{seq:018}.json`, sortable by seq.
+/// The service's keys are relative to its storage root (on S3, `ELEANOR_LEDGER_S3_PREFIX`),
+/// so it passes an empty `prefix`.
 pub fn entry_key(prefix: &str, ledger_id: &LedgerId, seq: u64) -> String {
-    format!("{prefix}{ledger_id}/entries/{seq:018}.json")
+    format!("{}{seq:018}.json", entries_prefix(prefix, ledger_id))
+}
+
+/// The common prefix of a ledger's entry keys: `{prefix}{ledger_id}/entries/`.
+pub fn entries_prefix(prefix: &str, ledger_id: &LedgerId) -> String {
+    format!("{prefix}{ledger_id}/entries/")
 }
 
 #[cfg(test)]

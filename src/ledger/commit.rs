@@ -65,7 +65,6 @@ pub(crate) struct PendingEntry {
 /// inconsistent is ever written to write-once storage.
 pub(crate) fn decode_pending(
     ledger: &LedgerId,
-    prefix: &str,
     pending: &PendingBatch,
 ) -> Result<Vec<PendingEntry>, LedgerError> {
     let mut out: Vec<PendingEntry> = Vec::with_capacity(pending.entries.len());
@@ -92,7 +91,7 @@ pub(crate) fn decode_pending(
             hash: entry.hash,
             prev_hash: entry.prev_hash,
             timestamp: entry.timestamp,
-            key: entry_key(prefix, ledger, seq),
+            key: entry_key("", ledger, seq),
         });
     }
     Ok(out)

@@ -144,7 +144,7 @@ impl Committer {
                 .pending
                 .as_ref()
                 .expect("build_batch always sets pending");
-            let entries = decode_pending(&self.ledger, &self.options.object_prefix, pending)?;
+            let entries = decode_pending(&self.ledger, pending)?;
             match self
                 .stores
                 .index
@@ -190,11 +190,7 @@ impl Committer {
             return Ok(false);
         }
         // Someone claimed after us or instead of us: our first entry's object tells which.
-        let key = crate::chain::entry::entry_key(
-            &self.options.object_prefix,
-            &self.ledger,
-            pending.first_seq,
-        );
+        let key = crate::chain::entry::entry_key("", &self.ledger, pending.first_seq);
         self.ensure_rolled_forward(&head).await?;
         let object = self.stores.objects.get(&key, None).await?;
         Ok(object.is_some_and(|o| o.body == pending.entries[0]))
@@ -224,7 +220,7 @@ impl Committer {
         if pending.last_seq() <= self.complete_through {
             return Ok(());
         }
-        let entries = decode_pending(&self.ledger, &self.options.object_prefix, pending)?;
+        let entries = decode_pending(&self.ledger, pending)?;
         if !is_rolled_forward(&self.stores, &self.ledger, &entries).await? {
             roll_forward(&self.stores, &self.ledger, &entries).await.inspect_err(|e| {
                 if matches!(e, LedgerError::Corrupt { .. }) {

@@ -71,8 +71,6 @@ impl From<StoreError> for LedgerError {
 /// Tuning and behaviour of the service (from [`crate::config`]).
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Prepended to every object key (`ELEANOR_LEDGER_S3_PREFIX`; empty on the local backend).
-    pub object_prefix: String,
     /// Create a ledger on its first append (`ELEANOR_LEDGER_AUTO_CREATE`).
     pub auto_create: bool,
     pub batch_max_records: usize,
@@ -90,7 +88,6 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Options {
         Options {
-            object_prefix: String::new(),
             auto_create: true,
             batch_max_records: 1024,
             batch_max_bytes: 320 * 1024,
@@ -309,7 +306,7 @@ impl Ledger {
         let Some(pending) = &head.pending else {
             return Ok(false);
         };
-        let entries = commit::decode_pending(ledger, &self.inner.options.object_prefix, pending)?;
+        let entries = commit::decode_pending(ledger, pending)?;
         if commit::is_rolled_forward(&self.inner.stores, ledger, &entries).await? {
             return Ok(false);
         }

@@ -8,7 +8,7 @@ use futures::{StreamExt, TryStreamExt, stream};
 use serde::Serialize;
 
 use super::{Ledger, LedgerError};
-use crate::chain::entry::{LedgerId, MAX_SEQ, entry_key};
+use crate::chain::entry::{LedgerId, MAX_SEQ, entries_prefix, entry_key};
 use crate::chain::hash::Hash;
 use crate::chain::verify::{ChainVerifier, Failure, FailureKind, Head, IndexClaim, check_entry};
 use crate::store::SeqItem;
@@ -124,7 +124,7 @@ impl Ledger {
 
     /// Hash of the stored entry `seq`, the link the first verified entry must point to.
     async fn anchor(&self, ledger: &LedgerId, seq: u64) -> Result<Option<Hash>, LedgerError> {
-        let key = entry_key(&self.options().object_prefix, ledger, seq);
+        let key = entry_key("", ledger, seq);
         let version = self
             .stores()
             .index
@@ -148,10 +148,9 @@ impl Ledger {
             .seq_items(ledger, from, to, (to - from + 1) as usize)
             .await?;
         let mut by_seq: HashMap<u64, SeqItem> = items.into_iter().map(|i| (i.seq, i)).collect();
-        let prefix = &self.options().object_prefix;
         stream::iter((from..=to).map(|seq| {
             let item = by_seq.remove(&seq);
-            let key = entry_key(prefix, ledger, seq);
+            let key = entry_key("", ledger, seq);
             async move {
                 let version = item.as_ref().and_then(|i| i.version_id.clone());
                 let (body, versions) = tokio::try_join!(
@@ -221,15 +220,12 @@ impl Ledger {
         head_seq: u64,
         verifier: &mut ChainVerifier,
     ) -> Result<(), LedgerError> {
-        let prefix = &self.options().object_prefix;
-        let entries_prefix = entry_key(prefix, ledger, 0);
-        let entries_prefix =
-            &entries_prefix[..entries_prefix.len() - "000000000000000000.json".len()];
-        let after = entry_key(prefix, ledger, head_seq);
+        let entries_prefix = entries_prefix("", ledger);
+        let after = entry_key("", ledger, head_seq);
         let objects_beyond = self
             .stores()
             .objects
-            .list(entries_prefix, Some(&after), 1)
+            .list(&entries_prefix, Some(&after), 1)
             .await?;
         let items_beyond = self
             .stores()

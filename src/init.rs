@@ -1,0 +1,227 @@
+//! `ledger-init`: prepare an environment once (the runbook's
+//! `create_ledger_ddb_table.py --wait --init-meta`). Idempotent: a second run changes nothing
+//! and says so.
+//!
+//! Exit codes: 0 ready (whether or not anything changed); 1 a store could not be reached or
+//! refused a call; 2 usage or configuration error; 3 something exists but is not usable as it
+//! is (the bucket lacks Object Lock, the table has another key schema or did not become
+//! active in time): the message says what to fix.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::config::{BackendConfig, ConfigError, StorageArgs};
+use crate::store::aws::admin::{AwsAdmin, Provisioned, TableState};
+use crate::store::local::LocalStore;
+use crate::store::{BackendMetrics, Stores, aws};
+
+/// Stands in for a bucket name that was not given; never contacted.
+const UNSET_BUCKET: &str = "unset-bucket";
+
+/// Flags and environment variables of `ledger-init`.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "ledger-init",
+    version,
+    about = "Create the ledger index table and a ledger's META item, and check the entry bucket."
+)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    /// Wait until the table is ACTIVE.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits, in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub wait_timeout_secs: u64,
+    /// Create META (seq_counter 0, last_hash genesis) for ELEANOR_LEDGER_DDB_LEDGER_ID if absent.
+    #[arg(long)]
+    pub init_meta: bool,
+    /// Create the entry bucket with Object Lock if it does not exist (development only).
+    #[arg(long)]
+    pub create_bucket: bool,
+}
+
+/// How `ledger-init` failed; each maps to its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    NotUsable(String),
+}
+
+impl InitError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            InitError::Unavailable(_) => 1,
+            InitError::Config(_) => 2,
+            InitError::NotUsable(_) => 3,
+        }
+    }
+}
+
+/// Runs `ledger-init`; returns the report to print (one line per step).
+pub async fn run(args: InitArgs) -> Result<String, InitError> {
+    let ledger = args.storage.default_ledger()?;
+    let mut report = String::new();
+    let mut changed = false;
+    // The runbook's command sets only the table, region and ledger: without a bucket, the
+    // bucket check is skipped (and said so); the server itself needs the bucket.
+    let mut storage = args.storage.clone();
+    let bucket_unset = storage
+        .s3_bucket
+        .as_deref()
+        .is_none_or(|b| b.trim().is_empty());
+    if bucket_unset {
+        storage.s3_bucket = Some(UNSET_BUCKET.into());
+    }
+    let stores = match storage.backend_config(Duration::from_secs(30))? {
+        BackendConfig::Local { data_dir } => {
+            let store = LocalStore::open(&data_dir, BackendMetrics::unregistered())
+                .map_err(|e| InitError::NotUsable(e.to_string()))?;
+            line(
+                &mut report,
+                format!("embedded store at {}: ready", data_dir.display()),
+            );
+            store.into_stores()
+        }
+        BackendConfig::Aws(settings) => {
+            let admin = AwsAdmin::connect(&settings, BackendMetrics::unregistered())
+                .await
+                .map_err(|e| InitError::Config(ConfigError(e.to_string())))?;
+            if bucket_unset {
+                line(&mut report, "bucket: ELEANOR_LEDGER_S3_BUCKET is not set, so it was not checked (the server needs it)".into());
+            } else {
+                changed |=
+                    provision_bucket(&admin, args.create_bucket, &settings.bucket, &mut report)
+                        .await?;
+            }
+            changed |= provision_table(&admin, &args, &settings.table, &mut report).await?;
+            aws::connect(&settings, BackendMetrics::unregistered())
+                .await
+                .map_err(|e| InitError::Config(ConfigError(e.to_string())))?
+        }
+    };
+    if args.init_meta {
+        changed |= init_meta(&stores, &ledger, &mut report).await?;
+    }
+    line(
+        &mut report,
+        if changed {
+            "done: changes made".into()
+        } else {
+            "done: nothing to change".into()
+        },
+    );
+    Ok(report)
+}
+
+fn line(report: &mut String, text: String) {
+    let _ = writeln!(report, "{text}");
+}
+
+fn unavailable(e: impl std::fmt::Display) -> InitError {
+    InitError::Unavailable(e.to_string())
+}
+
+async fn provision_bucket(
+    admin: &AwsAdmin,
+    create: bool,
+    bucket: &str,
+    report: &mut String,
+) -> Result<bool, InitError> {
+    let mut changed = false;
+    if create && admin.create_bucket().await.map_err(unavailable)? == Provisioned::Created {
+        changed = true;
+        line(report, format!("bucket {bucket}: created with Object Lock"));
+    }
+    let problems = admin
+        .bucket_state()
+        .await
+        .map_err(unavailable)?
+        .problems(bucket);
+    if !problems.is_empty() {
+        return Err(InitError::NotUsable(problems.join("; ")));
+    }
+    line(report, format!("bucket {bucket}: Object Lock enabled"));
+    Ok(changed)
+}
+
+async fn provision_table(
+    admin: &AwsAdmin,
+    args: &InitArgs,
+    table: &str,
+    report: &mut String,
+) -> Result<bool, InitError> {
+    let mut changed = false;
+    match admin.ensure_table().await.map_err(unavailable)? {
+        Provisioned::Created => {
+            changed = true;
+            line(
+                report,
+                format!("table {table}: created (ledger_id HASH S, seq RANGE S, on-demand)"),
+            );
+        }
+        Provisioned::AlreadyExisted => line(report, format!("table {table}: already exists")),
+    }
+    let state = if args.wait {
+        admin
+            .wait_for_table(Duration::from_secs(args.wait_timeout_secs))
+            .await
+            .map_err(unavailable)?
+    } else {
+        admin.table_state().await.map_err(unavailable)?
+    };
+    match state {
+        TableState::Active => line(report, format!("table {table}: ACTIVE")),
+        TableState::Creating if !args.wait => line(
+            report,
+            format!("table {table}: CREATING (use --wait to wait)"),
+        ),
+        TableState::WrongKeySchema(schema) => {
+            return Err(InitError::NotUsable(format!(
+                "table {table} exists with key schema {schema}; the ledger needs ledger_id (HASH, S) and seq (RANGE, S): use another table name"
+            )));
+        }
+        other => {
+            return Err(InitError::NotUsable(format!(
+                "table {table} is not usable: {other:?}"
+            )));
+        }
+    }
+    Ok(changed)
+}
+
+async fn init_meta(
+    stores: &Stores,
+    ledger: &crate::chain::entry::LedgerId,
+    report: &mut String,
+) -> Result<bool, InitError> {
+    let before = stores.index.head(ledger).await.map_err(unavailable)?;
+    let meta = stores
+        .index
+        .create_ledger(ledger)
+        .await
+        .map_err(unavailable)?;
+    let created = before.is_none();
+    line(
+        report,
+        if created {
+            format!(
+                "ledger {ledger}: META created (seq_counter {}, last_hash {})",
+                meta.seq_counter, meta.last_hash
+            )
+        } else {
+            format!(
+                "ledger {ledger}: META already present (seq_counter {}), unchanged",
+                meta.seq_counter
+            )
+        },
+    );
+    Ok(created)
+}

@@ -1,0 +1,173 @@
+//! `kill -9` under load (embedded backend): the real `ledger-server` binary, 32 concurrent
+//! appenders that retry after connection errors, SIGKILL at random moments, restart over the
+//! same data directory. At the end every acknowledged record must be present with the hash it
+//! was acknowledged with, seqs contiguous, and verification ok.
+//!
+//! Bounded: `KILLS` kills (default 20; `ELEANOR_LEDGER_KILLS=100` for the documented longer
+//! run), each after at most 400 ms of load. Loopback only.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const APPENDERS: usize = 32;
+const LEDGER: &str = "kill9";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts the server and waits until it says it is serving.
+fn start(data_dir: &Path, port: u16) -> Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ledger-server"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("ELEANOR_LEDGER_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ledger-server");
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "ledger-server did not start within 30 s");
+        match lines.next() {
+            Some(Ok(line)) if line.contains("\"serving\"") => break,
+            Some(Ok(_)) => continue,
+            _ => panic!("ledger-server exited during startup: {:?}", child.wait()),
+        }
+    }
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    child
+}
+
+#[derive(Debug, Clone)]
+struct Ack {
+    seq: u64,
+    entry_hash: String,
+    event: String,
+}
+
+async fn appender(client: reqwest::Client, url: String, id: usize, stop: Arc<AtomicBool>, acks: Arc<Mutex<Vec<Ack>>>, retries: Arc<AtomicU64>) {
+    let mut n = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        let event = format!("{id}-{n}");
+        let body = json!({"event": event, "pad": "x".repeat(200)});
+        // Retry the same event until it is acknowledged (at-least-once, as a real client does).
+        loop {
+            if stop.load(Ordering::SeqCst) {
+                return;
+            }
+            match client.post(&url).json(&body).send().await {
+                Ok(resp) if resp.status() == 201 || resp.status() == 202 => {
+                    let receipt: Value = resp.json().await.unwrap();
+                    acks.lock().unwrap().push(Ack {
+                        seq: receipt["seq"].as_u64().unwrap(),
+                        entry_hash: receipt["entry_hash"].as_str().unwrap().to_owned(),
+                        event: event.clone(),
+                    });
+                    break;
+                }
+                Ok(resp) if resp.status().is_server_error() => {}
+                Ok(resp) => panic!("unexpected status {} for a valid append", resp.status()),
+                Err(_) => {}
+            }
+            retries.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        n += 1;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_records_survive_repeated_kill_9_under_load() {
+    let kills: usize = std::env::var("ELEANOR_LEDGER_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let url = format!("{base}/v1/ledgers/{LEDGER}/records");
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+
+    let mut server = start(dir.path(), port);
+    let stop = Arc::new(AtomicBool::new(false));
+    let acks = Arc::new(Mutex::new(Vec::new()));
+    let retries = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..APPENDERS)
+        .map(|id| tokio::spawn(appender(client.clone(), url.clone(), id, stop.clone(), acks.clone(), retries.clone())))
+        .collect();
+
+    for _ in 0..kills {
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(50..400))).await;
+        server.kill().unwrap(); // SIGKILL
+        server.wait().unwrap();
+        server = start(dir.path(), port);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::SeqCst);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+
+    // One clean start, then check everything from the outside.
+    let mut server = start(dir.path(), port);
+    let acks = acks.lock().unwrap().clone();
+    assert!(acks.len() > kills, "the load produced too few appends to mean anything: {}", acks.len());
+    let report: Value = client.get(format!("{base}/v1/ledgers/{LEDGER}/verify")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(report["ok"], true, "verification failed: {report}");
+    let head = report["head"]["seq"].as_u64().unwrap();
+    assert_eq!(report["verified"].as_u64().unwrap(), head, "gaps: {report}");
+
+    let mut stored = std::collections::HashMap::new();
+    let mut after = 0;
+    loop {
+        let page: Value = client
+            .get(format!("{base}/v1/ledgers/{LEDGER}/records?after={after}&limit=1000"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for r in page["records"].as_array().unwrap() {
+            let seq = r["seq"].as_u64().unwrap();
+            assert_eq!(seq, after + 1, "seqs are not contiguous");
+            after = seq;
+            stored.insert(seq, (r["entry_hash"].as_str().unwrap().to_owned(), r["record"]["event"].as_str().unwrap().to_owned()));
+        }
+        if page["next_after"].is_null() {
+            break;
+        }
+    }
+    assert_eq!(after, head, "the records end before the head");
+    let mut lost = 0;
+    for ack in &acks {
+        match stored.get(&ack.seq) {
+            Some((hash, event)) if *hash == ack.entry_hash && *event == ack.event => {}
+            other => {
+                lost += 1;
+                eprintln!("acknowledged {ack:?} but found {other:?}");
+            }
+        }
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+    eprintln!(
+        "kill -9 x{kills}: {} acknowledged, {head} stored, {} client retries, {lost} lost",
+        acks.len(),
+        retries.load(Ordering::Relaxed)
+    );
+    assert_eq!(lost, 0, "acknowledged records were lost");
+}
