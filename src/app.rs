@@ -12,7 +12,7 @@ use crate::http::metrics::HttpMetrics;
 use crate::http::{AppState, router};
 use crate::ledger::{Ledger, LedgerMetrics};
 use crate::store::local::{LocalStore, OpenError};
-use crate::store::{BackendMetrics, Stores, aws};
+use crate::store::{BackendMetrics, Stores, aws, breaker};
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +45,18 @@ impl Application {
             .map_err(failed)?;
         let backend_metrics = BackendMetrics::new(&registry).map_err(failed)?;
         let stores = open_backend(&config.backend, backend_metrics).await?;
+        let (objects_dependency, index_dependency) = match &config.backend {
+            BackendConfig::Local { .. } => ("local", "local"),
+            BackendConfig::Aws(_) => ("s3", "dynamodb"),
+        };
+        let (stores, circuits) = breaker::guard(
+            &stores,
+            objects_dependency,
+            index_dependency,
+            config.breaker,
+            &registry,
+        )
+        .map_err(failed)?;
         let ledger = Ledger::new(
             stores,
             config.ledger.clone(),
@@ -73,6 +85,7 @@ impl Application {
                 metrics,
                 registry,
                 limits: config.limits,
+                circuits,
             },
         })
     }

@@ -11,6 +11,7 @@ use crate::chain::entry::LedgerId;
 use crate::http::Limits;
 use crate::ledger::Options;
 use crate::store::aws::{self, AwsSettings};
+use crate::store::breaker::BreakerSettings;
 
 /// Which storage backend to run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -128,6 +129,16 @@ pub struct ServerArgs {
         default_value_t = 10_000
     )]
     pub request_timeout_ms: u64,
+    /// Consecutive storage failures that open a dependency's circuit breaker.
+    #[arg(long, env = "ELEANOR_LEDGER_CIRCUIT_FAILURES", default_value_t = 5)]
+    pub circuit_failures: u32,
+    /// How long an open circuit fails calls fast before probing again, in milliseconds.
+    #[arg(
+        long,
+        env = "ELEANOR_LEDGER_CIRCUIT_COOLDOWN_MS",
+        default_value_t = 5_000
+    )]
+    pub circuit_cooldown_ms: u64,
     /// Log format.
     #[arg(
         long,
@@ -152,6 +163,7 @@ pub struct Config {
     pub backend: BackendConfig,
     pub ledger: Options,
     pub limits: Limits,
+    pub breaker: BreakerSettings,
     pub log_format: LogFormat,
 }
 
@@ -207,6 +219,18 @@ impl ServerArgs {
             100,
             600_000,
         )?;
+        bounded(
+            "ELEANOR_LEDGER_CIRCUIT_FAILURES",
+            self.circuit_failures,
+            1,
+            1000,
+        )?;
+        bounded(
+            "ELEANOR_LEDGER_CIRCUIT_COOLDOWN_MS",
+            self.circuit_cooldown_ms,
+            10,
+            600_000,
+        )?;
         if self.batch_max_bytes < self.max_record_bytes + ENTRY_OVERHEAD {
             return Err(ConfigError(format!(
                 "ELEANOR_LEDGER_BATCH_MAX_BYTES ({}) must be at least ELEANOR_LEDGER_MAX_RECORD_BYTES + {ENTRY_OVERHEAD} ({}) so that every record fits in a batch",
@@ -236,6 +260,10 @@ impl ServerArgs {
             limits: Limits {
                 max_record_bytes: self.max_record_bytes,
                 request_timeout,
+            },
+            breaker: BreakerSettings {
+                threshold: self.circuit_failures,
+                cooldown: Duration::from_millis(self.circuit_cooldown_ms),
             },
             log_format: self.log_format,
         })
@@ -324,11 +352,8 @@ mod tests {
     fn defaults_make_a_local_server_on_loopback() {
         let config = args(&[]).into_config().unwrap();
         assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(
-            config.backend,
-            BackendConfig::Local {
-                data_dir: "./data".into()
-            }
+        assert!(
+            matches!(&config.backend, BackendConfig::Local { data_dir } if data_dir == Path::new("./data"))
         );
         assert_eq!(config.limits.max_record_bytes, 262_144);
     }

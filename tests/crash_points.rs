@@ -7,6 +7,9 @@
 //! wholly present (rolled forward) or wholly absent.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/aws.rs"]
+mod aws_support;
+
 use std::time::Duration;
 
 use eleanor_ledger::chain::entry::{LedgerId, Record};
@@ -72,11 +75,18 @@ async fn calls_per_batch(make: &impl AsyncFn() -> Stores) -> Vec<&'static str> {
     handle.calls()
 }
 
-async fn run_scenario(make: &impl AsyncFn() -> Stores, at: usize, fault: Fault) -> String {
+/// Runs one scenario on ledger `id`, which must not exist yet in `make`'s stores (stores may
+/// be shared between scenarios, as on the emulator, where a fresh bucket and table each time
+/// would cost more than the scenario).
+async fn run_scenario(
+    make: &impl AsyncFn() -> Stores,
+    id: &LedgerId,
+    at: usize,
+    fault: Fault,
+) -> String {
     let base = make().await;
-    let id = LedgerId::parse("crash").unwrap();
     let seed = service(&base);
-    let seeded: Vec<Receipt> = append_batch(&seed, &id, "seed")
+    let seeded: Vec<Receipt> = append_batch(&seed, id, "seed")
         .await
         .into_iter()
         .map(Result::unwrap)
@@ -86,7 +96,7 @@ async fn run_scenario(make: &impl AsyncFn() -> Stores, at: usize, fault: Fault) 
     let (faulty, handle) = fault::wrap(&base);
     let writer = service(&faulty);
     handle.plan(at, fault);
-    let results = append_batch(&writer, &id, "victim").await;
+    let results = append_batch(&writer, id, "victim").await;
     let acked: Vec<Receipt> = results
         .iter()
         .filter_map(|r| r.as_ref().ok().cloned())
@@ -96,10 +106,10 @@ async fn run_scenario(make: &impl AsyncFn() -> Stores, at: usize, fault: Fault) 
 
     let restarted = service(&base);
     restarted.recover().await.unwrap();
-    let after = restarted.append(&id, record("after", 0)).await.unwrap();
-    let report = restarted.verify(&id, VerifyRange::default()).await.unwrap();
+    let after = restarted.append(id, record("after", 0)).await.unwrap();
+    let report = restarted.verify(id, VerifyRange::default()).await.unwrap();
     let case = format!(
-        "fault {fault:?} at call {at} (crashed: {})",
+        "{id}: fault {fault:?} at call {at} (crashed: {})",
         handle.crashed()
     );
     assert!(
@@ -110,7 +120,7 @@ async fn run_scenario(make: &impl AsyncFn() -> Stores, at: usize, fault: Fault) 
 
     // Every acknowledged record is there, with the hash it was acknowledged with.
     for receipt in seeded.iter().chain(&acked) {
-        let stored = restarted.record(&id, receipt.seq).await.unwrap();
+        let stored = restarted.record(id, receipt.seq).await.unwrap();
         assert_eq!(
             stored.entry_hash, receipt.entry_hash,
             "{case}: seq {} changed",
@@ -118,7 +128,7 @@ async fn run_scenario(make: &impl AsyncFn() -> Stores, at: usize, fault: Fault) 
         );
     }
     // The interrupted batch is all there or not there at all; seqs are contiguous.
-    let page = restarted.records(&id, 0, 100).await.unwrap();
+    let page = restarted.records(id, 0, 100).await.unwrap();
     let victims = page
         .records
         .iter()
@@ -165,7 +175,8 @@ async fn every_crash_point(make: impl AsyncFn() -> Stores) {
     // One past the end too: a fault planned after the batch's last call must change nothing.
     for at in 0..=calls.len() {
         for fault in [Fault::FailBefore, Fault::CrashAfter, Fault::CrashHalfway] {
-            outcomes.push(run_scenario(&make, at, fault).await);
+            let id = LedgerId::parse(&format!("crash-{at}-{fault:?}")).unwrap();
+            outcomes.push(run_scenario(&make, &id, at, fault).await);
         }
     }
     // Both outcomes of the protocol must have been exercised.
@@ -189,4 +200,14 @@ async fn every_crash_point_of_a_batch_heals_on_the_embedded_backend() {
             .into_stores()
     })
     .await;
+}
+
+/// The same matrix on S3 + DynamoDB (the emulator; fails when it is not configured). One
+/// bucket and table serve every scenario, each on a ledger of its own: what a scenario checks
+/// is per ledger, and a fresh bucket and table per scenario would cost more than the scenario.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_crash_point_of_a_batch_heals_on_the_emulator() {
+    let settings = aws_support::fresh_settings().await;
+    let stores = aws_support::connect_with(&settings, BackendMetrics::unregistered()).await;
+    every_crash_point(async || stores.clone()).await;
 }

@@ -1,4 +1,4 @@
-//! `GET /health`: 200 when both stores answer, 503 naming the check that failed.
+//! `GET /health`: 200 when both stores answer and no circuit is open; 503 naming what failed.
 
 use std::collections::BTreeMap;
 
@@ -8,12 +8,16 @@ use axum::http::StatusCode;
 use serde::Serialize;
 
 use super::AppState;
+use crate::store::breaker::CircuitState;
 
 #[derive(Serialize)]
 pub struct Health {
     status: &'static str,
     backend: &'static str,
+    /// `"ok"` or what went wrong, per store.
     checks: BTreeMap<&'static str, String>,
+    /// Circuit breaker state per dependency: `closed`, `open` or `half_open`.
+    circuits: BTreeMap<&'static str, &'static str>,
 }
 
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
@@ -31,6 +35,12 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>)
         };
         checks.insert(name, text);
     }
+    let mut circuits = BTreeMap::new();
+    for circuit in &state.circuits {
+        let circuit_state = circuit.state();
+        healthy &= circuit_state != CircuitState::Open;
+        circuits.insert(circuit.dependency(), circuit_state.as_str());
+    }
     let (status, text) = if healthy {
         (StatusCode::OK, "ok")
     } else {
@@ -42,6 +52,7 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>)
             status: text,
             backend: stores.backend,
             checks,
+            circuits,
         }),
     )
 }

@@ -25,6 +25,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::ledger::Ledger;
+use crate::store::breaker::CircuitBreaker;
 use error::ApiError;
 use metrics::HttpMetrics;
 
@@ -35,6 +36,8 @@ pub struct AppState {
     pub metrics: Arc<HttpMetrics>,
     pub registry: prometheus::Registry,
     pub limits: Limits,
+    /// One circuit breaker per storage dependency, for `/health`.
+    pub circuits: Vec<Arc<CircuitBreaker>>,
 }
 
 /// Request limits (from [`crate::config`]).

@@ -10,6 +10,7 @@
 //! what a crash halfway through leaves behind.
 
 pub mod aws;
+pub mod breaker;
 pub mod conformance;
 pub mod fault;
 pub mod local;
