@@ -177,7 +177,7 @@ const AWS_MAX_BATCH_BYTES: usize = 380_000;
 /// Room for an entry's header fields beyond its record.
 const ENTRY_OVERHEAD: usize = 200;
 
-fn bounded<T: PartialOrd + std::fmt::Display>(
+fn bounded<T: PartialOrd + std::fmt::Display + Copy>(
     name: &str,
     value: T,
     min: T,

@@ -95,7 +95,7 @@ pub async fn run(args: InitArgs) -> Result<String, InitError> {
                 .await
                 .map_err(|e| InitError::Config(ConfigError(e.to_string())))?;
             if bucket_unset {
-                line(&mut report, "bucket: ELEANOR_LEDGER_S3_BUCKET is not set, so it was not checked (the server needs it)".into());
+                line(&mut report, "bucket: ELEANOR_LEDGER_S3_BUCKET is not set, so it was not checked (the server needs it)");
             } else {
                 changed |=
                     provision_bucket(&admin, args.create_bucket, &settings.bucket, &mut report)
@@ -113,15 +113,15 @@ pub async fn run(args: InitArgs) -> Result<String, InitError> {
     line(
         &mut report,
         if changed {
-            "done: changes made".into()
+            "done: changes made"
         } else {
-            "done: nothing to change".into()
+            "done: nothing to change"
         },
     );
     Ok(report)
 }
 
-fn line(report: &mut String, text: String) {
+fn line(report: &mut String, text: impl std::fmt::Display) {
     let _ = writeln!(report, "{text}");
 }
 

@@ -158,6 +158,8 @@ struct VerifyHead {
 struct Failure {
     seq: u64,
     kind: String,
+    #[allow(dead_code)]
+    detail: String,
 }
 
 impl VerifyReport {
@@ -944,10 +946,11 @@ async fn tampering_with_s3_or_dynamodb_is_reported_at_its_seq_with_its_kind() {
     assert_eq!(kinds("entry-hash-edited"), [(2, "hash_mismatch")]);
     assert_eq!(kinds("prev-hash-edited"), [(2, "index_mismatch")]);
     assert_eq!(kinds("seq-item-deleted"), [(2, "index_mismatch")]);
+    // The stored chain goes on past the lowered head, whose hash is not entry 2's.
     let lowered = kinds("meta-seq-lowered");
     assert!(
-        !lowered.is_empty() && lowered.iter().all(|(_, kind)| *kind == "head_mismatch"),
-        "a lowered seq_counter is a head mismatch: {lowered:?}"
+        !lowered.is_empty() && lowered.iter().all(|f| *f == (2, "head_mismatch")),
+        "a lowered seq_counter is a head mismatch at the head: {lowered:?}"
     );
     assert_eq!(kinds("meta-hash-changed"), [(3, "head_mismatch")]);
     for ledger in &ledgers[1..] {
@@ -968,6 +971,84 @@ async fn tampering_with_s3_or_dynamodb_is_reported_at_its_seq_with_its_kind() {
         assert_eq!(Hash::of_entry(&stored).to_hex(), original.entry_hash);
     }
     app.stop().await;
+}
+
+/// A head whose own claims contradict each other (`seq_counter` not the end of its pending
+/// batch, `last_hash` not the hash of that batch's last entry) has been tampered with. A writer
+/// must refuse to build on it: whatever it claimed on top would either never be writable (its
+/// seqs already hold other bytes) or be chained to a forged hash, written into write-once
+/// storage for good. It must answer `integrity_error` and write nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_refuses_to_build_on_a_tampered_head_and_writes_nothing() {
+    let settings = aws_support::fresh_settings().await;
+    let (bucket, table) = (settings.bucket.clone(), settings.table.clone());
+    let ledgers = ["head-seq-lowered", "head-hash-changed"];
+    let first = AwsApp::spawn(&settings, None).await;
+    let mut receipts = HashMap::new();
+    for ledger in ledgers {
+        receipts.insert(ledger, three_records(&first.api, ledger).await);
+    }
+    first.stop().await;
+
+    let ddb = aws_support::dynamodb_client().await;
+    let s3 = aws_support::s3_client().await;
+    set_attribute(
+        &ddb,
+        &table,
+        "head-seq-lowered",
+        "META",
+        "seq_counter",
+        AttributeValue::N("2".into()),
+    )
+    .await;
+    let forged = receipts["head-seq-lowered"][0].entry_hash.clone();
+    set_attribute(
+        &ddb,
+        &table,
+        "head-hash-changed",
+        "META",
+        "last_hash",
+        AttributeValue::S(forged),
+    )
+    .await;
+
+    // A writer that has not seen these ledgers before (a restarted or another replica).
+    let second = AwsApp::spawn(&settings, None).await;
+    for ledger in ledgers {
+        let head_before = meta(&ddb, &table, ledger).await;
+        let appended = second.api.append(ledger, "on-a-tampered-head").await;
+        assert_eq!(
+            (appended.status, appended.body["error"]["code"].as_str()),
+            (StatusCode::INTERNAL_SERVER_ERROR, Some("integrity_error")),
+            "{ledger}: an append on a tampered head was answered {} {}",
+            appended.status,
+            appended.body
+        );
+        assert_eq!(
+            meta(&ddb, &table, ledger).await,
+            head_before,
+            "{ledger}: nothing was claimed"
+        );
+        let listed = s3
+            .list_object_versions()
+            .bucket(&bucket)
+            .prefix(format!("{ledger}/entries/"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            listed.versions().len(),
+            3,
+            "{ledger}: nothing was written to S3"
+        );
+    }
+    let integrity_errors = second
+        .api
+        .metrics()
+        .await
+        .sum("ledger_integrity_errors_total", &[]);
+    assert!(integrity_errors >= 2.0, "counted: {integrity_errors}");
+    second.stop().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1134,7 +1215,8 @@ impl Figures {
             seq_puts: delta.requests(|op| op == "ddb_put_item", &["ok"]),
             ddb_requests: delta.requests(|op| op.starts_with("ddb_"), &["ok", "conflict", "error"]),
             write_units: delta.sum("ledger_backend_write_units_total", &[]),
-            retries: delta.requests(|_| true, &["retry"]),
+            // `+ 0.0`: an empty float sum is -0.0, which prints as "-0".
+            retries: delta.requests(|_| true, &["retry"]) + 0.0,
             conflicts: delta.sum("ledger_commit_conflicts_total", &[]),
         }
     }

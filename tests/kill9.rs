@@ -21,7 +21,11 @@ const APPENDERS: usize = 32;
 const LEDGER: &str = "kill9";
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Starts the server and waits until it says it is serving.
@@ -40,7 +44,10 @@ fn start(data_dir: &Path, port: u16) -> Child {
     let mut lines = BufReader::new(stderr).lines();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        assert!(Instant::now() < deadline, "ledger-server did not start within 30 s");
+        assert!(
+            Instant::now() < deadline,
+            "ledger-server did not start within 30 s"
+        );
         match lines.next() {
             Some(Ok(line)) if line.contains("\"serving\"") => break,
             Some(Ok(_)) => continue,
@@ -59,7 +66,14 @@ struct Ack {
     event: String,
 }
 
-async fn appender(client: reqwest::Client, url: String, id: usize, stop: Arc<AtomicBool>, acks: Arc<Mutex<Vec<Ack>>>, retries: Arc<AtomicU64>) {
+async fn appender(
+    client: reqwest::Client,
+    url: String,
+    id: usize,
+    stop: Arc<AtomicBool>,
+    acks: Arc<Mutex<Vec<Ack>>>,
+    retries: Arc<AtomicU64>,
+) {
     let mut n = 0u64;
     while !stop.load(Ordering::SeqCst) {
         let event = format!("{id}-{n}");
@@ -92,19 +106,34 @@ async fn appender(client: reqwest::Client, url: String, id: usize, stop: Arc<Ato
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_records_survive_repeated_kill_9_under_load() {
-    let kills: usize = std::env::var("ELEANOR_LEDGER_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let kills: usize = std::env::var("ELEANOR_LEDGER_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let url = format!("{base}/v1/ledgers/{LEDGER}/records");
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
 
     let mut server = start(dir.path(), port);
     let stop = Arc::new(AtomicBool::new(false));
     let acks = Arc::new(Mutex::new(Vec::new()));
     let retries = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = (0..APPENDERS)
-        .map(|id| tokio::spawn(appender(client.clone(), url.clone(), id, stop.clone(), acks.clone(), retries.clone())))
+        .map(|id| {
+            tokio::spawn(appender(
+                client.clone(),
+                url.clone(),
+                id,
+                stop.clone(),
+                acks.clone(),
+                retries.clone(),
+            ))
+        })
         .collect();
 
     for _ in 0..kills {
@@ -124,8 +153,19 @@ async fn acknowledged_records_survive_repeated_kill_9_under_load() {
     // One clean start, then check everything from the outside.
     let mut server = start(dir.path(), port);
     let acks = acks.lock().unwrap().clone();
-    assert!(acks.len() > kills, "the load produced too few appends to mean anything: {}", acks.len());
-    let report: Value = client.get(format!("{base}/v1/ledgers/{LEDGER}/verify")).send().await.unwrap().json().await.unwrap();
+    assert!(
+        acks.len() > kills,
+        "the load produced too few appends to mean anything: {}",
+        acks.len()
+    );
+    let report: Value = client
+        .get(format!("{base}/v1/ledgers/{LEDGER}/verify"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(report["ok"], true, "verification failed: {report}");
     let head = report["head"]["seq"].as_u64().unwrap();
     assert_eq!(report["verified"].as_u64().unwrap(), head, "gaps: {report}");
@@ -134,7 +174,9 @@ async fn acknowledged_records_survive_repeated_kill_9_under_load() {
     let mut after = 0;
     loop {
         let page: Value = client
-            .get(format!("{base}/v1/ledgers/{LEDGER}/records?after={after}&limit=1000"))
+            .get(format!(
+                "{base}/v1/ledgers/{LEDGER}/records?after={after}&limit=1000"
+            ))
             .send()
             .await
             .unwrap()
@@ -145,7 +187,13 @@ async fn acknowledged_records_survive_repeated_kill_9_under_load() {
             let seq = r["seq"].as_u64().unwrap();
             assert_eq!(seq, after + 1, "seqs are not contiguous");
             after = seq;
-            stored.insert(seq, (r["entry_hash"].as_str().unwrap().to_owned(), r["record"]["event"].as_str().unwrap().to_owned()));
+            stored.insert(
+                seq,
+                (
+                    r["entry_hash"].as_str().unwrap().to_owned(),
+                    r["record"]["event"].as_str().unwrap().to_owned(),
+                ),
+            );
         }
         if page["next_after"].is_null() {
             break;

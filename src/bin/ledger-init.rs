@@ -1,6 +1,8 @@
 //! `ledger-init`: create the index table and a ledger's `META`, check the entry bucket. Run
 //! once per environment; safe to run again. `ledger-init --help`.
 
+#![allow(clippy::print_stdout)] // The report on stdout is what this command is for.
+
 use std::process::ExitCode;
 
 use clap::Parser;

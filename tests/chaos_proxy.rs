@@ -1,0 +1,308 @@
+//! Dependencies that fail: a TCP proxy between the service and the S3/DynamoDB emulator cuts,
+//! stalls and delays connections in the middle of appends. Appends must fail with
+//! `503 dependency_unavailable` within the request timeout (never hang, never 500), the
+//! circuit must open and `/health` name the dependency, nothing acknowledged may be lost, and
+//! appends must resume by themselves once the dependency is back; the ledger verifies after.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support/aws.rs"]
+mod aws_support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use eleanor_ledger::app::Application;
+use eleanor_ledger::config::ServerArgs;
+use serde_json::{Value, json};
+use tokio::io::copy_bidirectional;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+const PASS: u8 = 0;
+const CUT: u8 = 1;
+const STALL: u8 = 2;
+const DELAY: u8 = 3;
+
+/// A loopback TCP proxy whose behaviour can be switched while it runs. Switching away from
+/// `PASS` also ends the connections already open (they watch the mode).
+struct Proxy {
+    addr: String,
+    mode: Arc<AtomicU8>,
+    changed: watch::Sender<u8>,
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let mode = Arc::new(AtomicU8::new(PASS));
+        let (changed, _) = watch::channel(PASS);
+        let (m, tx) = (mode.clone(), changed.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                let (mode, mut rx, upstream) = (m.clone(), tx.subscribe(), upstream.clone());
+                tokio::spawn(async move {
+                    match mode.load(Ordering::SeqCst) {
+                        CUT => return, // accept, then close at once
+                        STALL => {
+                            // Hold the connection open and answer nothing until the mode changes.
+                            let _ = rx.changed().await;
+                            return;
+                        }
+                        DELAY => tokio::time::sleep(Duration::from_millis(100)).await,
+                        _ => {}
+                    }
+                    let Ok(mut server) = TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = copy_bidirectional(&mut client, &mut server) => {}
+                        _ = rx.changed() => {} // a switch cuts connections in flight
+                    }
+                });
+            }
+        });
+        Proxy {
+            addr,
+            mode,
+            changed,
+        }
+    }
+
+    fn set(&self, mode: u8) {
+        self.mode.store(mode, Ordering::SeqCst);
+        let _ = self.changed.send(mode);
+    }
+}
+
+struct App {
+    base: String,
+    client: reqwest::Client,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl App {
+    async fn append(&self, n: u64) -> (u16, Value, Duration) {
+        let started = Instant::now();
+        let resp = self
+            .client
+            .post(format!("{}/v1/ledgers/chaos/records", self.base))
+            .json(&json!({"n": n}))
+            .send()
+            .await
+            .expect("the service itself always answers");
+        let status = resp.status().as_u16();
+        (
+            status,
+            resp.json().await.unwrap_or(Value::Null),
+            started.elapsed(),
+        )
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let resp = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        (
+            resp.status().as_u16(),
+            resp.json().await.unwrap_or(Value::Null),
+        )
+    }
+}
+
+const REQUEST_TIMEOUT_MS: u64 = 2000;
+
+/// Records an acknowledged append (201 written, 202 committed).
+fn ack(status: u16, body: &Value, acked: &mut Vec<(u64, String)>) {
+    if status == 201 || status == 202 {
+        acked.push((
+            body["seq"].as_u64().unwrap(),
+            body["entry_hash"].as_str().unwrap().to_owned(),
+        ));
+    }
+}
+
+async fn spawn_app(endpoint: &str) -> App {
+    let settings = aws_support::fresh_settings().await;
+    let args = ServerArgs::try_parse_from([
+        "ledger-server",
+        "--listen",
+        "127.0.0.1:0",
+        "--backend",
+        "aws",
+        "--s3-bucket",
+        &settings.bucket,
+        "--ddb-table",
+        &settings.table,
+        "--ddb-region",
+        aws_support::REGION,
+        "--aws-endpoint-url",
+        endpoint,
+        "--request-timeout-ms",
+        &REQUEST_TIMEOUT_MS.to_string(),
+        "--circuit-failures",
+        "3",
+        "--circuit-cooldown-ms",
+        "500",
+    ])
+    .unwrap();
+    let app = Application::build(args.into_config().unwrap())
+        .await
+        .unwrap();
+    let base = format!("http://{}", app.local_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    App {
+        base,
+        client,
+        _stop: stop,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_fail_fast_while_storage_is_cut_or_stalled_and_resume_by_themselves() {
+    let upstream = aws_support::endpoint()
+        .trim_start_matches("http://")
+        .to_owned();
+    let proxy = Proxy::start(upstream).await;
+    let app = spawn_app(&proxy.addr).await;
+    let mut acked: Vec<(u64, String)> = Vec::new();
+    let mut n = 0;
+
+    // Healthy.
+    for _ in 0..5 {
+        n += 1;
+        let (status, body, _) = app.append(n).await;
+        assert_eq!(status, 201, "{body}");
+        ack(status, &body, &mut acked);
+    }
+
+    // Cut: every call fails; appends answer 503 dependency_unavailable quickly, the circuit opens.
+    proxy.set(CUT);
+    let limit = Duration::from_millis(REQUEST_TIMEOUT_MS + 1500);
+    for _ in 0..6 {
+        n += 1;
+        let (status, body, took) = app.append(n).await;
+        ack(status, &body, &mut acked);
+        assert!(
+            took < limit,
+            "an append took {took:?} while storage was cut"
+        );
+        assert!(status == 503 || status == 202, "status {status}: {body}");
+        if status == 503 {
+            let code = body["error"]["code"].as_str().unwrap();
+            assert!(
+                ["dependency_unavailable", "outcome_unknown"].contains(&code),
+                "{body}"
+            );
+        }
+    }
+    let (status, health) = app.get("/health").await;
+    assert_eq!(status, 503, "{health}");
+    let open: Vec<&str> = health["circuits"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, v)| *v == "open")
+        .map(|(k, _)| k.as_str())
+        .collect();
+    assert!(!open.is_empty(), "no circuit is open: {health}");
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("circuit_breaker_state{") && l.ends_with(" 1")),
+        "circuit_breaker_state shows no open circuit"
+    );
+    // While open, appends are refused at once.
+    n += 1;
+    let (status, _, took) = app.append(n).await;
+    assert_eq!(status, 503);
+    assert!(
+        took < Duration::from_millis(500),
+        "an open circuit must fail fast, took {took:?}"
+    );
+
+    // Stall: connections accepted but never answered; requests end within the timeout.
+    proxy.set(STALL);
+    tokio::time::sleep(Duration::from_millis(600)).await; // let the circuit half-open
+    for _ in 0..3 {
+        n += 1;
+        let (status, body, took) = app.append(n).await;
+        ack(status, &body, &mut acked);
+        assert!(
+            took < limit,
+            "an append hung for {took:?} while storage stalled"
+        );
+        assert!(status == 503 || status == 202, "status {status}: {body}");
+    }
+
+    // Back, but slow: appends succeed once the circuit lets them through.
+    proxy.set(DELAY);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut resumed = 0;
+    while resumed < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "appends did not resume within 30 s"
+        );
+        n += 1;
+        let (status, body, _) = app.append(n).await;
+        ack(status, &body, &mut acked);
+        if status == 201 {
+            resumed += 1;
+        } else {
+            assert_eq!(status, 503, "{body}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    proxy.set(PASS);
+    for _ in 0..3 {
+        n += 1;
+        let (status, body, _) = app.append(n).await;
+        assert_eq!(status, 201, "{body}");
+        ack(status, &body, &mut acked);
+    }
+
+    let (status, health) = app.get("/health").await;
+    assert_eq!(status, 200, "{health}");
+    let (status, report) = app.get("/v1/ledgers/chaos/verify").await;
+    assert_eq!(status, 200);
+    assert_eq!(report["ok"], true, "{report}");
+    for (seq, hash) in &acked {
+        let (status, record) = app.get(&format!("/v1/ledgers/chaos/records/{seq}")).await;
+        assert_eq!(status, 200, "acknowledged seq {seq} is missing");
+        assert_eq!(
+            record["entry_hash"].as_str().unwrap(),
+            hash,
+            "seq {seq} changed"
+        );
+    }
+    eprintln!(
+        "chaos: {n} appends attempted, {} acknowledged, head {}",
+        acked.len(),
+        report["head"]["seq"]
+    );
+}
