@@ -4,6 +4,8 @@
 # Stage 1 builds the release binaries with the registry and target directory in BuildKit cache
 # mounts, so a rebuild after a source change recompiles only this crate. Stage 2 is a slim
 # Debian with the binaries, a non-root user and the /data volume for the embedded backend.
+# The binaries are named, not globbed: tests/k8s_manifests.rs checks each is a [[bin]] of
+# Cargo.toml and that every [[bin]] is in the image.
 
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
@@ -12,9 +14,9 @@ COPY src ./src
 COPY benches ./benches
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bins \
+    cargo build --release --locked --bin ledger-server --bin ledger-init --bin ledger-verify \
     && mkdir -p /out \
-    && find target/release -maxdepth 1 -type f -name 'ledger-*' -perm -u+x -exec cp {} /out/ \;
+    && cp target/release/ledger-server target/release/ledger-init target/release/ledger-verify /out/
 
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update \

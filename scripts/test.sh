@@ -5,7 +5,7 @@
 #   scripts/test.sh [extra cargo-nextest arguments]
 #
 # It installs moto into a cached venv if missing, starts it on a free loopback port, exports
-# ELEANOR_LEDGER_TEST_AWS_ENDPOINT for the tests, runs `cargo nextest run --all-targets` and
+# ELEANOR_LEDGER_TEST_AWS_ENDPOINT for the tests, runs `cargo nextest run --lib --bins --tests` (benches are built by clippy in .ci/run) and
 # always stops the emulator it started. If the emulator cannot be installed or started, this
 # script fails: the AWS tests never pass or skip silently.
 #
@@ -83,4 +83,4 @@ fi
 log "moto $MOTO_VERSION is up at $endpoint (pid $moto_pid)"
 
 export ELEANOR_LEDGER_TEST_AWS_ENDPOINT="$endpoint"
-cargo nextest run --all-targets "$@"
+cargo nextest run --lib --bins --tests "$@"

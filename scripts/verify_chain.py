@@ -6,7 +6,7 @@ ledger with a tool that shares nothing with the service that wrote it.
 
 Usage:
     verify_chain.py --ledger ID --dir DIR    [--head-seq N --head-hash H] [--json]
-    verify_chain.py --ledger ID --jsonl FILE [--head-seq N --head-hash H] [--json]
+    verify_chain.py --ledger ID --jsonl FILE [--head-seq N --head-hash H] [--public-key HEX] [--json]
 
 Input (one of):
   --dir DIR     A directory with one file per entry, named {seq:018}.json, holding the entry's
@@ -18,6 +18,14 @@ Input (one of):
                 optionally with what an index records for the seq, each field checked when
                 present: "entry_hash", "prev_hash", "timestamp". A line without "stored" stands
                 for an index item whose entry object is missing. Blank lines are skipped.
+                A line {"checkpoint": {...}} (an export's first line) is a signed checkpoint:
+                the stored entry at its seq must hash to its last_hash (checkpoint_mismatch),
+                and with --public-key its Ed25519 signature must verify (bad_signature).
+
+Checkpoint signatures need Ed25519, which the standard library lacks: with --public-key this
+script uses the PyPI package `cryptography` (or, failing that, `pynacl`) and stops with exit
+status 2 if neither is installed. Without --public-key, signatures are not checked and the
+report says so.
 
 What is checked (docs/FORMAT.md, "Verifying a chain"): seqs 1..M are walked in order, where M
 is the largest seq in the input or --head-seq, whichever is larger. Each entry's bytes must be
@@ -43,6 +51,7 @@ import re
 import sys
 
 HASH_DOMAIN = b"eleanor-ledger/entry/v1\x00"
+CHECKPOINT_DOMAIN = b"eleanor-ledger/checkpoint/v1\x00"
 GENESIS = "0" * 64
 MAX_SEQ = 999_999_999_999_999_999
 MAX_DEPTH = 127
@@ -208,9 +217,78 @@ def entry_hash(data):
 
 # ---- Walking a chain -----------------------------------------------------------------------
 
-def verify(ledger_id, stored, claims, head):
+def checkpoint_signed_bytes(cp):
+    """The bytes a checkpoint's signature covers (docs/FORMAT.md, "Checkpoints")."""
+    return CHECKPOINT_DOMAIN + (
+        f'{{"ledger_id":"{cp["ledger_id"]}","seq":{cp["seq"]},'
+        f'"last_hash":"{cp["last_hash"]}","timestamp":"{cp["timestamp"]}"}}'
+    ).encode("ascii")
+
+
+def ed25519_verifier():
+    """Returns verify(public_key_bytes, signature_bytes, message) -> bool, and the library name."""
+    try:
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+        def verify_cryptography(public, signature, message):
+            try:
+                Ed25519PublicKey.from_public_bytes(public).verify(signature, message)
+                return True
+            except InvalidSignature:
+                return False
+
+        return verify_cryptography, "cryptography"
+    except ImportError:
+        pass
+    try:
+        import nacl.exceptions
+        import nacl.signing
+
+        def verify_nacl(public, signature, message):
+            try:
+                nacl.signing.VerifyKey(public).verify(message, signature)
+                return True
+            except nacl.exceptions.BadSignatureError:
+                return False
+
+        return verify_nacl, "pynacl"
+    except ImportError:
+        pass
+    raise UsageError(
+        "--public-key needs Ed25519, which the Python standard library lacks: "
+        "pip install cryptography (or pynacl)"
+    )
+
+
+def check_checkpoints(ledger_id, checkpoints, hashes, last, keys, failures):
+    """keys: {key_id: (public_key_bytes, verify_fn)}, or None when signatures are not checked."""
+    for cp in checkpoints:
+        seq = cp["seq"]
+        if cp["ledger_id"] != ledger_id:
+            failures.append((seq, "checkpoint_mismatch", f"the checkpoint is for ledger {cp['ledger_id']!r}"))
+            continue
+        if keys is not None:
+            key = keys.get(cp["key_id"])
+            if key is None:
+                failures.append((seq, "bad_signature", f"signed with key {cp['key_id']}, which is not a trusted key"))
+            else:
+                public, verify_fn = key
+                if not verify_fn(public, bytes.fromhex(cp["signature"]), checkpoint_signed_bytes(cp)):
+                    failures.append((seq, "bad_signature", "the checkpoint's signature does not verify"))
+        if seq > last:
+            failures.append((seq, "checkpoint_mismatch", f"the checkpoint vouches for seq {seq} but the chain ends at {last}"))
+        elif hashes.get(seq) != cp["last_hash"]:
+            failures.append(
+                (seq, "checkpoint_mismatch", f"the checkpoint says {cp['last_hash']} but the entry hashes to {hashes.get(seq)}")
+            )
+
+
+def verify(ledger_id, stored, claims, head, checkpoints=(), keys=None):
     """Walks seqs 1..M. stored: {seq: bytes}; claims: {seq: {field: value}}; head: (seq, hash)."""
     failures = []
+    checkpoint_seqs = {cp["seq"] for cp in checkpoints}
+    hashes = {}
     verified = 0
     last = max([0, *stored.keys(), *claims.keys(), head[0] if head else 0])
     prev = GENESIS  # the hash entry `seq` must link to; None when unknown
@@ -222,6 +300,8 @@ def verify(ledger_id, stored, claims, head):
             prev = claim.get("entry_hash")
             continue
         digest = entry_hash(data)
+        if seq in checkpoint_seqs:
+            hashes[seq] = digest
         try:
             found_ledger, found_seq, prev_hash, timestamp = decode_entry(data)
             if found_seq != seq:
@@ -254,6 +334,7 @@ def verify(ledger_id, stored, claims, head):
             failures.append(
                 (head_seq, "head_mismatch", f"the head's last_hash is {head_hash} but entry {last} hashes to {prev}")
             )
+    check_checkpoints(ledger_id, checkpoints, hashes, last, keys, failures)
     failures.sort(key=lambda f: f[0])
     return {
         "ok": not failures,
@@ -261,6 +342,8 @@ def verify(ledger_id, stored, claims, head):
         "verified": verified,
         "last_hash": prev,
         "failures": [{"seq": s, "kind": k, "detail": d} for s, k, d in failures],
+        "checkpoints_checked": len(checkpoints),
+        "signatures_checked": keys is not None,
     }
 
 
@@ -281,7 +364,33 @@ def read_dir(path):
             continue
         with open(full, "rb") as f:
             stored[int(m.group(1))] = f.read()
-    return stored, {}
+    return stored, {}, []
+
+
+CHECKPOINT_FIELDS = ["v", "ledger_id", "seq", "last_hash", "timestamp", "key_id", "signature"]
+SIGNATURE_RE = re.compile(r"[0-9a-f]{128}")
+
+
+def parse_checkpoint(where, cp):
+    if not isinstance(cp, dict) or sorted(cp) != sorted(CHECKPOINT_FIELDS):
+        raise UsageError(f"{where}: a checkpoint has exactly the fields {CHECKPOINT_FIELDS}")
+    if cp["v"] != 1:
+        raise UsageError(f"{where}: unknown checkpoint version {cp['v']!r}")
+    ok = (
+        isinstance(cp["ledger_id"], str) and LEDGER_ID_RE.fullmatch(cp["ledger_id"])
+        and type(cp["seq"]) is int and 1 <= cp["seq"] <= MAX_SEQ
+        and isinstance(cp["last_hash"], str) and HASH_RE.fullmatch(cp["last_hash"])
+        and isinstance(cp["key_id"], str) and HASH_RE.fullmatch(cp["key_id"])
+        and isinstance(cp["signature"], str) and SIGNATURE_RE.fullmatch(cp["signature"])
+        and isinstance(cp["timestamp"], str)
+    )
+    if not ok:
+        raise UsageError(f"{where}: a checkpoint field is malformed")
+    try:
+        parse_timestamp(cp["timestamp"])
+    except Malformed as e:
+        raise UsageError(f"{where}: {e}") from None
+    return cp
 
 
 def read_jsonl(path):
@@ -289,7 +398,7 @@ def read_jsonl(path):
         f = sys.stdin.buffer if path == "-" else open(path, "rb")
     except OSError as e:
         raise UsageError(f"cannot read {path}: {e.strerror}") from None
-    stored, claims = {}, {}
+    stored, claims, checkpoints = {}, {}, []
     with f:
         for number, raw in enumerate(f, 1):
             if not raw.strip():
@@ -301,6 +410,9 @@ def read_jsonl(path):
                 raise UsageError(f"{where}: not JSON ({e})") from None
             if not isinstance(line, dict):
                 raise UsageError(f"{where}: not a JSON object")
+            if set(line) == {"checkpoint"}:
+                checkpoints.append(parse_checkpoint(where, line["checkpoint"]))
+                continue
             unknown = set(line) - {"seq", "stored", "entry_hash", "prev_hash", "timestamp"}
             if unknown:
                 raise UsageError(f"{where}: unknown fields {sorted(unknown)}")
@@ -328,7 +440,7 @@ def read_jsonl(path):
             if seq not in stored and not claim:
                 raise UsageError(f"{where}: a line needs stored bytes or an index claim")
             claims[seq] = claim
-    return stored, claims
+    return stored, claims, checkpoints
 
 
 def main(argv=None):
@@ -343,6 +455,12 @@ def main(argv=None):
     parser.add_argument("--head-seq", type=int, help="the ledger head's seq (with --head-hash)")
     parser.add_argument("--head-hash", help="the ledger head's last_hash (with --head-seq)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--public-key",
+        action="append",
+        default=[],
+        help="trusted Ed25519 public key (64 hex) for checkpoint signatures; repeatable; needs `cryptography` or `pynacl`",
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -357,16 +475,29 @@ def main(argv=None):
             if not HASH_RE.fullmatch(args.head_hash):
                 raise UsageError("--head-hash must be 64 lowercase hex characters")
             head = (args.head_seq, args.head_hash)
-        stored, claims = read_dir(args.dir) if args.dir is not None else read_jsonl(args.jsonl)
+        keys = None
+        if args.public_key:
+            verify_fn, library = ed25519_verifier()
+            print(f"checking checkpoint signatures with the {library} package", file=sys.stderr)
+            keys = {}
+            for text in args.public_key:
+                if not re.fullmatch(r"[0-9a-fA-F]{64}", text.strip()):
+                    raise UsageError("--public-key must be 64 hex characters")
+                public = bytes.fromhex(text.strip())
+                keys[hashlib.sha256(public).hexdigest()] = (public, verify_fn)
+        stored, claims, checkpoints = read_dir(args.dir) if args.dir is not None else read_jsonl(args.jsonl)
     except (UsageError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    report = verify(args.ledger, stored, claims, head)
+    report = verify(args.ledger, stored, claims, head, checkpoints, keys)
     if args.json:
         print(json.dumps(report, indent=2))
     elif report["ok"]:
         print(f"OK: ledger {args.ledger}: {report['verified']} entries verified, last hash {report['last_hash']}")
+        if checkpoints:
+            signed = "signature checked" if keys is not None else "signature NOT checked (no --public-key)"
+            print(f"  {len(checkpoints)} checkpoint(s) match the chain; {signed}")
     else:
         print(f"FAILED: ledger {args.ledger}: {len(report['failures'])} failure(s), {report['verified']} entries checked")
         for f in report["failures"]:

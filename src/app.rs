@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::config::{BackendConfig, Config};
+use crate::http::auth::Authenticator;
 use crate::http::metrics::HttpMetrics;
 use crate::http::{AppState, router};
 use crate::ledger::{Ledger, LedgerMetrics};
@@ -57,6 +58,16 @@ impl Application {
             &registry,
         )
         .map_err(failed)?;
+        match &config.ledger.signer {
+            None => tracing::info!(
+                "signing is off: ELEANOR_LEDGER_SIGNING_KEY_FILE is unset, so checkpoints and receipts are not signed"
+            ),
+            Some(signer) => tracing::info!(
+                key_id = %signer.key_id(),
+                checkpoint_interval_secs = config.ledger.checkpoint_interval.as_secs(),
+                "signing checkpoints and receipts"
+            ),
+        }
         let ledger = Ledger::new(
             stores,
             config.ledger.clone(),
@@ -74,6 +85,23 @@ impl Application {
                 )));
             }
         }
+        let auth = match &config.auth {
+            None => {
+                if !config.listen.ip().is_loopback() {
+                    tracing::warn!(
+                        listen = %config.listen,
+                        "AUTHENTICATION IS OFF on a non-loopback address: anyone who can reach it can append and read; set ELEANOR_LEDGER_AUTH=jwt"
+                    );
+                }
+                None
+            }
+            Some((file, leeway)) => {
+                let auth =
+                    Arc::new(Authenticator::load(file, *leeway).map_err(StartError::Config)?);
+                auth.watch();
+                Some(auth)
+            }
+        };
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| StartError::Config(format!("cannot listen on {}: {e}", config.listen)))?;
@@ -86,6 +114,7 @@ impl Application {
                 registry,
                 limits: config.limits,
                 circuits,
+                auth,
             },
         })
     }
@@ -104,10 +133,20 @@ impl Application {
     ) -> std::io::Result<()> {
         let ledger = self.state.ledger.clone();
         tracing::info!(addr = %self.local_addr(), backend = ledger.stores().backend, "serving");
-        axum::serve(self.listener, router(self.state))
+        let interval = ledger.options().checkpoint_interval;
+        let checkpoints = tokio::spawn(
+            ledger
+                .clone()
+                .run_checkpoints(interval, std::future::pending()),
+        );
+        let served = axum::serve(self.listener, router(self.state))
             .with_graceful_shutdown(shutdown)
-            .await?;
+            .await;
+        // A round cut short leaves each checkpoint object whole or absent (write-once).
+        checkpoints.abort();
+        served?;
         ledger.shutdown().await;
+        ledger.stores().objects.close().await;
         tracing::info!("stopped");
         Ok(())
     }

@@ -22,6 +22,15 @@ pub enum BackendKind {
     Aws,
 }
 
+/// Who may call the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// No authentication (local development; warned about on non-loopback addresses).
+    None,
+    /// Bearer JWTs checked against `ELEANOR_LEDGER_JWT_KEYS_FILE`.
+    Jwt,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -129,6 +138,31 @@ pub struct ServerArgs {
         default_value_t = 10_000
     )]
     pub request_timeout_ms: u64,
+    /// Authentication of `/v1` requests.
+    #[arg(long, env = "ELEANOR_LEDGER_AUTH", value_enum, default_value = "none")]
+    pub auth: AuthMode,
+    /// JSON file of JWT verification keys (`ELEANOR_LEDGER_AUTH=jwt`); re-read when it changes.
+    #[arg(long, env = "ELEANOR_LEDGER_JWT_KEYS_FILE")]
+    pub jwt_keys_file: Option<PathBuf>,
+    /// Clock leeway for token expiry, in seconds.
+    #[arg(long, env = "ELEANOR_LEDGER_JWT_LEEWAY_SECS", default_value_t = 30)]
+    pub jwt_leeway_secs: u64,
+    /// With auth on, require an auditor token for `/metrics` too.
+    #[arg(long, env = "ELEANOR_LEDGER_METRICS_AUTH", default_value_t = false, action = ArgAction::Set)]
+    pub metrics_auth: bool,
+    /// Ed25519 signing key for checkpoints and receipts: a file holding the 32-byte seed, raw
+    /// or as 64 hex characters, mode 0600 or stricter (`ledger-init --gen-key FILE` writes one).
+    /// Unset: nothing is signed.
+    #[arg(long, env = "ELEANOR_LEDGER_SIGNING_KEY_FILE")]
+    pub signing_key_file: Option<PathBuf>,
+    /// Seconds between signed checkpoints of ledgers whose head moved; 0 turns them off
+    /// (`POST .../checkpoints` still works).
+    #[arg(
+        long,
+        env = "ELEANOR_LEDGER_CHECKPOINT_INTERVAL",
+        default_value_t = 300
+    )]
+    pub checkpoint_interval: u64,
     /// Consecutive storage failures that open a dependency's circuit breaker.
     #[arg(long, env = "ELEANOR_LEDGER_CIRCUIT_FAILURES", default_value_t = 5)]
     pub circuit_failures: u32,
@@ -164,6 +198,8 @@ pub struct Config {
     pub ledger: Options,
     pub limits: Limits,
     pub breaker: BreakerSettings,
+    /// The JWT keys file and clock leeway, when auth is on.
+    pub auth: Option<(PathBuf, Duration)>,
     pub log_format: LogFormat,
 }
 
@@ -239,6 +275,35 @@ impl ServerArgs {
             )));
         }
         let request_timeout = Duration::from_millis(self.request_timeout_ms);
+        bounded(
+            "ELEANOR_LEDGER_CHECKPOINT_INTERVAL",
+            self.checkpoint_interval,
+            0,
+            31_536_000,
+        )?;
+        let signer = match &self.signing_key_file {
+            None => None,
+            Some(path) => Some(std::sync::Arc::new(
+                crate::ledger::checkpoint::load_signing_key(path).map_err(|e| ConfigError(e.0))?,
+            )),
+        };
+        bounded(
+            "ELEANOR_LEDGER_JWT_LEEWAY_SECS",
+            self.jwt_leeway_secs,
+            0,
+            300,
+        )?;
+        let auth = match (self.auth, &self.jwt_keys_file) {
+            (AuthMode::None, _) => None,
+            (AuthMode::Jwt, Some(file)) => {
+                Some((file.clone(), Duration::from_secs(self.jwt_leeway_secs)))
+            }
+            (AuthMode::Jwt, None) => {
+                return Err(ConfigError(
+                    "ELEANOR_LEDGER_AUTH=jwt needs ELEANOR_LEDGER_JWT_KEYS_FILE to be set".into(),
+                ));
+            }
+        };
         let backend = self.storage.backend_config(request_timeout)?;
         if matches!(backend, BackendConfig::Aws(_)) && self.batch_max_bytes > AWS_MAX_BATCH_BYTES {
             return Err(ConfigError(format!(
@@ -255,16 +320,20 @@ impl ServerArgs {
                 batch_max_bytes: self.batch_max_bytes,
                 batch_linger: Duration::from_micros(self.batch_linger_us),
                 queue_depth: self.queue_depth,
+                signer,
+                checkpoint_interval: Duration::from_secs(self.checkpoint_interval),
                 ..Options::default()
             },
             limits: Limits {
                 max_record_bytes: self.max_record_bytes,
                 request_timeout,
+                protect_metrics: self.metrics_auth,
             },
             breaker: BreakerSettings {
                 threshold: self.circuit_failures,
                 cooldown: Duration::from_millis(self.circuit_cooldown_ms),
             },
+            auth,
             log_format: self.log_format,
         })
     }

@@ -42,6 +42,10 @@ pub struct InitArgs {
     /// Create the entry bucket with Object Lock if it does not exist (development only).
     #[arg(long)]
     pub create_bucket: bool,
+    /// Write a new Ed25519 signing key to FILE (mode 0600, never overwriting) for
+    /// ELEANOR_LEDGER_SIGNING_KEY_FILE, print its public key and key id, and do nothing else.
+    #[arg(long, value_name = "FILE")]
+    pub gen_key: Option<std::path::PathBuf>,
 }
 
 /// How `ledger-init` failed; each maps to its exit code.
@@ -67,6 +71,18 @@ impl InitError {
 
 /// Runs `ledger-init`; returns the report to print (one line per step).
 pub async fn run(args: InitArgs) -> Result<String, InitError> {
+    if let Some(path) = &args.gen_key {
+        let public = crate::ledger::checkpoint::write_new_key(path)
+            .map_err(|e| InitError::NotUsable(e.0))?;
+        let mut report = String::new();
+        line(
+            &mut report,
+            format!("signing key written to {} (mode 0600)", path.display()),
+        );
+        line(&mut report, format!("public_key {}", public.to_hex()));
+        line(&mut report, format!("key_id {}", public.id()));
+        return Ok(report);
+    }
     let ledger = args.storage.default_ledger()?;
     let mut report = String::new();
     let mut changed = false;
@@ -95,7 +111,10 @@ pub async fn run(args: InitArgs) -> Result<String, InitError> {
                 .await
                 .map_err(|e| InitError::Config(ConfigError(e.to_string())))?;
             if bucket_unset {
-                line(&mut report, "bucket: ELEANOR_LEDGER_S3_BUCKET is not set, so it was not checked (the server needs it)");
+                line(
+                    &mut report,
+                    "bucket: ELEANOR_LEDGER_S3_BUCKET is not set, so it was not checked (the server needs it)",
+                );
             } else {
                 changed |=
                     provision_bucket(&admin, args.create_bucket, &settings.bucket, &mut report)

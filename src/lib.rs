@@ -10,13 +10,15 @@
 //!   reads, verification over storage, crash recovery.
 //! - [`http`]: the axum API, its one error mapping, health and metrics.
 //! - [`config`], [`telemetry`], [`app`]: settings, logging, startup and shutdown;
-//!   [`init`]: one-time provisioning (`ledger-init`).
+//!   [`init`]: one-time provisioning (`ledger-init`); [`audit`]: offline verification
+//!   (`ledger-verify`).
 //!
 //! The binaries in `src/bin/` only parse arguments and call [`app`].
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod app;
+pub mod audit;
 pub mod chain;
 pub mod config;
 pub mod http;

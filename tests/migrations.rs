@@ -55,7 +55,10 @@ fn strings(value: &Value) -> Vec<String> {
 /// this repository's policies should never contain (Deny, NotAction, NotResource, wildcards).
 fn grants(name: &str) -> Vec<(String, String)> {
     let policy = load(name);
-    assert_eq!(policy["Version"], "2012-10-17", "{name}: policy language version");
+    assert_eq!(
+        policy["Version"], "2012-10-17",
+        "{name}: policy language version"
+    );
     let statements = policy["Statement"]
         .as_array()
         .unwrap_or_else(|| panic!("{name}: Statement is a list"));
@@ -63,7 +66,9 @@ fn grants(name: &str) -> Vec<(String, String)> {
     let mut sids = BTreeSet::new();
     let mut out = Vec::new();
     for statement in statements {
-        let sid = statement["Sid"].as_str().expect("every statement has a Sid");
+        let sid = statement["Sid"]
+            .as_str()
+            .expect("every statement has a Sid");
         assert!(sids.insert(sid.to_owned()), "{name}: Sid {sid} repeats");
         assert_eq!(statement["Effect"], "Allow", "{name} {sid}: only Allow");
         for field in ["NotAction", "NotResource", "Principal"] {

@@ -2,9 +2,11 @@
 //!
 //! Nothing here does I/O or knows about tokio, HTTP or storage: it turns fields into stored
 //! bytes ([`entry::encode`]), bytes into hashes ([`hash::Hash::of_entry`]) and sequences of
-//! stored bytes into verification outcomes ([`verify::ChainVerifier`]). `docs/FORMAT.md`
+//! stored bytes into verification outcomes ([`verify::ChainVerifier`]), and signs and checks
+//! checkpoints and receipts ([`checkpoint`]). `docs/FORMAT.md`
 //! specifies the same rules for auditors who re-implement them.
 
+pub mod checkpoint;
 pub mod entry;
 pub mod hash;
 pub mod verify;

@@ -29,6 +29,11 @@ pub enum FailureKind {
     ExtraVersion,
     /// The ledger head (`seq_counter`, `last_hash`) disagrees with the stored chain.
     HeadMismatch,
+    /// A checkpoint's `last_hash` is not the hash of the stored entry at its seq (or its seq
+    /// is past the end of the chain).
+    CheckpointMismatch,
+    /// A checkpoint's or receipt's signature does not verify with the trusted key.
+    BadSignature,
 }
 
 /// One verification failure.

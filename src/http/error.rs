@@ -11,6 +11,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use super::auth::TokenError;
 use crate::chain::entry::InvalidRecord;
 use crate::ledger::LedgerError;
 
@@ -39,6 +40,10 @@ pub enum ApiError {
         "the request took longer than {0:?}; retry, or look the record up before appending it again"
     )]
     Timeout(Duration),
+    #[error("{0}")]
+    Unauthenticated(TokenError),
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     #[error(transparent)]
     Ledger(#[from] LedgerError),
     #[error("internal error")]
@@ -69,6 +74,13 @@ impl ApiError {
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Timeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
             ApiError::Panic => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+            ApiError::Unauthenticated(TokenError::Missing) => {
+                (StatusCode::UNAUTHORIZED, "unauthenticated")
+            }
+            ApiError::Unauthenticated(TokenError::Invalid(_)) => {
+                (StatusCode::UNAUTHORIZED, "invalid_token")
+            }
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::Ledger(e) => match e {
                 L::LedgerNotFound => (StatusCode::NOT_FOUND, "ledger_not_found"),
                 L::RecordNotFound => (StatusCode::NOT_FOUND, "not_found"),
@@ -82,6 +94,8 @@ impl ApiError {
                 }
                 L::OutcomeUnknown(_) => (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown"),
                 L::Corrupt { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "integrity_error"),
+                L::SigningDisabled => (StatusCode::SERVICE_UNAVAILABLE, "signing_disabled"),
+                L::CheckpointNotFound => (StatusCode::NOT_FOUND, "checkpoint_not_found"),
             },
         }
     }
@@ -94,6 +108,12 @@ impl ApiError {
                 "the ledger does not exist; it is created by its first append unless auto-create is off".into()
             }
             ApiError::Ledger(L::RecordNotFound) => "no record with that seq in this ledger".into(),
+            ApiError::Ledger(L::SigningDisabled) => {
+                "this server has no signing key (ELEANOR_LEDGER_SIGNING_KEY_FILE is unset), so it signs no checkpoints or receipts".into()
+            }
+            ApiError::Ledger(L::CheckpointNotFound) => {
+                "the ledger has no checkpoint yet; POST /v1/ledgers/{ledger_id}/checkpoints makes one".into()
+            }
             ApiError::Ledger(L::Unavailable { dependency, .. }) => {
                 format!("the storage backend ({dependency}) is unavailable; nothing was committed, retry later")
             }
@@ -134,6 +154,16 @@ impl IntoResponse for ApiError {
         }
         let body = Json(json!({ "error": { "code": code, "message": self.message() } }));
         let mut response = (status, body).into_response();
+        if let ApiError::Unauthenticated(e) = &self {
+            let challenge = match e {
+                TokenError::Missing => r#"Bearer realm="eleanor-ledger""#,
+                TokenError::Invalid(_) => r#"Bearer realm="eleanor-ledger", error="invalid_token""#,
+            };
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
         if let Some(secs) = self.retry_after() {
             response
                 .headers_mut()

@@ -5,6 +5,11 @@
 //! "prev_hash", "timestamp"}`, the last three being what the index recorded. A line without
 //! `stored` means the index names an object that cannot be read. A storage error mid-stream
 //! aborts the response, so a truncated export can never pass for a complete one.
+//!
+//! When the ledger has a signed checkpoint, the first line is the latest one, in a shape no
+//! entry line has: `{"checkpoint": {v, ledger_id, seq, last_hash, timestamp, key_id,
+//! signature}}`. It is read before the head, so its seq is at most the head the export runs to;
+//! it is left out when `to` is below its seq.
 
 use axum::body::Body;
 use axum::extract::State;
@@ -17,9 +22,10 @@ use serde::Serialize;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{LedgerPath, Params};
+use crate::chain::checkpoint::Checkpoint;
 use crate::chain::entry::Timestamp;
 use crate::chain::hash::Hash;
-use crate::ledger::ExportedEntry;
+use crate::ledger::{ExportedEntry, LedgerError};
 
 #[derive(Serialize)]
 struct Line {
@@ -47,6 +53,18 @@ fn line(entry: &ExportedEntry) -> Vec<u8> {
     out
 }
 
+#[derive(Serialize)]
+struct CheckpointLine<'a> {
+    checkpoint: &'a Checkpoint,
+}
+
+fn checkpoint_line(checkpoint: &Checkpoint) -> Vec<u8> {
+    let mut out = serde_json::to_vec(&CheckpointLine { checkpoint })
+        .expect("a checkpoint line always serialises");
+    out.push(b'\n');
+    out
+}
+
 pub async fn export(
     State(state): State<AppState>,
     path: LedgerPath,
@@ -54,10 +72,24 @@ pub async fn export(
 ) -> Result<Response, ApiError> {
     let params = params.only(&["from", "to"])?;
     let from = params.u64("from")?.unwrap_or(1);
-    let entries = state
-        .ledger
-        .export(&path.ledger, from, params.u64("to")?)
-        .await?;
-    let body = Body::from_stream(entries.map(|entry| entry.map(|e| line(&e))));
+    let checkpoint = match state.ledger.latest_checkpoint(&path.ledger).await {
+        Ok(checkpoint) => checkpoint,
+        // An unreadable checkpoint must not block the export of the entries; verification
+        // of the ledger reports it.
+        Err(LedgerError::Corrupt { detail, .. }) => {
+            tracing::warn!(ledger_id = %path.ledger, %detail, "export without its checkpoint");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let to = params.u64("to")?;
+    let entries = state.ledger.export(&path.ledger, from, to).await?;
+    // A checkpoint past the exported range would read as entries missing from the bundle.
+    let first = checkpoint
+        .filter(|cp| to.is_none_or(|to| cp.seq <= to))
+        .map(|cp| Ok(checkpoint_line(&cp)));
+    let body = Body::from_stream(
+        futures::stream::iter(first).chain(entries.map(|entry| entry.map(|e| line(&e)))),
+    );
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }

@@ -56,3 +56,9 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>)
         }),
     )
 }
+
+/// `GET /livez`: 200 while the process serves requests, whatever its dependencies do. For
+/// liveness probes: restarting a pod cures no storage outage.
+pub async fn live() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "alive" }))
+}

@@ -1,9 +1,12 @@
 //! `/v1/ledgers`: the list of ledgers, heads and verification.
 
-use axum::Json;
+use std::sync::Arc;
+
 use axum::extract::State;
+use axum::{Extension, Json};
 use serde::Serialize;
 
+use super::auth::Claims;
 use super::error::ApiError;
 use super::extract::{LedgerPath, Params};
 use super::{AppState, MAX_PAGE};
@@ -21,6 +24,7 @@ pub struct LedgerList {
 /// `GET /v1/ledgers?after=ID&limit=N`.
 pub async fn list(
     State(state): State<AppState>,
+    claims: Option<Extension<Arc<Claims>>>,
     params: Params,
 ) -> Result<Json<LedgerList>, ApiError> {
     let params = params.only(&["after", "limit"])?;
@@ -34,10 +38,14 @@ pub async fn list(
         Some(a) => Some(LedgerId::parse(a).map_err(|_| ApiError::InvalidLedgerId)?),
         None => None,
     };
-    let ledgers = state.ledger.ledgers(after.as_ref(), limit as usize).await?;
+    let mut ledgers = state.ledger.ledgers(after.as_ref(), limit as usize).await?;
+    // A full page may have more after it; paging walks all ids even when a token sees fewer.
     let next_after = (ledgers.len() == limit as usize)
         .then(|| ledgers.last().map(|l| l.ledger_id.clone()))
         .flatten();
+    if let Some(Extension(claims)) = &claims {
+        ledgers.retain(|l| claims.covers(&l.ledger_id));
+    }
     Ok(Json(LedgerList {
         ledgers,
         next_after,

@@ -199,3 +199,59 @@ async fn existing_version(
         }),
     }
 }
+
+/// Checks that a head read from the index is one this protocol could have written, before
+/// anything is built on it or written from it: its pending batch ends at `seq_counter` with the
+/// hash `last_hash` and links to the stored entry before it (or to genesis), and a head without
+/// a pending batch names the hash of the entry stored at `seq_counter`. A head that fails is
+/// corruption (an edited `META`): writing on it would lock a broken link into WORM storage.
+pub(crate) async fn check_head(
+    stores: &Stores,
+    ledger: &LedgerId,
+    head: &Meta,
+) -> Result<(), LedgerError> {
+    let seq = head.seq_counter;
+    let corrupt = |detail: String| LedgerError::Corrupt { seq, detail };
+    let (linked_seq, expected_hash) = match &head.pending {
+        None if seq == 0 => {
+            return if head.last_hash == Hash::GENESIS {
+                Ok(())
+            } else {
+                Err(corrupt(
+                    "META of an empty ledger has a last_hash other than genesis".into(),
+                ))
+            };
+        }
+        None => (seq, head.last_hash),
+        Some(pending) => {
+            let entries = decode_pending(ledger, pending)?;
+            let (first, last) = (&entries[0], &entries[entries.len() - 1]);
+            if last.seq != seq || last.hash != head.last_hash {
+                return Err(corrupt(format!(
+                    "META says seq {seq} with hash {} but its pending batch ends at seq {} with hash {}",
+                    head.last_hash, last.seq, last.hash
+                )));
+            }
+            if first.seq == 1 {
+                return if first.prev_hash == Hash::GENESIS {
+                    Ok(())
+                } else {
+                    Err(corrupt(
+                        "the pending batch's first entry does not link to genesis".into(),
+                    ))
+                };
+            }
+            (first.seq - 1, first.prev_hash)
+        }
+    };
+    let key = entry_key("", ledger, linked_seq);
+    match stores.objects.get(&key, None).await? {
+        Some(object) if Hash::of_entry(&object.body) == expected_hash => Ok(()),
+        Some(_) => Err(corrupt(format!(
+            "META does not link to the entry stored at seq {linked_seq}"
+        ))),
+        None => Err(corrupt(format!(
+            "META links to seq {linked_seq}, which has no stored entry"
+        ))),
+    }
+}

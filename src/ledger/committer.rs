@@ -13,7 +13,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{Instrument, error, info_span, warn};
 
-use super::commit::{PendingEntry, build_batch, decode_pending, is_rolled_forward, roll_forward};
+use super::commit::{
+    PendingEntry, build_batch, check_head, decode_pending, is_rolled_forward, roll_forward,
+};
 use super::{LedgerError, LedgerMetrics, Options, Receipt};
 use crate::chain::entry::{LedgerId, MAX_SEQ, Record, Timestamp};
 use crate::store::{CasOutcome, Meta, Stores};
@@ -40,6 +42,8 @@ pub(crate) struct Committer {
     head: Option<Meta>,
     /// Every seq up to this one is known to be rolled forward (objects and `SEQ#` written).
     complete_through: u64,
+    /// The `seq_counter` of the last head this writer wrote or checked ([`check_head`]).
+    trusted_seq: Option<u64>,
 }
 
 impl Committer {
@@ -56,6 +60,7 @@ impl Committer {
             metrics,
             head: None,
             complete_through: 0,
+            trusted_seq: None,
         }
     }
 
@@ -108,6 +113,14 @@ impl Committer {
                             entries.last().map_or(self.complete_through, |e| e.seq);
                         true
                     }
+                    Err(e @ LedgerError::Corrupt { .. }) => {
+                        self.integrity_error(&e);
+                        self.head = None;
+                        for reply in replies {
+                            let _ = reply.send(Err(e.clone()));
+                        }
+                        return;
+                    }
                     Err(e) => {
                         // Committed (durable in META) but not yet written out: the next claim,
                         // a read or startup recovery finishes it. Clients get 202, not an error,
@@ -152,6 +165,7 @@ impl Committer {
                 .await
             {
                 Ok(CasOutcome::Applied) => {
+                    self.trusted_seq = Some(new.seq_counter);
                     self.head = Some(new);
                     return Ok(entries);
                 }
@@ -212,8 +226,23 @@ impl Committer {
         Ok(head)
     }
 
+    /// Counts and logs an integrity failure (other errors pass silently).
+    fn integrity_error(&self, e: &LedgerError) {
+        if matches!(e, LedgerError::Corrupt { .. }) {
+            self.metrics.corruption.inc();
+            error!(ledger_id = %self.ledger, error = %e, "INTEGRITY: refusing to append on a corrupt ledger");
+        }
+    }
+
     /// Rolls forward the head's pending batch unless it is known to be written out already.
+    /// A head this writer did not write is checked first ([`check_head`]).
     async fn ensure_rolled_forward(&mut self, head: &Meta) -> Result<(), LedgerError> {
+        if self.trusted_seq != Some(head.seq_counter) {
+            check_head(&self.stores, &self.ledger, head)
+                .await
+                .inspect_err(|e| self.integrity_error(e))?;
+            self.trusted_seq = Some(head.seq_counter);
+        }
         let Some(pending) = &head.pending else {
             return Ok(());
         };
@@ -222,12 +251,9 @@ impl Committer {
         }
         let entries = decode_pending(&self.ledger, pending)?;
         if !is_rolled_forward(&self.stores, &self.ledger, &entries).await? {
-            roll_forward(&self.stores, &self.ledger, &entries).await.inspect_err(|e| {
-                if matches!(e, LedgerError::Corrupt { .. }) {
-                    self.metrics.corruption.inc();
-                    error!(ledger_id = %self.ledger, error = %e, "INTEGRITY: refusing to append on a corrupt ledger");
-                }
-            })?;
+            roll_forward(&self.stores, &self.ledger, &entries)
+                .await
+                .inspect_err(|e| self.integrity_error(e))?;
             self.metrics.roll_forwards.inc();
         }
         self.complete_through = pending.last_seq();

@@ -4,12 +4,15 @@
 //! - [`commit`]: the protocol itself (claim with content, idempotent roll-forward).
 //! - [`committer`]: one group-commit task per ledger.
 //! - [`read`]: records, heads and ledger listings.
-//! - [`verify`]: re-reads and re-hashes stored entries with the pure verifier.
+//! - [`verify`]: re-reads and re-hashes stored entries with the pure verifier; the one
+//!   verification engine of the API and `ledger-verify`.
+//! - [`checkpoint`]: signed checkpoints in storage, the signing key file.
 
+pub mod checkpoint;
 mod commit;
 mod committer;
 mod read;
-mod verify;
+pub mod verify;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,6 +23,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::chain::checkpoint::{Checkpoint, ReceiptBody, ReceiptSignature, Signer};
 use crate::chain::entry::{LedgerId, Record, Timestamp};
 use crate::chain::hash::Hash;
 use crate::store::{StoreError, Stores};
@@ -27,7 +31,7 @@ use commit::PendingEntry;
 use committer::{Committer, Request};
 
 pub use read::{ExportedEntry, LedgerSummary, RecordPage, StoredRecord};
-pub use verify::{VerifyRange, VerifyReport};
+pub use verify::{VerifyOptions, VerifyRange, VerifyReport, stored_entry, verify_stores};
 
 /// Errors of the ledger service. The HTTP layer maps each to one status and code.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -55,6 +59,10 @@ pub enum LedgerError {
     OutcomeUnknown(String),
     #[error("integrity failure at seq {seq}: {detail}")]
     Corrupt { seq: u64, detail: String },
+    #[error("no signing key is configured (ELEANOR_LEDGER_SIGNING_KEY_FILE)")]
+    SigningDisabled,
+    #[error("the ledger has no checkpoint yet")]
+    CheckpointNotFound,
 }
 
 impl From<StoreError> for LedgerError {
@@ -83,6 +91,12 @@ pub struct Options {
     pub claim_deadline: Duration,
     /// Failures a verification records before it only counts them.
     pub max_verify_failures: usize,
+    /// Signs checkpoints and append receipts (`ELEANOR_LEDGER_SIGNING_KEY_FILE`); `None`:
+    /// neither is signed.
+    pub signer: Option<Arc<Signer>>,
+    /// How often moved ledgers are checkpointed (`ELEANOR_LEDGER_CHECKPOINT_INTERVAL`);
+    /// zero: only on request.
+    pub checkpoint_interval: Duration,
 }
 
 impl Default for Options {
@@ -96,6 +110,8 @@ impl Default for Options {
             max_claim_attempts: 64,
             claim_deadline: Duration::from_secs(10),
             max_verify_failures: 1000,
+            signer: None,
+            checkpoint_interval: Duration::ZERO,
         }
     }
 }
@@ -157,6 +173,10 @@ pub struct Receipt {
     /// a read or startup recovery.
     #[serde(skip)]
     pub materialized: bool,
+    /// The signature over `(ledger_id, seq, entry_hash, prev_hash, timestamp)` when the
+    /// service has a signing key (`docs/FORMAT.md`, "Receipts").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<ReceiptSignature>,
 }
 
 impl Receipt {
@@ -169,6 +189,18 @@ impl Receipt {
             timestamp: e.timestamp,
             object_key: e.key.clone(),
             materialized,
+            receipt: None,
+        }
+    }
+
+    /// The fields a receipt signature covers.
+    pub fn body(&self) -> ReceiptBody {
+        ReceiptBody {
+            ledger_id: self.ledger_id.clone(),
+            seq: self.seq,
+            entry_hash: self.entry_hash,
+            prev_hash: self.prev_hash,
+            timestamp: self.timestamp,
         }
     }
 }
@@ -184,6 +216,8 @@ struct Inner {
     options: Arc<Options>,
     metrics: LedgerMetrics,
     committers: Mutex<Committers>,
+    /// The latest checkpoint seen per ledger (see [`checkpoint`]).
+    latest_checkpoints: Mutex<HashMap<LedgerId, Checkpoint>>,
 }
 
 #[derive(Default)]
@@ -201,6 +235,7 @@ impl Ledger {
                 options: Arc::new(options),
                 metrics,
                 committers: Mutex::new(Committers::default()),
+                latest_checkpoints: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -223,7 +258,11 @@ impl Ledger {
                 mpsc::error::TrySendError::Full(_) => LedgerError::Overloaded,
                 mpsc::error::TrySendError::Closed(_) => LedgerError::ShuttingDown,
             })?;
-        answer.await.map_err(|_| LedgerError::ShuttingDown)?
+        let mut receipt = answer.await.map_err(|_| LedgerError::ShuttingDown)??;
+        if let Some(signer) = &self.inner.options.signer {
+            receipt.receipt = Some(signer.sign_receipt(&receipt.body()));
+        }
+        Ok(receipt)
     }
 
     fn queue(&self, ledger: &LedgerId) -> Result<mpsc::Sender<Request>, LedgerError> {
@@ -306,6 +345,7 @@ impl Ledger {
         let Some(pending) = &head.pending else {
             return Ok(false);
         };
+        commit::check_head(&self.inner.stores, ledger, &head).await?;
         let entries = commit::decode_pending(ledger, pending)?;
         if commit::is_rolled_forward(&self.inner.stores, ledger, &entries).await? {
             return Ok(false);

@@ -18,8 +18,8 @@ use prometheus::{IntGaugeVec, Opts, Registry};
 use tokio::time::Instant;
 
 use super::{
-    CasOutcome, IndexStore, Meta, NewObject, ObjectStore, PutOutcome, SeqItem, SeqPut, StoreError,
-    StoreResult, StoredObject, Stores,
+    CasOutcome, IndexStore, Meta, NewObject, ObjectStore, PutOutcome, ScannedObject, SeqItem,
+    SeqPut, StoreError, StoreResult, StoredObject, Stores,
 };
 use crate::chain::entry::LedgerId;
 
@@ -230,6 +230,9 @@ struct Guarded<S: ?Sized> {
 
 #[async_trait]
 impl ObjectStore for Guarded<dyn ObjectStore> {
+    async fn close(&self) {
+        self.inner.close().await
+    }
     async fn put_new(&self, objects: &[NewObject]) -> StoreResult<Vec<PutOutcome>> {
         self.breaker.call(self.inner.put_new(objects)).await
     }
@@ -248,6 +251,16 @@ impl ObjectStore for Guarded<dyn ObjectStore> {
     }
     async fn version_count(&self, key: &str) -> StoreResult<usize> {
         self.breaker.call(self.inner.version_count(key)).await
+    }
+    async fn scan(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<ScannedObject>> {
+        self.breaker
+            .call(self.inner.scan(prefix, start_after, limit))
+            .await
     }
     async fn check(&self) -> StoreResult<()> {
         self.breaker.call(self.inner.check()).await

@@ -170,6 +170,35 @@ pub async fn list_is_in_key_order_and_honours_prefix_start_after_and_limit(s: &S
     );
 }
 
+pub async fn scan_returns_bodies_and_version_counts_in_key_order_like_list(s: &Stores) {
+    let p = unique_ledger();
+    let names = ["e/03", "e/01", "e/10", "e/02", "f/01"];
+    let batch: Vec<_> = names.iter().map(|n| object(&p, n, n)).collect();
+    s.objects.put_new(&batch).await.unwrap();
+    let prefix = format!("{p}/e/");
+    let all = s.objects.scan(&prefix, None, 100).await.unwrap();
+    let keys: Vec<_> = all.iter().map(|o| o.key.clone()).collect();
+    assert_eq!(keys, s.objects.list(&prefix, None, 100).await.unwrap());
+    assert_eq!(keys.len(), 4);
+    for o in &all {
+        let name = o.key.strip_prefix(&format!("{p}/")).unwrap();
+        assert_eq!(o.body.as_deref(), Some(name.as_bytes()), "{}", o.key);
+        assert_eq!(o.versions, 1, "{}", o.key);
+        let current = s.objects.get(&o.key, None).await.unwrap().unwrap();
+        assert_eq!(o.version, current.version, "{}", o.key);
+    }
+    let page = s.objects.scan(&prefix, Some(&keys[0]), 2).await.unwrap();
+    let page_keys: Vec<_> = page.into_iter().map(|o| o.key).collect();
+    assert_eq!(page_keys, keys[1..3].to_vec());
+    assert!(
+        s.objects
+            .scan(&prefix, Some(&keys[3]), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 pub async fn head_of_an_unknown_ledger_is_none(s: &Stores) {
     assert_eq!(s.index.head(&unique_ledger()).await.unwrap(), None);
 }
@@ -369,6 +398,7 @@ macro_rules! store_conformance_tests {
                 racing_put_new_on_one_key_has_one_winner,
                 get_of_a_missing_key_or_version_is_none,
                 list_is_in_key_order_and_honours_prefix_start_after_and_limit,
+                scan_returns_bodies_and_version_counts_in_key_order_like_list,
                 head_of_an_unknown_ledger_is_none,
                 create_ledger_is_idempotent_and_lists_the_ledger,
                 compare_and_set_applies_only_at_the_expected_seq,

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use super::{
-    CasOutcome, IndexStore, Meta, NewObject, ObjectStore, PutOutcome, SeqItem, SeqPut, StoreError,
-    StoreResult, StoredObject, Stores,
+    CasOutcome, IndexStore, Meta, NewObject, ObjectStore, PutOutcome, ScannedObject, SeqItem,
+    SeqPut, StoreError, StoreResult, StoredObject, Stores,
 };
 use crate::chain::entry::LedgerId;
 
@@ -161,6 +161,9 @@ impl Faulty {
 
 #[async_trait]
 impl ObjectStore for Faulty {
+    async fn close(&self) {
+        self.inner.objects.close().await
+    }
     async fn put_new(&self, objects: &[NewObject]) -> StoreResult<Vec<PutOutcome>> {
         let (part, crash) = self.batch("put_new", objects)?;
         let result = self.inner.objects.put_new(part).await;
@@ -181,6 +184,15 @@ impl ObjectStore for Faulty {
     }
     async fn version_count(&self, key: &str) -> StoreResult<usize> {
         self.single("version_count", self.inner.objects.version_count(key))
+            .await
+    }
+    async fn scan(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<ScannedObject>> {
+        self.single("scan", self.inner.objects.scan(prefix, start_after, limit))
             .await
     }
     async fn check(&self) -> StoreResult<()> {

@@ -5,7 +5,7 @@
 //! crate's types, so that a change to what goes over the wire fails a test.
 
 use std::ops::Deref;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use clap::Parser;
@@ -419,10 +419,6 @@ pub async fn spawn_app_in(data_dir: TempDir, args: &[&str]) -> TestApp {
 }
 
 impl TestApp {
-    pub fn data_path(&self) -> PathBuf {
-        self.data_dir.path().to_owned()
-    }
-
     /// Tells the app to stop (stop accepting, answer requests in flight, drain batches),
     /// without waiting for it.
     pub fn begin_shutdown(&mut self) {
@@ -463,7 +459,10 @@ fn init_tracing() {
 }
 
 /// Reads a JSON body after checking the status.
-pub async fn expect_json<T: DeserializeOwned>(response: reqwest::Response, status: StatusCode) -> T {
+pub async fn expect_json<T: DeserializeOwned>(
+    response: reqwest::Response,
+    status: StatusCode,
+) -> T {
     let url = response.url().clone();
     let actual = response.status();
     let text = response.text().await.expect("response body");
@@ -477,7 +476,10 @@ pub async fn expect_error(response: reqwest::Response, status: StatusCode, code:
     let url = response.url().clone();
     let actual = response.status();
     let text = response.text().await.expect("response body");
-    assert_eq!(actual, status, "{url}: expected {status} {code}, got: {text}");
+    assert_eq!(
+        actual, status,
+        "{url}: expected {status} {code}, got: {text}"
+    );
     let body: Value = serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("{url}: error body is not JSON ({e}): {text}"));
     assert_error_shape(&body, code);
@@ -497,7 +499,10 @@ pub fn assert_error_shape(body: &Value, code: &str) {
     assert_eq!(keys, ["code", "message"], "{body}");
     assert_eq!(body["error"]["code"], code, "{body}");
     let message = body["error"]["message"].as_str().expect("message is text");
-    assert!(!message.trim().is_empty(), "the message says something: {body}");
+    assert!(
+        !message.trim().is_empty(),
+        "the message says something: {body}"
+    );
 }
 
 /// 64 lowercase hex characters.

@@ -6,7 +6,8 @@
 //!   `pending_entries` (L of B: the entries' stored bytes in seq order).
 //! - **Index** (`ledger_id` = the ledger id, `seq` = `SEQ#` + the seq as 18 zero-padded
 //!   digits): `entry_hash`, `prev_hash` (S, hex), `timestamp` (S, the entry's timestamp text),
-//!   `s3_key` (S), `version_id` (S, absent when the object store has no versions).
+//!   `s3_key` (S, the full S3 key, `ELEANOR_LEDGER_S3_PREFIX` included), `version_id` (S,
+//!   absent when the object store has no versions).
 //! - **Registry** (`ledger_id` = `#ledgers`, `seq` = `LEDGER#` + the ledger id): no other
 //!   attributes.
 //!
@@ -56,6 +57,9 @@ type Item = HashMap<String, AttributeValue>;
 pub struct DynamoIndex {
     client: Client,
     table: String,
+    /// The S3 key prefix (normalised, see [`super::key_prefix`]): `s3_key` attributes hold
+    /// full S3 keys, so an auditor can fetch `s3_key` + `version_id` as they are.
+    key_prefix: String,
     metrics: BackendMetrics,
 }
 
@@ -80,10 +84,16 @@ enum Conditional<T> {
 }
 
 impl DynamoIndex {
-    pub(super) fn new(client: Client, table: String, metrics: BackendMetrics) -> DynamoIndex {
+    pub(super) fn new(
+        client: Client,
+        table: String,
+        key_prefix: String,
+        metrics: BackendMetrics,
+    ) -> DynamoIndex {
         DynamoIndex {
             client,
             table,
+            key_prefix,
             metrics,
         }
     }
@@ -148,11 +158,15 @@ impl DynamoIndex {
     }
 
     async fn put_seq_item(&self, ledger: &LedgerId, item: &SeqItem) -> StoreResult<SeqPut> {
-        match self.put_if_absent(encode_seq_item(ledger, item)).await? {
+        match self
+            .put_if_absent(encode_seq_item(ledger, item, &self.key_prefix))
+            .await?
+        {
             Conditional::Written(()) => Ok(SeqPut::Created),
-            Conditional::Refused(Some(existing)) => {
-                Ok(SeqPut::AlreadyExists(decode_seq_item(&existing)?))
-            }
+            Conditional::Refused(Some(existing)) => Ok(SeqPut::AlreadyExists(decode_seq_item(
+                &existing,
+                &self.key_prefix,
+            )?)),
             Conditional::Refused(None) => {
                 let key = seq_key(item.seq);
                 let existing = self.get_item(ledger.as_str(), &key).await?.ok_or_else(|| {
@@ -160,7 +174,10 @@ impl DynamoIndex {
                         "{ledger} {key} exists for a condition but not for a read"
                     ))
                 })?;
-                Ok(SeqPut::AlreadyExists(decode_seq_item(&existing)?))
+                Ok(SeqPut::AlreadyExists(decode_seq_item(
+                    &existing,
+                    &self.key_prefix,
+                )?))
             }
         }
     }
@@ -355,7 +372,10 @@ impl IndexStore for DynamoIndex {
         let items = self
             .query(ledger.as_str(), KeyRange::Between(&lower, &upper), limit)
             .await?;
-        items.iter().map(decode_seq_item).collect()
+        items
+            .iter()
+            .map(|item| decode_seq_item(item, &self.key_prefix))
+            .collect()
     }
 
     async fn ledgers(&self, after: Option<&LedgerId>, limit: usize) -> StoreResult<Vec<LedgerId>> {
@@ -449,14 +469,17 @@ fn decode_meta(ledger: &LedgerId, item: &Item) -> StoreResult<Meta> {
 }
 
 /// A whole `SEQ#` item, key included.
-fn encode_seq_item(ledger: &LedgerId, item: &SeqItem) -> Item {
+fn encode_seq_item(ledger: &LedgerId, item: &SeqItem, key_prefix: &str) -> Item {
     let mut out = Item::from([
         ("ledger_id".to_owned(), s(ledger.as_str())),
         ("seq".to_owned(), s(seq_key(item.seq))),
         ("entry_hash".to_owned(), s(item.entry_hash.to_hex())),
         ("prev_hash".to_owned(), s(item.prev_hash.to_hex())),
         ("timestamp".to_owned(), s(item.timestamp.to_string())),
-        ("s3_key".to_owned(), s(item.object_key.clone())),
+        (
+            "s3_key".to_owned(),
+            s(format!("{key_prefix}{}", item.object_key)),
+        ),
     ]);
     if let Some(version) = &item.version_id {
         out.insert("version_id".to_owned(), s(version.clone()));
@@ -464,7 +487,7 @@ fn encode_seq_item(ledger: &LedgerId, item: &SeqItem) -> Item {
     out
 }
 
-fn decode_seq_item(item: &Item) -> StoreResult<SeqItem> {
+fn decode_seq_item(item: &Item, key_prefix: &str) -> StoreResult<SeqItem> {
     let sk = string(item, "seq")?;
     let corrupt = |what: String| StoreError::Corrupt(format!("index item {sk}: {what}"));
     let seq = sk
@@ -483,7 +506,12 @@ fn decode_seq_item(item: &Item) -> StoreResult<SeqItem> {
         entry_hash: hash(item, "entry_hash").map_err(|e| corrupt(e.to_string()))?,
         prev_hash: hash(item, "prev_hash").map_err(|e| corrupt(e.to_string()))?,
         timestamp,
-        object_key: string(item, "s3_key")?.to_owned(),
+        // A key outside the prefix is kept whole, so verification reports it as not the key
+        // the seq determines.
+        object_key: {
+            let key = string(item, "s3_key")?;
+            key.strip_prefix(key_prefix).unwrap_or(key).to_owned()
+        },
         version_id,
     })
 }
@@ -560,7 +588,7 @@ mod tests {
             version_id: Some("v1".into()),
         };
         assert_eq!(
-            decode_seq_item(&encode_seq_item(&ledger(), &item)).unwrap(),
+            decode_seq_item(&encode_seq_item(&ledger(), &item, "p/"), "p/").unwrap(),
             item
         );
         let unversioned = SeqItem {
@@ -568,7 +596,7 @@ mod tests {
             ..item
         };
         assert_eq!(
-            decode_seq_item(&encode_seq_item(&ledger(), &unversioned)).unwrap(),
+            decode_seq_item(&encode_seq_item(&ledger(), &unversioned, ""), "").unwrap(),
             unversioned
         );
         assert_eq!(seq_key(1), "SEQ#000000000000000001");
@@ -588,10 +616,11 @@ mod tests {
                 object_key: "k".into(),
                 version_id: None,
             },
+            "",
         );
         item.insert("entry_hash".to_owned(), s("not hex"));
         assert!(matches!(
-            decode_seq_item(&item),
+            decode_seq_item(&item, ""),
             Err(StoreError::Corrupt(_))
         ));
     }

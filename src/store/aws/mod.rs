@@ -124,6 +124,15 @@ impl AwsSettings {
     }
 }
 
+/// The S3 key prefix as used: a non-empty prefix always ends with `/`.
+fn key_prefix(settings: &AwsSettings) -> String {
+    let mut prefix = settings.prefix.clone();
+    if !prefix.is_empty() && !prefix.ends_with('/') {
+        prefix.push('/');
+    }
+    prefix
+}
+
 /// Why [`connect`] refused the settings.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConnectError {
@@ -144,7 +153,12 @@ pub async fn connect(
 ) -> Result<Stores, ConnectError> {
     let (s3_client, ddb_client) = clients(settings, &metrics).await?;
     let objects = s3::S3Objects::new(s3_client, settings, metrics.clone());
-    let index = dynamodb::DynamoIndex::new(ddb_client, settings.table.clone(), metrics);
+    let index = dynamodb::DynamoIndex::new(
+        ddb_client,
+        settings.table.clone(),
+        key_prefix(settings),
+        metrics,
+    );
     Ok(Stores {
         backend: "aws",
         objects: Arc::new(objects),

@@ -52,10 +52,7 @@ impl S3Objects {
         settings: &AwsSettings,
         metrics: BackendMetrics,
     ) -> S3Objects {
-        let mut prefix = settings.prefix.clone();
-        if !prefix.is_empty() && !prefix.ends_with('/') {
-            prefix.push('/');
-        }
+        let prefix = super::key_prefix(settings);
         let lock_mode = match settings.lock_mode {
             LockMode::Compliance => ObjectLockMode::Compliance,
             LockMode::Governance => ObjectLockMode::Governance,

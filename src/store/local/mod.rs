@@ -16,12 +16,15 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
+    WriteTransaction,
+};
 use serde::{Deserialize, Serialize};
 
 use super::{
     BackendMetrics, CasOutcome, IndexStore, Meta, NewObject, ObjectStore, PendingBatch, PutOutcome,
-    SeqItem, SeqPut, StoreError, StoreResult, StoredObject, Stores,
+    ScannedObject, SeqItem, SeqPut, StoreError, StoreResult, StoredObject, Stores,
 };
 use crate::chain::entry::{LedgerId, Timestamp};
 use crate::chain::hash::Hash;
@@ -48,11 +51,38 @@ pub enum OpenError {
     Io { path: PathBuf, detail: String },
 }
 
-/// The embedded backend. Cheap to clone; all clones share one database handle.
+/// The embedded backend. Cheap to clone; all clones share one database handle, which
+/// [`close`](ObjectStore::close) releases (and with it the file lock) for all of them.
 #[derive(Clone)]
 pub struct LocalStore {
-    db: Arc<Database>,
+    db: Arc<std::sync::RwLock<Option<Arc<Handle>>>>,
     metrics: BackendMetrics,
+}
+
+/// The database, opened for reading and writing (the service) or only for reading
+/// (`ledger-verify`, which must never change what it audits).
+enum Handle {
+    ReadWrite(Database),
+    ReadOnly(ReadOnlyDatabase),
+}
+
+impl Handle {
+    fn begin_read(&self) -> Result<ReadTransaction, redb::Error> {
+        Ok(match self {
+            Handle::ReadWrite(db) => db.begin_read()?,
+            Handle::ReadOnly(db) => db.begin_read()?,
+        })
+    }
+
+    fn begin_write(&self) -> Result<WriteTransaction, redb::Error> {
+        match self {
+            Handle::ReadWrite(db) => Ok(db.begin_write()?),
+            Handle::ReadOnly(_) => Err(redb::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "the embedded store was opened read-only",
+            ))),
+        }
+    }
 }
 
 impl LocalStore {
@@ -77,10 +107,43 @@ impl LocalStore {
             txn.open_table(SEQ).map_err(|e| io(e.to_string()))?;
         }
         txn.commit().map_err(|e| io(e.to_string()))?;
-        Ok(LocalStore {
-            db: Arc::new(db),
+        Ok(LocalStore::from_handle(Handle::ReadWrite(db), metrics))
+    }
+
+    /// Opens an existing store in `data_dir` for reading only: nothing is created, repaired or
+    /// written. redb allows no reader beside a running writer, so this is refused with
+    /// [`OpenError::InUse`] while a `ledger-server` has the directory open.
+    pub fn open_read_only(
+        data_dir: &Path,
+        metrics: BackendMetrics,
+    ) -> Result<LocalStore, OpenError> {
+        let path = data_dir.join(DB_FILE);
+        if !path.is_file() {
+            return Err(OpenError::Io {
+                path: data_dir.to_owned(),
+                detail: format!("{} does not exist", path.display()),
+            });
+        }
+        let db = match ReadOnlyDatabase::open(&path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(OpenError::InUse(data_dir.to_owned()));
+            }
+            Err(e) => {
+                return Err(OpenError::Io {
+                    path: data_dir.to_owned(),
+                    detail: e.to_string(),
+                });
+            }
+        };
+        Ok(LocalStore::from_handle(Handle::ReadOnly(db), metrics))
+    }
+
+    fn from_handle(handle: Handle, metrics: BackendMetrics) -> LocalStore {
+        LocalStore {
+            db: Arc::new(std::sync::RwLock::new(Some(Arc::new(handle)))),
             metrics,
-        })
+        }
     }
 
     /// Both trait objects over this one store.
@@ -97,9 +160,16 @@ impl LocalStore {
     async fn run<T: Send + 'static>(
         &self,
         op: &'static str,
-        work: impl FnOnce(&Database) -> Result<T, redb::Error> + Send + 'static,
+        work: impl FnOnce(&Handle) -> Result<T, redb::Error> + Send + 'static,
     ) -> StoreResult<T> {
-        let db = self.db.clone();
+        let db = self
+            .db
+            .read()
+            .expect("handle lock is never poisoned")
+            .clone();
+        let Some(db) = db else {
+            return Err(unavailable("the embedded store is closed".into()));
+        };
         let result = tokio::task::spawn_blocking(move || work(&db))
             .await
             .map_err(|e| unavailable(format!("storage task failed: {e}")))?
@@ -127,6 +197,33 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> redb::Error {
 
 #[async_trait]
 impl ObjectStore for LocalStore {
+    async fn close(&self) {
+        let Some(handle) = self
+            .db
+            .write()
+            .expect("handle lock is never poisoned")
+            .take()
+        else {
+            return;
+        };
+        // Calls already running hold their own reference for a moment; the file lock goes
+        // when the last one does.
+        let mut handle = handle;
+        for _ in 0..10_000 {
+            match Arc::try_unwrap(handle) {
+                Ok(db) => {
+                    drop(db);
+                    return;
+                }
+                Err(still_shared) => handle = still_shared,
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        tracing::error!(
+            "the embedded store is still in use 10 s after close; its lock is released when that work ends"
+        );
+    }
+
     async fn put_new(&self, objects: &[NewObject]) -> StoreResult<Vec<PutOutcome>> {
         let objects = objects.to_vec();
         self.run("put_objects", move |db| {
@@ -190,6 +287,41 @@ impl ObjectStore for LocalStore {
                 }
             }
             Ok(keys)
+        })
+        .await
+    }
+
+    /// One read transaction over one key range.
+    async fn scan(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<ScannedObject>> {
+        let (prefix, start_after) = (prefix.to_owned(), start_after.map(str::to_owned));
+        self.run("scan_objects", move |db| {
+            let table = db.begin_read()?.open_table(OBJECTS)?;
+            let start = match &start_after {
+                Some(after) if after.as_str() >= prefix.as_str() => after.as_str(),
+                _ => prefix.as_str(),
+            };
+            let mut out = Vec::with_capacity(limit.min(4096));
+            for item in table.range(start..)? {
+                let (key, value) = item?;
+                let key = key.value();
+                if !key.starts_with(prefix.as_str()) || out.len() == limit {
+                    break;
+                }
+                if start_after.as_deref() != Some(key) {
+                    out.push(ScannedObject {
+                        key: key.to_owned(),
+                        body: Some(Bytes::copy_from_slice(value.value())),
+                        version: None,
+                        versions: 1,
+                    });
+                }
+            }
+            Ok(out)
         })
         .await
     }

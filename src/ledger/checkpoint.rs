@@ -1,0 +1,329 @@
+//! Signed checkpoints over storage, and the signing key file.
+//!
+//! A checkpoint is one write-once object at `{ledger_id}/checkpoints/{seq:018}.json` holding a
+//! [`Checkpoint`] as compact JSON. At most one checkpoint exists per (ledger, seq): asking for
+//! a checkpoint when the head has not moved since the last one returns that one (its timestamp
+//! is when it was first signed), so repeated requests and periodic rounds never pile up objects.
+//!
+//! The latest checkpoint of a ledger is found without an index: keys sort by seq, so one list
+//! call finds it for ledgers with fewer than a thousand checkpoints, and a binary search over
+//! "is there a checkpoint after seq x?" (one list call with limit 1 each) for the others. It is
+//! cached per ledger after that.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::{Ledger, LedgerError};
+use crate::chain::checkpoint::{Checkpoint, CheckpointBody, PublicKey, Signer};
+use crate::chain::entry::{LedgerId, MAX_SEQ, Timestamp};
+use crate::store::{NewObject, ObjectStore, PutOutcome};
+
+/// The object key of a ledger's checkpoint at `seq`.
+pub fn checkpoint_key(ledger: &LedgerId, seq: u64) -> String {
+    format!("{}{seq:018}.json", checkpoints_prefix(ledger))
+}
+
+/// The key prefix under which a ledger's checkpoints are stored.
+pub fn checkpoints_prefix(ledger: &LedgerId) -> String {
+    format!("{ledger}/checkpoints/")
+}
+
+/// The seq a checkpoint key names, if it is one.
+pub fn seq_of_checkpoint_key(key: &str) -> Option<u64> {
+    let name = key.rsplit('/').next()?.strip_suffix(".json")?;
+    (name.len() == 18 && name.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| name.parse().ok())
+        .flatten()
+}
+
+/// A signing key file that cannot be used, in one sentence naming the file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct KeyFileError(pub String);
+
+/// Reads an Ed25519 seed (32 raw bytes or 64 hex characters) from `path`, refusing a file
+/// that anyone but its owner may read or write (mode must be 0600 or stricter).
+pub fn load_signing_key(path: &Path) -> Result<Signer, KeyFileError> {
+    let shown = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| {
+        KeyFileError(format!(
+            "ELEANOR_LEDGER_SIGNING_KEY_FILE {shown} cannot be read: {e}"
+        ))
+    })?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(KeyFileError(format!(
+                "ELEANOR_LEDGER_SIGNING_KEY_FILE {shown} has mode {mode:04o}; a private key file must be 0600 or stricter (chmod 600 {shown})"
+            )));
+        }
+    }
+    if !meta.is_file() {
+        return Err(KeyFileError(format!(
+            "ELEANOR_LEDGER_SIGNING_KEY_FILE {shown} is not a file"
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(|e| {
+        KeyFileError(format!(
+            "ELEANOR_LEDGER_SIGNING_KEY_FILE {shown} cannot be read: {e}"
+        ))
+    })?;
+    Signer::from_key_file_bytes(&bytes)
+        .map_err(|e| KeyFileError(format!("ELEANOR_LEDGER_SIGNING_KEY_FILE {shown}: {e}")))
+}
+
+/// Writes a new random Ed25519 seed to `path` as 64 hex characters and a newline, creating the
+/// file with mode 0600. Refuses to replace an existing file. Returns the new public key.
+pub fn write_new_key(path: &Path) -> Result<PublicKey, KeyFileError> {
+    use std::io::Write;
+    let shown = path.display();
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed)
+        .map_err(|e| KeyFileError(format!("no randomness for a new key: {e}")))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            KeyFileError(format!(
+                "{shown} already exists; a key file is never overwritten (remove it or choose another path)"
+            ))
+        } else {
+            KeyFileError(format!("cannot create {shown}: {e}"))
+        }
+    })?;
+    file.write_all(format!("{}\n", hex::encode(seed)).as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| KeyFileError(format!("cannot write {shown}: {e}")))?;
+    Ok(Signer::from_seed(&seed).public_key().clone())
+}
+
+fn now() -> Timestamp {
+    let micros = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    Timestamp::from_unix_micros(micros).expect("the system clock is between years 1 and 9999")
+}
+
+/// Ledgers listed per index query by a periodic round.
+const ROUND_PAGE: usize = 500;
+
+impl Ledger {
+    /// Signs a checkpoint of the ledger's current head and stores it. Returns it and whether
+    /// it is new (`false`: the head had not moved since the checkpoint at that seq, which is
+    /// returned as stored). Refused for an empty ledger and without a signing key.
+    pub async fn checkpoint(&self, ledger: &LedgerId) -> Result<(Checkpoint, bool), LedgerError> {
+        let signer = self
+            .options()
+            .signer
+            .clone()
+            .ok_or(LedgerError::SigningDisabled)?;
+        // Write out an interrupted batch first: the checkpoint vouches for stored entries.
+        self.finish_pending(ledger).await?;
+        let head = self.head(ledger).await?;
+        if head.seq == 0 {
+            return Err(LedgerError::InvalidRange(
+                "the ledger is empty; there is nothing to checkpoint".into(),
+            ));
+        }
+        let checkpoint = signer.sign_checkpoint(CheckpointBody {
+            ledger_id: ledger.clone(),
+            seq: head.seq,
+            last_hash: head.last_hash,
+            timestamp: now(),
+        });
+        let key = checkpoint_key(ledger, head.seq);
+        let outcome = self
+            .stores()
+            .objects
+            .put_new(&[NewObject {
+                key: key.clone(),
+                body: checkpoint.to_json().into(),
+            }])
+            .await?;
+        let (stored, created) = match outcome.first() {
+            Some(PutOutcome::Created { .. }) => (checkpoint, true),
+            _ => {
+                let existing =
+                    self.read_checkpoint(&key)
+                        .await?
+                        .ok_or_else(|| LedgerError::Unavailable {
+                            dependency: "objects",
+                            detail: format!("{key} exists but could not be read back"),
+                        })?;
+                if existing.ledger_id != *ledger
+                    || existing.seq != head.seq
+                    || existing.last_hash != head.last_hash
+                {
+                    return Err(LedgerError::Corrupt {
+                        seq: head.seq,
+                        detail: format!(
+                            "the stored checkpoint {key} disagrees with the head (last_hash {})",
+                            head.last_hash
+                        ),
+                    });
+                }
+                (existing, false)
+            }
+        };
+        self.cache_checkpoint(&stored);
+        Ok((stored, created))
+    }
+
+    /// The ledger's latest stored checkpoint, `None` if it has none. Checks the ledger exists.
+    pub async fn latest_checkpoint(
+        &self,
+        ledger: &LedgerId,
+    ) -> Result<Option<Checkpoint>, LedgerError> {
+        self.head(ledger).await?;
+        if let Some(cached) = self.cached_checkpoint(ledger) {
+            return Ok(Some(cached));
+        }
+        let Some(seq) = latest_checkpoint_seq(self.stores().objects.as_ref(), ledger).await? else {
+            return Ok(None);
+        };
+        let found = self.read_checkpoint(&checkpoint_key(ledger, seq)).await?;
+        if let Some(cp) = &found {
+            self.cache_checkpoint(cp);
+        }
+        Ok(found)
+    }
+
+    async fn read_checkpoint(&self, key: &str) -> Result<Option<Checkpoint>, LedgerError> {
+        let Some(object) = self.stores().objects.get(key, None).await? else {
+            return Ok(None);
+        };
+        let seq = seq_of_checkpoint_key(key).unwrap_or(0);
+        Checkpoint::from_json(&object.body)
+            .map(Some)
+            .map_err(|e| LedgerError::Corrupt {
+                seq,
+                detail: format!("{key}: {e}"),
+            })
+    }
+
+    fn cached_checkpoint(&self, ledger: &LedgerId) -> Option<Checkpoint> {
+        self.inner
+            .latest_checkpoints
+            .lock()
+            .expect("checkpoint cache lock is never poisoned")
+            .get(ledger)
+            .cloned()
+    }
+
+    fn cache_checkpoint(&self, checkpoint: &Checkpoint) {
+        let mut cache = self
+            .inner
+            .latest_checkpoints
+            .lock()
+            .expect("checkpoint cache lock is never poisoned");
+        let newer = cache
+            .get(&checkpoint.ledger_id)
+            .is_none_or(|c| c.seq <= checkpoint.seq);
+        if newer {
+            cache.insert(checkpoint.ledger_id.clone(), checkpoint.clone());
+        }
+    }
+
+    /// One periodic round: checkpoints every ledger whose head moved past its latest
+    /// checkpoint. Returns how many checkpoints it wrote. A ledger that fails is logged and
+    /// skipped.
+    pub async fn checkpoint_moved_ledgers(&self) -> Result<u64, LedgerError> {
+        let mut written = 0;
+        let mut after: Option<LedgerId> = None;
+        loop {
+            let page = self
+                .stores()
+                .index
+                .ledgers(after.as_ref(), ROUND_PAGE)
+                .await?;
+            for ledger in &page {
+                let moved = match (
+                    self.head(ledger).await,
+                    self.latest_checkpoint(ledger).await,
+                ) {
+                    (Ok(head), Ok(latest)) => {
+                        head.seq > 0 && latest.is_none_or(|cp| cp.seq != head.seq)
+                    }
+                    (Err(e), _) | (_, Err(e)) => {
+                        tracing::warn!(ledger_id = %ledger, error = %e, "checkpoint round: cannot read the ledger");
+                        false
+                    }
+                };
+                if moved {
+                    match self.checkpoint(ledger).await {
+                        Ok((cp, true)) => {
+                            tracing::info!(ledger_id = %ledger, seq = cp.seq, "checkpoint signed");
+                            written += 1;
+                        }
+                        Ok((_, false)) => {}
+                        Err(e) => {
+                            tracing::warn!(ledger_id = %ledger, error = %e, "checkpoint round: cannot checkpoint the ledger");
+                        }
+                    }
+                }
+            }
+            match page.last() {
+                Some(last) if page.len() == ROUND_PAGE => after = Some(last.clone()),
+                _ => return Ok(written),
+            }
+        }
+    }
+
+    /// Runs [`checkpoint_moved_ledgers`](Self::checkpoint_moved_ledgers) every `interval`
+    /// until `shutdown` resolves. Does nothing without a signing key or with a zero interval.
+    pub async fn run_checkpoints(
+        self,
+        interval: Duration,
+        shutdown: impl Future<Output = ()> + Send,
+    ) {
+        if self.options().signer.is_none() || interval.is_zero() {
+            return;
+        }
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await; // the first tick is immediate; start one interval in
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                _ = ticks.tick() => {
+                    if let Err(e) = self.checkpoint_moved_ledgers().await {
+                        tracing::warn!(error = %e, "checkpoint round failed");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The largest seq with a checkpoint object, if any (see the module doc).
+pub async fn latest_checkpoint_seq(
+    objects: &dyn ObjectStore,
+    ledger: &LedgerId,
+) -> Result<Option<u64>, LedgerError> {
+    const PAGE: usize = 1000;
+    let prefix = checkpoints_prefix(ledger);
+    let first = objects.list(&prefix, None, PAGE).await?;
+    if first.len() < PAGE {
+        return Ok(first.iter().rev().find_map(|k| seq_of_checkpoint_key(k)));
+    }
+    // Invariant: a checkpoint exists after `lo`; none exists after `hi`.
+    let (mut lo, mut hi) = (0u64, MAX_SEQ);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        let after = checkpoint_key(ledger, mid);
+        if objects.list(&prefix, Some(&after), 1).await?.is_empty() {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    Ok(Some(hi))
+}

@@ -1,0 +1,415 @@
+//! Signed checkpoints, public keys and signed receipts over HTTP; the export carries the
+//! latest checkpoint and verifies offline with `ledger-verify --bundle` and with
+//! `scripts/verify_chain.py` (signatures checked with the `cryptography` package, installed
+//! into a venv when the system Python lacks it; if that fails the test fails, never skips).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use clap::Parser;
+use eleanor_ledger::app::Application;
+use eleanor_ledger::chain::checkpoint::Signer;
+use eleanor_ledger::config::ServerArgs;
+use reqwest::StatusCode;
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+
+struct App {
+    url: String,
+    client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+    dir: TempDir,
+}
+
+impl App {
+    async fn start(dir: TempDir, key: Option<&Path>, extra: &[&str]) -> App {
+        let data = dir.path().join("data");
+        let mut argv = vec![
+            "ledger-server".to_owned(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--data-dir".into(),
+            data.to_str().unwrap().into(),
+        ];
+        if let Some(key) = key {
+            argv.push("--signing-key-file".into());
+            argv.push(key.to_str().unwrap().into());
+        }
+        argv.extend(extra.iter().map(|s| (*s).to_owned()));
+        let config = ServerArgs::try_parse_from(argv)
+            .unwrap()
+            .into_config()
+            .unwrap();
+        let app = Application::build(config).await.unwrap();
+        let url = format!("http://{}", app.local_addr());
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            app.run_until(async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        App {
+            url,
+            client: reqwest::Client::new(),
+            stop: Some(tx),
+            task,
+            dir,
+        }
+    }
+
+    async fn stop(mut self) -> TempDir {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        (&mut self.task).await.unwrap();
+        self.dir
+    }
+
+    async fn post(&self, path: &str, body: Option<&str>) -> (StatusCode, Value) {
+        let mut req = self.client.post(format!("{}{path}", self.url));
+        if let Some(body) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(body.to_owned());
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, String) {
+        let resp = self
+            .client
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
+        (resp.status(), resp.text().await.unwrap())
+    }
+}
+
+fn key_file(dir: &Path) -> (PathBuf, Signer) {
+    let path = dir.join("signing.key");
+    let public = eleanor_ledger::ledger::checkpoint::write_new_key(&path).unwrap();
+    let signer =
+        eleanor_ledger::ledger::checkpoint::load_signing_key(&path).expect("its own key loads");
+    assert_eq!(signer.public_key(), &public);
+    (path, signer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_are_signed_stored_once_per_seq_and_served_with_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, signer) = key_file(dir.path());
+    let app = App::start(dir, Some(&key), &["--checkpoint-interval", "0"]).await;
+
+    let (status, body) = app.post("/v1/ledgers/cp/checkpoints", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, _) = app.get("/v1/ledgers/cp/checkpoints/latest").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    for n in 1..=3 {
+        let (status, receipt) = app
+            .post("/v1/ledgers/cp/records", Some(&format!(r#"{{"n":{n}}}"#)))
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        assert_eq!(receipt["receipt"]["key_id"], signer.key_id().to_string());
+        assert_eq!(receipt["receipt"]["signature"].as_str().unwrap().len(), 128);
+    }
+    let (status, latest) = app.get("/v1/ledgers/cp/checkpoints/latest").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{latest}");
+    assert!(latest.contains("checkpoint_not_found"), "{latest}");
+
+    let (status, first) = app.post("/v1/ledgers/cp/checkpoints", None).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    assert_eq!(first["seq"], 3);
+    let (status, again) = app.post("/v1/ledgers/cp/checkpoints", None).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the head has not moved: the same one"
+    );
+    assert_eq!(again, first);
+    let (status, latest) = app.get("/v1/ledgers/cp/checkpoints/latest").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(serde_json::from_str::<Value>(&latest).unwrap(), first);
+    let cp = eleanor_ledger::chain::checkpoint::Checkpoint::from_json(latest.as_bytes()).unwrap();
+    cp.verify(signer.public_key()).unwrap();
+
+    let (status, keys) = app.get("/v1/keys").await;
+    assert_eq!(status, StatusCode::OK);
+    let keys: Value = serde_json::from_str(&keys).unwrap();
+    assert_eq!(keys["keys"][0]["public_key"], signer.public_key().to_hex());
+    assert_eq!(keys["keys"][0]["key_id"], signer.key_id().to_string());
+
+    let (_, report) = app.get("/v1/ledgers/cp/verify").await;
+    let report: Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["checkpoints_checked"], 1);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_key_checkpoints_answer_503_signing_disabled_and_receipts_are_unsigned() {
+    let app = App::start(tempfile::tempdir().unwrap(), None, &[]).await;
+    let (status, receipt) = app.post("/v1/ledgers/k/records", Some("{}")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(receipt.get("receipt").is_none(), "{receipt}");
+    let (status, body) = app.post("/v1/ledgers/k/checkpoints", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["error"]["code"], "signing_disabled");
+    let (status, keys) = app.get("/v1/keys").await;
+    assert_eq!((status, keys.as_str()), (StatusCode::OK, r#"{"keys":[]}"#));
+    app.stop().await;
+}
+
+#[test]
+fn a_key_file_readable_by_others_is_refused_and_gen_key_never_overwrites() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, _) = key_file(dir.path());
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = eleanor_ledger::ledger::checkpoint::load_signing_key(&key).unwrap_err();
+    assert!(err.0.contains("0644") && err.0.contains("0600"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_ledger-init"))
+        .args(["--gen-key", key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("never overwritten"));
+    let fresh = dir.path().join("new.key");
+    let out = Command::new(env!("CARGO_BIN_EXE_ledger-init"))
+        .args(["--gen-key", fresh.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("key_id "));
+    // The server refuses a readable key at startup, in one sentence naming it.
+    let args =
+        ServerArgs::try_parse_from(["ledger-server", "--signing-key-file", key.to_str().unwrap()])
+            .unwrap();
+    let err = args.into_config().unwrap_err();
+    assert!(
+        err.0.starts_with("ELEANOR_LEDGER_SIGNING_KEY_FILE"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_checkpoints_follow_the_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, _) = key_file(dir.path());
+    let app = App::start(dir, Some(&key), &["--checkpoint-interval", "1"]).await;
+    app.post("/v1/ledgers/tick/records", Some("{}")).await;
+    let mut seen = None;
+    for _ in 0..50 {
+        let (status, body) = app.get("/v1/ledgers/tick/checkpoints/latest").await;
+        if status == StatusCode::OK {
+            seen = Some(serde_json::from_str::<Value>(&body).unwrap());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen.expect("a checkpoint within 5 s")["seq"], 1);
+    app.stop().await;
+}
+
+/// A Python with the `cryptography` package: the system one if it has it, else a venv under
+/// the cache directory with it installed. Panics (never skips) if neither works.
+fn python_with_cryptography() -> PathBuf {
+    let has = |python: &Path| {
+        Command::new(python)
+            .args(["-c", "import cryptography"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let system = PathBuf::from("python3");
+    if has(&system) {
+        return system;
+    }
+    let cache = std::env::var_os("ELEANOR_LEDGER_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/eleanor-ledger")
+        });
+    let venv = cache.join("venv-verify");
+    let python = venv.join("bin/python");
+    if !has(&python) {
+        let made = Command::new("python3")
+            .args(["-m", "venv", venv.to_str().unwrap()])
+            .status()
+            .is_ok_and(|s| s.success());
+        let installed = made
+            && Command::new(venv.join("bin/pip"))
+                .args([
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "cryptography",
+                ])
+                .status()
+                .is_ok_and(|s| s.success());
+        assert!(
+            installed && has(&python),
+            "the checkpoint-signature check of scripts/verify_chain.py needs the `cryptography` package and it could not be installed into {}",
+            venv.display()
+        );
+    }
+    python
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_carries_its_checkpoint_and_verifies_offline_in_rust_and_python() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, signer) = key_file(dir.path());
+    let app = App::start(dir, Some(&key), &["--checkpoint-interval", "0"]).await;
+    let mut receipt = Value::Null;
+    for n in 1..=20 {
+        let (_, r) = app
+            .post("/v1/ledgers/ex/records", Some(&format!(r#"{{"n":{n}}}"#)))
+            .await;
+        if n == 12 {
+            receipt = r;
+        }
+    }
+    let (status, _) = app.post("/v1/ledgers/ex/checkpoints", None).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, export) = app.get("/v1/ledgers/ex/export").await;
+    assert_eq!(status, StatusCode::OK);
+    let first: Value = serde_json::from_str(export.lines().next().unwrap()).unwrap();
+    assert_eq!(first["checkpoint"]["seq"], 20, "the first line: {first}");
+    // A range below the checkpoint leaves it out.
+    let (_, short) = app.get("/v1/ledgers/ex/export?to=5").await;
+    assert_eq!(short.lines().count(), 5);
+    let dir = app.stop().await;
+
+    let bundle = dir.path().join("ex.jsonl");
+    std::fs::write(&bundle, &export).unwrap();
+    let public = signer.public_key().to_hex();
+    let verify = |bundle: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--json",
+            "--public-key",
+            public.as_str(),
+        ];
+        args.extend_from_slice(extra);
+        let out = Command::new(env!("CARGO_BIN_EXE_ledger-verify"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (
+            out.status.code().unwrap(),
+            report,
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, report, stderr) = verify(&bundle, &[]);
+    assert_eq!(code, 0, "{report} {stderr}");
+    assert_eq!(
+        (
+            &report["ledger_id"],
+            &report["verified"],
+            &report["checkpoints_checked"]
+        ),
+        (&Value::from("ex"), &Value::from(20), &Value::from(1))
+    );
+
+    // The receipt checks against the bundle; altered, it does not.
+    let receipt_file = dir.path().join("receipt.json");
+    std::fs::write(&receipt_file, receipt.to_string()).unwrap();
+    let (code, _, stderr) = verify(&bundle, &["receipt", receipt_file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    let mut altered = receipt.clone();
+    altered["timestamp"] = Value::from("2001-01-01T00:00:00.000000Z");
+    std::fs::write(&receipt_file, altered.to_string()).unwrap();
+    let (code, report, _) = verify(&bundle, &["receipt", receipt_file.to_str().unwrap()]);
+    assert_eq!(code, 1, "{report}");
+
+    // A forged checkpoint line (another key) and a truncated bundle are both named.
+    let other = Signer::from_seed(&[3; 32]);
+    let mut cp: eleanor_ledger::chain::checkpoint::Checkpoint =
+        serde_json::from_value(first["checkpoint"].clone()).unwrap();
+    let forged = other.sign_checkpoint(cp.body());
+    let forged_export = export.replacen(
+        export.lines().next().unwrap(),
+        &serde_json::json!({ "checkpoint": forged }).to_string(),
+        1,
+    );
+    let forged_bundle = dir.path().join("forged.jsonl");
+    std::fs::write(&forged_bundle, &forged_export).unwrap();
+    let (code, report, _) = verify(&forged_bundle, &[]);
+    assert_eq!(code, 1);
+    assert_eq!(report["failures"][0]["kind"], "bad_signature", "{report}");
+    assert_eq!(report["failures"][0]["seq"], 20);
+    let truncated: String = export.lines().take(16).map(|l| format!("{l}\n")).collect();
+    let truncated_bundle = dir.path().join("truncated.jsonl");
+    std::fs::write(&truncated_bundle, truncated).unwrap();
+    let (code, report, _) = verify(&truncated_bundle, &[]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        report["failures"][0]["kind"], "checkpoint_mismatch",
+        "{report}"
+    );
+
+    // The Python reference verifier agrees, checking the signature with `cryptography`.
+    let python = python_with_cryptography();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/verify_chain.py");
+    let py = |bundle: &Path| {
+        let out = Command::new(&python)
+            .arg(&script)
+            .args([
+                "--ledger",
+                "ex",
+                "--json",
+                "--public-key",
+                &public,
+                "--jsonl",
+            ])
+            .arg(bundle)
+            .output()
+            .unwrap();
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (
+            out.status.code().unwrap(),
+            report,
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, report, stderr) = py(&bundle);
+    assert_eq!(code, 0, "{report} {stderr}");
+    assert_eq!(report["signatures_checked"], true);
+    assert!(stderr.contains("cryptography"), "{stderr}");
+    let (code, report, _) = py(&forged_bundle);
+    assert_eq!(code, 1);
+    assert_eq!(report["failures"][0]["kind"], "bad_signature", "{report}");
+    cp.last_hash = eleanor_ledger::chain::hash::Hash([5; 32]);
+    let wrong_hash = signer.sign_checkpoint(cp.body());
+    let wrong_export = export.replacen(
+        export.lines().next().unwrap(),
+        &serde_json::json!({ "checkpoint": wrong_hash }).to_string(),
+        1,
+    );
+    std::fs::write(&forged_bundle, &wrong_export).unwrap();
+    let (code, report, _) = py(&forged_bundle);
+    assert_eq!(code, 1);
+    assert_eq!(
+        report["failures"][0]["kind"], "checkpoint_mismatch",
+        "{report}"
+    );
+    let (code, report, _) = verify(&forged_bundle, &[]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        report["failures"][0]["kind"], "checkpoint_mismatch",
+        "{report}"
+    );
+}

@@ -1,0 +1,453 @@
+//! `ledger-verify` against the embedded store, and the same tampering seen by the service's
+//! verification (`Ledger::verify`, behind `GET .../verify`): both must name the seq and the
+//! kind. Tampering edits the redb file directly while no server holds it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use eleanor_ledger::chain::checkpoint::{CheckpointBody, Signer};
+use eleanor_ledger::chain::entry::{LedgerId, Record, Timestamp};
+use eleanor_ledger::chain::hash::Hash;
+use eleanor_ledger::ledger::checkpoint::checkpoint_key;
+use eleanor_ledger::ledger::{Ledger, LedgerMetrics, Options, Receipt, VerifyRange};
+use eleanor_ledger::store::local::{DB_FILE, LocalStore};
+use eleanor_ledger::store::{BackendMetrics, NewObject};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde_json::Value;
+use tempfile::TempDir;
+
+const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const SEQ: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("seq");
+
+const LEDGER: &str = "audited";
+const N: u64 = 10;
+
+fn signer() -> Signer {
+    Signer::from_seed(&[7; 32])
+}
+
+fn ledger_over(dir: &Path) -> Ledger {
+    let store = LocalStore::open(dir, BackendMetrics::unregistered()).unwrap();
+    let options = Options {
+        signer: Some(Arc::new(signer())),
+        ..Options::default()
+    };
+    Ledger::new(
+        store.into_stores(),
+        options,
+        LedgerMetrics::new(&prometheus::Registry::new()).unwrap(),
+    )
+}
+
+fn id() -> LedgerId {
+    LedgerId::parse(LEDGER).unwrap()
+}
+
+/// A ledger of `N` entries (one batch each) with a signed checkpoint at seq 6; returns the
+/// directory (no process holds the store afterwards) and the receipts.
+async fn fixture() -> (TempDir, Vec<Receipt>) {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = ledger_over(dir.path());
+    let mut receipts = Vec::new();
+    for n in 1..=N {
+        let record = Record::parse(format!(r#"{{"n":{n},"who":"alice"}}"#).as_bytes()).unwrap();
+        receipts.push(ledger.append(&id(), record).await.unwrap());
+        if n == 6 {
+            ledger.checkpoint(&id()).await.unwrap();
+        }
+    }
+    ledger.shutdown().await;
+    drop(ledger);
+    (dir, receipts)
+}
+
+struct Run {
+    code: i32,
+    report: Value,
+    stderr: String,
+}
+
+fn cli(args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_ledger-verify"))
+        .args(args)
+        .env_remove("ELEANOR_LEDGER_BACKEND")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        report: serde_json::from_str(&stdout).unwrap_or(Value::String(stdout)),
+        stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+    }
+}
+
+fn public_key() -> String {
+    signer().public_key().to_hex()
+}
+
+fn verify_dir(dir: &Path, extra: &[&str]) -> Run {
+    let key = public_key();
+    let mut args = vec![
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--ledger",
+        LEDGER,
+        "--json",
+        "--public-key",
+        &key,
+    ];
+    args.extend_from_slice(extra);
+    cli(&args)
+}
+
+fn kinds(report: &Value) -> Vec<(u64, String)> {
+    report["failures"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a report: {report}"))
+        .iter()
+        .map(|f| {
+            (
+                f["seq"].as_u64().unwrap(),
+                f["kind"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// What the service's own verification says about the same directory.
+async fn endpoint_kinds(dir: &Path) -> Vec<(u64, String)> {
+    let ledger = ledger_over(dir);
+    let report = ledger.verify(&id(), VerifyRange::default()).await.unwrap();
+    let value = serde_json::to_value(&report).unwrap();
+    assert_eq!(value["ok"], report.failures.is_empty());
+    drop(ledger);
+    kinds(&value)
+}
+
+fn edit(dir: &Path, f: impl FnOnce(&redb::WriteTransaction)) {
+    let db = Database::open(dir.join(DB_FILE)).unwrap();
+    let txn = db.begin_write().unwrap();
+    f(&txn);
+    txn.commit().unwrap();
+}
+
+fn entry_key(seq: u64) -> String {
+    format!("{LEDGER}/entries/{seq:018}.json")
+}
+
+fn read_object(dir: &Path, key: &str) -> Vec<u8> {
+    let db = Database::open(dir.join(DB_FILE)).unwrap();
+    let txn = db.begin_read().unwrap();
+    let table = txn.open_table(OBJECTS).unwrap();
+    table.get(key).unwrap().unwrap().value().to_vec()
+}
+
+fn write_object(dir: &Path, key: &str, body: &[u8]) {
+    edit(dir, |txn| {
+        txn.open_table(OBJECTS).unwrap().insert(key, body).unwrap();
+    });
+}
+
+/// Runs both verifiers and checks each names `(seq, kind)`.
+async fn both_name(dir: &Path, seq: u64, kind: &str) {
+    let run = verify_dir(dir, &[]);
+    assert_eq!(
+        run.code, 1,
+        "exit 1 on tampering: {} {}",
+        run.report, run.stderr
+    );
+    assert_eq!(run.report["ok"], false);
+    let cli_kinds = kinds(&run.report);
+    assert!(
+        cli_kinds.contains(&(seq, kind.to_owned())),
+        "the CLI names seq {seq} {kind}: {cli_kinds:?}"
+    );
+    let endpoint = endpoint_kinds(dir).await;
+    assert!(
+        endpoint.contains(&(seq, kind.to_owned())),
+        "the endpoint names seq {seq} {kind}: {endpoint:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_ledger_verifies_with_exit_0_and_its_checkpoint_checked() {
+    let (dir, _) = fixture().await;
+    let run = verify_dir(dir.path(), &[]);
+    assert_eq!(run.code, 0, "{} {}", run.report, run.stderr);
+    assert_eq!(run.report["ok"], true);
+    assert_eq!(run.report["verified"], N);
+    assert_eq!(run.report["checkpoints_checked"], 1);
+    assert_eq!(run.report["signatures_checked"], true);
+    assert!(endpoint_kinds(dir.path()).await.is_empty());
+    // The human summary names the rate.
+    let human = cli(&[
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--ledger",
+        LEDGER,
+    ]);
+    assert_eq!(human.code, 0);
+    let text = human.report.as_str().unwrap().to_owned();
+    assert!(
+        text.starts_with("OK: ledger audited") && text.contains("entries/s"),
+        "{text}"
+    );
+    assert!(text.contains("signatures NOT checked"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edited_entry_bytes_are_a_hash_mismatch_at_that_seq() {
+    let (dir, _) = fixture().await;
+    let mut body = read_object(dir.path(), &entry_key(4));
+    let at = body.windows(5).position(|w| w == b"alice").unwrap();
+    body[at] = b'A';
+    write_object(dir.path(), &entry_key(4), &body);
+    both_name(dir.path(), 4, "hash_mismatch").await;
+    both_name(dir.path(), 5, "chain_break").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_entry_is_a_missing_entry() {
+    let (dir, _) = fixture().await;
+    edit(dir.path(), |txn| {
+        txn.open_table(OBJECTS)
+            .unwrap()
+            .remove(entry_key(3).as_str())
+            .unwrap();
+    });
+    both_name(dir.path(), 3, "missing_entry").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_seq_item_is_named() {
+    let (dir, _) = fixture().await;
+    edit(dir.path(), |txn| {
+        let mut table = txn.open_table(SEQ).unwrap();
+        let mut item: Value =
+            serde_json::from_slice(table.get((LEDGER, 7)).unwrap().unwrap().value()).unwrap();
+        item["entry_hash"] = Value::String("ab".repeat(32));
+        item["timestamp"] = Value::String("2001-01-01T00:00:00.000000Z".into());
+        table
+            .insert((LEDGER, 7), serde_json::to_vec(&item).unwrap().as_slice())
+            .unwrap();
+    });
+    both_name(dir.path(), 7, "hash_mismatch").await;
+    both_name(dir.path(), 7, "index_mismatch").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_meta_is_a_head_mismatch() {
+    let (dir, _) = fixture().await;
+    edit(dir.path(), |txn| {
+        let mut table = txn.open_table(META).unwrap();
+        let mut meta = table.get(LEDGER).unwrap().unwrap().value().to_vec();
+        // seq_counter (u64 BE), then last_hash: claim one entry fewer.
+        meta[..8].copy_from_slice(&(N - 1).to_be_bytes());
+        table.insert(LEDGER, meta.as_slice()).unwrap();
+    });
+    both_name(dir.path(), N - 1, "head_mismatch").await;
+    edit(dir.path(), |txn| {
+        let mut table = txn.open_table(META).unwrap();
+        let mut meta = table.get(LEDGER).unwrap().unwrap().value().to_vec();
+        meta[..8].copy_from_slice(&N.to_be_bytes());
+        meta[8] ^= 0xff; // last_hash
+        table.insert(LEDGER, meta.as_slice()).unwrap();
+    });
+    both_name(dir.path(), N, "head_mismatch").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapped_entries_are_named_at_both_seqs() {
+    let (dir, _) = fixture().await;
+    let (a, b) = (
+        read_object(dir.path(), &entry_key(2)),
+        read_object(dir.path(), &entry_key(3)),
+    );
+    write_object(dir.path(), &entry_key(2), &b);
+    write_object(dir.path(), &entry_key(3), &a);
+    both_name(dir.path(), 2, "malformed_entry").await;
+    both_name(dir.path(), 3, "malformed_entry").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_checkpoint_is_a_bad_signature_or_a_checkpoint_mismatch() {
+    let (dir, _) = fixture().await;
+    // Signed by another key, with the right hash: only the signature gives it away.
+    let stored = read_object(dir.path(), &checkpoint_key(&id(), 6));
+    let mut cp: Value = serde_json::from_slice(&stored).unwrap();
+    let entry8 = Hash::of_entry(&read_object(dir.path(), &entry_key(8)));
+    let forged = Signer::from_seed(&[9; 32]).sign_checkpoint(CheckpointBody {
+        ledger_id: id(),
+        seq: 8,
+        last_hash: entry8,
+        timestamp: Timestamp::parse("2030-01-01T00:00:00.000000Z").unwrap(),
+    });
+    write_object(dir.path(), &checkpoint_key(&id(), 8), &forged.to_json());
+    both_name(dir.path(), 8, "bad_signature").await;
+    // The real checkpoint at 6, its hash altered: the signature and the hash both fail.
+    cp["last_hash"] = Value::String("cd".repeat(32));
+    write_object(
+        dir.path(),
+        &checkpoint_key(&id(), 6),
+        &serde_json::to_vec(&cp).unwrap(),
+    );
+    both_name(dir.path(), 6, "checkpoint_mismatch").await;
+    both_name(dir.path(), 6, "bad_signature").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verifying_from_a_trusted_checkpoint_walks_only_the_entries_after_it() {
+    let (dir, _) = fixture().await;
+    let cp_file = dir.path().join("cp.json");
+    std::fs::write(&cp_file, read_object(dir.path(), &checkpoint_key(&id(), 6))).unwrap();
+    let run = verify_dir(dir.path(), &["--checkpoint", cp_file.to_str().unwrap()]);
+    assert_eq!(run.code, 0, "{} {}", run.report, run.stderr);
+    assert_eq!(run.report["from"], 7);
+    assert_eq!(run.report["verified"], N - 6);
+    // An entry before the checkpoint edited: the chain no longer passes through its hash.
+    let mut body = read_object(dir.path(), &entry_key(6));
+    let at = body.windows(5).position(|w| w == b"alice").unwrap();
+    body[at] = b'A';
+    write_object(dir.path(), &entry_key(6), &body);
+    let run = verify_dir(dir.path(), &["--checkpoint", cp_file.to_str().unwrap()]);
+    assert_eq!(run.code, 1);
+    assert!(kinds(&run.report).contains(&(6, "checkpoint_mismatch".into())));
+    // A checkpoint file signed by an untrusted key is a usage error, not trusted.
+    let forged = Signer::from_seed(&[9; 32]).sign_checkpoint(CheckpointBody {
+        ledger_id: id(),
+        seq: 6,
+        last_hash: Hash::of_entry(&body),
+        timestamp: Timestamp::parse("2030-01-01T00:00:00.000000Z").unwrap(),
+    });
+    std::fs::write(&cp_file, forged.to_json()).unwrap();
+    let run = verify_dir(dir.path(), &["--checkpoint", cp_file.to_str().unwrap()]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_verifies_and_an_altered_or_forged_one_is_rejected() {
+    let (dir, receipts) = fixture().await;
+    let file = dir.path().join("receipt.json");
+    let receipt = serde_json::to_value(&receipts[4]).unwrap();
+    assert!(receipt["receipt"]["signature"].is_string(), "{receipt}");
+    std::fs::write(&file, receipt.to_string()).unwrap();
+    let key = public_key();
+    let data_dir = dir.path().to_str().unwrap().to_owned();
+    let check = |file: &Path| {
+        cli(&[
+            "--data-dir",
+            &data_dir,
+            "--json",
+            "--public-key",
+            &key,
+            "receipt",
+            file.to_str().unwrap(),
+        ])
+    };
+    let run = check(&file);
+    assert_eq!(run.code, 0, "{} {}", run.report, run.stderr);
+
+    let mut altered = receipt.clone();
+    altered["entry_hash"] = Value::String("ab".repeat(32));
+    std::fs::write(&file, altered.to_string()).unwrap();
+    let run = check(&file);
+    assert_eq!(run.code, 1);
+    let named = kinds(&run.report);
+    assert!(named.contains(&(5, "bad_signature".into())), "{named:?}");
+    assert!(named.contains(&(5, "hash_mismatch".into())), "{named:?}");
+
+    // Signed by someone else over the true fields: the signature is what fails.
+    let mut forged = receipt.clone();
+    let other = Signer::from_seed(&[9; 32]).sign_receipt(&receipts[4].body());
+    forged["receipt"] = serde_json::to_value(other).unwrap();
+    std::fs::write(&file, forged.to_string()).unwrap();
+    let run = check(&file);
+    assert_eq!(run.code, 1);
+    assert_eq!(kinds(&run.report), [(5, "bad_signature".to_owned())]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_server_holding_the_store_is_exit_3_with_the_reason() {
+    let (dir, _) = fixture().await;
+    let held = LocalStore::open(dir.path(), BackendMetrics::unregistered()).unwrap();
+    let run = verify_dir(dir.path(), &[]);
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    assert!(run.stderr.contains("stop the server"), "{}", run.stderr);
+    drop(held);
+    let missing = cli(&["--data-dir", "/nonexistent/eleanor", "--ledger", LEDGER]);
+    assert_eq!(missing.code, 3, "{}", missing.stderr);
+    let unknown = verify_dir(dir.path(), &["--ledger", "nope"]);
+    assert_eq!(unknown.code, 2, "{}", unknown.stderr);
+    let bad_flag = cli(&["--frobnicate"]);
+    assert_eq!(bad_flag.code, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verification_never_writes_to_the_store() {
+    let (dir, _) = fixture().await;
+    let before = std::fs::read(dir.path().join(DB_FILE)).unwrap();
+    assert_eq!(verify_dir(dir.path(), &[]).code, 0);
+    assert_eq!(std::fs::read(dir.path().join(DB_FILE)).unwrap(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_past_the_head_is_named() {
+    let (dir, _) = fixture().await;
+    let forged = signer().sign_checkpoint(CheckpointBody {
+        ledger_id: id(),
+        seq: N + 5,
+        last_hash: Hash([1; 32]),
+        timestamp: Timestamp::parse("2030-01-01T00:00:00.000000Z").unwrap(),
+    });
+    let ledger = ledger_over(dir.path());
+    ledger
+        .stores()
+        .objects
+        .put_new(&[NewObject {
+            key: checkpoint_key(&id(), N + 5),
+            body: forged.to_json().into(),
+        }])
+        .await
+        .unwrap();
+    drop(ledger);
+    both_name(dir.path(), N + 5, "checkpoint_mismatch").await;
+}
+
+/// Writes a large ledger for measuring `ledger-verify` (not a timed test):
+/// `ELEANOR_LEDGER_BIG_DIR=/tmp/big ELEANOR_LEDGER_BIG_N=1000000 cargo test --release
+/// --test verify_cli -- --ignored --exact generate_a_large_ledger`, then
+/// `ledger-verify --data-dir /tmp/big --ledger big`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a generator for measurements, run by hand"]
+async fn generate_a_large_ledger() {
+    let dir = std::env::var("ELEANOR_LEDGER_BIG_DIR").expect("ELEANOR_LEDGER_BIG_DIR");
+    let n: u64 =
+        std::env::var("ELEANOR_LEDGER_BIG_N").map_or(1_000_000, |v| v.parse().expect("a number"));
+    let ledger = ledger_over(Path::new(&dir));
+    let big = LedgerId::parse("big").unwrap();
+    const IN_FLIGHT: u64 = 2048;
+    let mut done = 0;
+    while done < n {
+        let chunk = IN_FLIGHT.min(n - done);
+        let appends: Vec<_> = (0..chunk)
+            .map(|i| {
+                let (ledger, big) = (ledger.clone(), big.clone());
+                let record = Record::parse(
+                    format!(r#"{{"n":{},"actor":"alice","action":"read","resource":"invoices/2025-11"}}"#, done + i)
+                        .as_bytes(),
+                )
+                .unwrap();
+                tokio::spawn(async move { ledger.append(&big, record).await })
+            })
+            .collect();
+        for a in appends {
+            a.await.unwrap().unwrap();
+        }
+        done += chunk;
+    }
+    ledger.checkpoint(&big).await.unwrap();
+    ledger.shutdown().await;
+}
