@@ -165,7 +165,7 @@ pub async fn run(args: VerifyArgs) -> Result<Verdict, AuditError> {
             let (max, ledger, start, keys) = (args.max_failures, ledger, start_from, keys);
             let range = (args.from, args.to);
             tokio::task::spawn_blocking(move || {
-                verify_bundle(&path, ledger, range, start, &keys, max)
+                verify_bundle(&path, ledger, range, start.as_ref(), &keys, max)
             })
             .await
             .map_err(|e| usage(format!("the bundle check failed: {e}")))??
@@ -436,7 +436,7 @@ fn verify_bundle(
     path: &Path,
     ledger: Option<LedgerId>,
     range: (Option<u64>, Option<u64>),
-    start_from: Option<Checkpoint>,
+    start_from: Option<&Checkpoint>,
     keys: &[PublicKey],
     max_failures: usize,
 ) -> Result<Report, AuditError> {
@@ -453,7 +453,7 @@ fn verify_bundle(
     // Hashes of the entries at checkpoint seqs, as walked.
     let mut hashes_at: Vec<(u64, Option<Hash>)> = Vec::new();
     let (from, to) = range;
-    let start_seq = start_from.as_ref().map(|cp| cp.seq);
+    let start_seq = start_from.map(|cp| cp.seq);
     let mut start_hash: Option<Option<Hash>> = None;
     loop {
         let next = lines.next();
@@ -527,7 +527,7 @@ fn verify_bundle(
                 .ok_or_else(|| usage("the bundle names no ledger; give --ledger"))?;
             let v = verifier.get_or_insert_with(|| {
                 let first = pending[0].seq;
-                let anchor = match &start_from {
+                let anchor = match start_from {
                     Some(cp) if cp.seq + 1 == first => Some(cp.last_hash),
                     _ if first == 1 => Some(Hash::GENESIS),
                     _ => checkpoints
@@ -586,7 +586,7 @@ fn verify_bundle(
         None => ChainVerifier::new(start_seq.map_or(1, |s| s + 1), None, max_failures.max(1)),
     };
     let last_walked = verifier.next_seq() - 1;
-    if let Some(cp) = &start_from {
+    if let Some(cp) = start_from {
         match start_hash {
             Some(Some(h)) if h == cp.last_hash => {}
             Some(found) => verifier.report(

@@ -45,14 +45,14 @@ fn now() -> u64 {
         .as_secs()
 }
 
-fn hs_token(kid: &str, secret: &[u8], roles: &[&str], ledgers: Value, exp: u64) -> String {
+fn hs_token(kid: &str, secret: &[u8], roles: &[&str], ledgers: &Value, exp: u64) -> String {
     let mut header = Header::new(Algorithm::HS256);
     header.kid = Some(kid.into());
     let claims = json!({"sub": "test", "roles": roles, "ledgers": ledgers, "exp": exp});
     encode(&header, &claims, &EncodingKey::from_secret(secret).unwrap()).unwrap()
 }
 
-fn ed_token(roles: &[&str], ledgers: Value) -> String {
+fn ed_token(roles: &[&str], ledgers: &Value) -> String {
     let mut header = Header::new(Algorithm::EdDSA);
     header.kid = Some("ed".into());
     let pem = std::fs::read("tests/data/auth/ed25519-private.pem").unwrap();
@@ -120,7 +120,7 @@ impl App {
     }
 
     async fn head_seq(&self, ledger: &str) -> u64 {
-        let admin = hs_token("old", OLD_SECRET, &["admin"], json!("*"), now() + 600);
+        let admin = hs_token("old", OLD_SECRET, &["admin"], &json!("*"), now() + 600);
         let resp = self
             .get(&format!("/v1/ledgers/{ledger}/head"), Some(&admin))
             .await;
@@ -151,18 +151,18 @@ async fn refusal(resp: reqwest::Response) -> (u16, String, Option<String>) {
 #[tokio::test]
 async fn unauthenticated_expired_and_forged_requests_get_401_and_change_nothing() {
     let app = spawn_app(&[]).await;
-    let writer = hs_token("old", OLD_SECRET, &["writer"], json!("*"), now() + 600);
+    let writer = hs_token("old", OLD_SECRET, &["writer"], &json!("*"), now() + 600);
     assert_eq!(app.append("l", Some(&writer)).await.status(), 201);
 
-    let expired = hs_token("old", OLD_SECRET, &["writer"], json!("*"), now() - 3600);
+    let expired = hs_token("old", OLD_SECRET, &["writer"], &json!("*"), now() - 3600);
     let forged = hs_token(
         "old",
         b"not-the-secret-at-all-0000000000000",
         &["writer"],
-        json!("*"),
+        &json!("*"),
         now() + 600,
     );
-    let unknown_kid = hs_token("nope", OLD_SECRET, &["writer"], json!("*"), now() + 600);
+    let unknown_kid = hs_token("nope", OLD_SECRET, &["writer"], &json!("*"), now() + 600);
     let cases = [
         (None, "unauthenticated"),
         (Some(expired.as_str()), "invalid_token"),
@@ -199,9 +199,9 @@ async fn unauthenticated_expired_and_forged_requests_get_401_and_change_nothing(
 #[tokio::test]
 async fn roles_and_ledgers_are_enforced_with_403_and_no_side_effect() {
     let app = spawn_app(&["--metrics-auth", "true"]).await;
-    let auditor = hs_token("old", OLD_SECRET, &["auditor"], json!("*"), now() + 600);
-    let writer_a = hs_token("old", OLD_SECRET, &["writer"], json!(["a"]), now() + 600);
-    let writer_ed = ed_token(&["writer"], json!(["a", "b"]));
+    let auditor = hs_token("old", OLD_SECRET, &["auditor"], &json!("*"), now() + 600);
+    let writer_a = hs_token("old", OLD_SECRET, &["writer"], &json!(["a"]), now() + 600);
+    let writer_ed = ed_token(&["writer"], &json!(["a", "b"]));
 
     assert_eq!(app.append("a", Some(&writer_a)).await.status(), 201);
     assert_eq!(
@@ -247,7 +247,7 @@ async fn roles_and_ledgers_are_enforced_with_403_and_no_side_effect() {
         "refusals changed nothing"
     );
 
-    let auditor_a = hs_token("old", OLD_SECRET, &["auditor"], json!(["a"]), now() + 600);
+    let auditor_a = hs_token("old", OLD_SECRET, &["auditor"], &json!(["a"]), now() + 600);
     let listed: Value = app
         .get("/v1/ledgers", Some(&auditor_a))
         .await
@@ -270,7 +270,7 @@ async fn rotating_the_keys_file_under_load_drops_no_valid_request() {
     let (ok, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     // Clients holding old-key tokens keep appending while the file rotates to old+new, then
     // is replaced by an invalid file (which must be ignored).
-    let old_token = hs_token("old", OLD_SECRET, &["writer"], json!("*"), now() + 600);
+    let old_token = hs_token("old", OLD_SECRET, &["writer"], &json!("*"), now() + 600);
     let workers: Vec<_> = (0..8)
         .map(|_| {
             let (app, stop, ok, refused, token) = (
@@ -294,7 +294,7 @@ async fn rotating_the_keys_file_under_load_drops_no_valid_request() {
     let dir = app.keys.parent().unwrap().to_owned();
     tokio::time::sleep(Duration::from_millis(300)).await;
     keys_file(&dir, &[("old", OLD_SECRET), ("new", NEW_SECRET)], true);
-    let new_token = hs_token("new", NEW_SECRET, &["writer"], json!("*"), now() + 600);
+    let new_token = hs_token("new", NEW_SECRET, &["writer"], &json!("*"), now() + 600);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while app.append("rot", Some(&new_token)).await.status() != 201 {
         assert!(

@@ -360,7 +360,7 @@ async fn a_receipt_verifies_and_an_altered_or_forged_one_is_rejected() {
     assert!(named.contains(&(5, "hash_mismatch".into())), "{named:?}");
 
     // Signed by someone else over the true fields: the signature is what fails.
-    let mut forged = receipt.clone();
+    let mut forged = receipt;
     let other = Signer::from_seed(&[9; 32]).sign_receipt(&receipts[4].body());
     forged["receipt"] = serde_json::to_value(other).unwrap();
     std::fs::write(&file, forged.to_string()).unwrap();

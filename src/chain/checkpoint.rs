@@ -443,8 +443,10 @@ mod tests {
         };
         let sig = s.sign_receipt(&body);
         sig.verify(&body, s.public_key()).unwrap();
-        let mut altered = body.clone();
-        altered.entry_hash = Hash([2; 32]);
+        let altered = ReceiptBody {
+            entry_hash: Hash([2; 32]),
+            ..body
+        };
         assert!(sig.verify(&altered, s.public_key()).is_err());
         // A receipt signature is not a checkpoint signature over look-alike fields.
         assert!(

@@ -204,31 +204,37 @@ fn is_json_whitespace(c: char) -> bool {
 
 /// Removes JSON whitespace outside strings. `text` must be valid JSON.
 fn compact(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
+    // Byte-wise is exact: every byte of a multi-byte UTF-8 character is >= 0x80, so it can
+    // never be taken for a quote, a backslash or whitespace. Runs of kept bytes are copied
+    // whole; text that is already compact is copied once.
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
     let (mut in_string, mut escaped) = (false, false);
-    for c in text.chars() {
+    let mut run_start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
         if in_string {
-            out.push(c);
             if escaped {
                 escaped = false;
-            } else if c == '\\' {
+            } else if b == b'\\' {
                 escaped = true;
-            } else if c == '"' {
+            } else if b == b'"' {
                 in_string = false;
             }
-        } else if c == '"' {
+        } else if b == b'"' {
             in_string = true;
-            out.push(c);
-        } else if !is_json_whitespace(c) {
-            out.push(c);
+        } else if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            out.extend_from_slice(&bytes[run_start..i]);
+            run_start = i + 1;
         }
     }
-    out
+    out.extend_from_slice(&bytes[run_start..]);
+    String::from_utf8(out).expect("removing ASCII whitespace keeps UTF-8 valid")
 }
 
 /// Rejects JSON objects that repeat a key, at any depth: two parsers may disagree about which
 /// of two values such a record "says", which is no property an audit record should have.
 mod unique_keys {
+    use std::borrow::Cow;
     use std::cell::RefCell;
     use std::collections::HashSet;
     use std::fmt;
@@ -275,9 +281,10 @@ mod unique_keys {
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
             let mut seen = HashSet::new();
-            while let Some(key) = map.next_key::<String>()? {
+            // Keys without escapes are borrowed from the input, not allocated.
+            while let Some(key) = map.next_key::<Cow<'de, str>>()? {
                 if seen.contains(&key) {
-                    *self.0.borrow_mut() = Some(key);
+                    *self.0.borrow_mut() = Some(key.into_owned());
                     return Err(A::Error::custom("duplicate key"));
                 }
                 seen.insert(key);

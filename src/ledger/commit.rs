@@ -20,35 +20,50 @@ use crate::chain::verify::{Evidence, check_entry};
 use crate::store::{Meta, NewObject, PendingBatch, PutOutcome, SeqItem, SeqPut, Stores};
 
 /// Builds the entries of a batch on top of `head`: seqs `head.seq_counter + 1 ..`, chained
-/// from `head.last_hash`, all stamped `timestamp`. Returns the `META` that claims them.
+/// from `head.last_hash`, all stamped `timestamp`. Returns the `META` that claims them and the
+/// entries as roll-forward needs them (what [`decode_pending`] would give, without decoding).
 pub(crate) fn build_batch(
     ledger: &LedgerId,
     head: &Meta,
     records: &[Record],
     timestamp: Timestamp,
-) -> Meta {
+) -> (Meta, Vec<PendingEntry>) {
     let first_seq = head.seq_counter + 1;
     let mut prev_hash = head.last_hash;
-    let entries: Vec<Bytes> = records
+    let entries: Vec<PendingEntry> = records
         .iter()
         .enumerate()
         .map(|(i, record)| {
+            let seq = first_seq + i as u64;
             let header = EntryHeader {
                 ledger_id: ledger.clone(),
-                seq: first_seq + i as u64,
+                seq,
                 prev_hash,
                 timestamp,
             };
-            let bytes = encode(&header, record);
-            prev_hash = Hash::of_entry(&bytes);
-            Bytes::from(bytes)
+            let bytes = Bytes::from(encode(&header, record));
+            let hash = Hash::of_entry(&bytes);
+            let entry = PendingEntry {
+                seq,
+                bytes,
+                hash,
+                prev_hash,
+                timestamp,
+                key: entry_key("", ledger, seq),
+            };
+            prev_hash = hash;
+            entry
         })
         .collect();
-    Meta {
+    let meta = Meta {
         seq_counter: head.seq_counter + records.len() as u64,
         last_hash: prev_hash,
-        pending: Some(PendingBatch { first_seq, entries }),
-    }
+        pending: Some(PendingBatch {
+            first_seq,
+            entries: entries.iter().map(|e| e.bytes.clone()).collect(),
+        }),
+    };
+    (meta, entries)
 }
 
 /// One entry of a pending batch, decoded for roll-forward.

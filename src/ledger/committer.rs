@@ -152,12 +152,7 @@ impl Committer {
             if head.seq_counter + records.len() as u64 > MAX_SEQ {
                 return Err(LedgerError::LedgerFull);
             }
-            let new = build_batch(&self.ledger, &head, records, now());
-            let pending = new
-                .pending
-                .as_ref()
-                .expect("build_batch always sets pending");
-            let entries = decode_pending(&self.ledger, pending)?;
+            let (new, entries) = build_batch(&self.ledger, &head, records, now());
             match self
                 .stores
                 .index

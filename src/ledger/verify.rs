@@ -14,7 +14,6 @@
 //! its seq (`checkpoint_mismatch`) and, when trusted keys are given, carry a valid signature
 //! from one of them (`bad_signature`).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt, stream};
@@ -29,7 +28,7 @@ use crate::chain::hash::Hash;
 use crate::chain::verify::{
     ChainVerifier, Evidence, Failure, FailureKind, Head, IndexClaim, check_entry,
 };
-use crate::store::{SeqItem, Stores};
+use crate::store::{ScannedObject, SeqItem, Stores};
 
 /// Seqs verified per page (one bulk read, one index query).
 const PAGE: u64 = 4096;
@@ -93,7 +92,6 @@ pub struct VerifyReport {
 /// What was read for one seq.
 struct Fetched {
     seq: u64,
-    key: String,
     body: Option<bytes::Bytes>,
     versions: usize,
     item: Option<SeqItem>,
@@ -253,7 +251,7 @@ pub async fn verify_stores(
                 Evidence::Malformed { hash, .. } => Some(*hash),
                 Evidence::Missing => None,
             };
-            check_fetched(&mut verifier, &fetched, evidence);
+            check_fetched(&mut verifier, ledger, &fetched, evidence);
             while let Some(cp) = checkpoints.next_if(|c| c.seq <= fetched.seq) {
                 checkpoints_checked += 1;
                 check_checkpoint(
@@ -350,13 +348,19 @@ async fn read_page(
         },
         read_checkpoints(stores, ledger, from, Some(to)),
     )?;
-    let mut items: HashMap<u64, SeqItem> = items.into_iter().map(|i| (i.seq, i)).collect();
+    // Both lists are in seq order: merge them with the seqs, no lookups or key formatting.
+    let mut objects = objects
+        .into_iter()
+        .filter_map(|o| Some((seq_of_entry_key(&o.key, ledger)?, o)))
+        .peekable();
+    let mut items = items.into_iter().peekable();
     let mut entries = Vec::with_capacity((to - from + 1) as usize);
     for seq in from..=to {
-        let key = entry_key("", ledger, seq);
-        let item = items.remove(&seq);
-        let (mut body, versions, version) = match objects.get(&key) {
-            Some((body, versions, version)) => (body.clone(), *versions, version.clone()),
+        while items.next_if(|i| i.seq < seq).is_some() {}
+        while objects.next_if(|(s, _)| *s < seq).is_some() {}
+        let item = items.next_if(|i| i.seq == seq);
+        let (mut body, versions, version) = match objects.next_if(|(s, _)| *s == seq) {
+            Some((_, o)) => (o.body, o.versions, o.version),
             None => (None, 0, None),
         };
         // Read exactly the version the index names when the bulk read saw another one.
@@ -365,13 +369,12 @@ async fn read_page(
         {
             body = stores
                 .objects
-                .get(&key, Some(wanted))
+                .get(&entry_key("", ledger, seq), Some(wanted))
                 .await?
                 .map(|o| o.body);
         }
         entries.push(Fetched {
             seq,
-            key,
             body,
             versions,
             item,
@@ -401,21 +404,31 @@ async fn read_page(
     Ok(checked)
 }
 
-type ScannedEntries = HashMap<String, (Option<bytes::Bytes>, usize, Option<String>)>;
+/// The seq of an entry key of `ledger` (`{ledger}/entries/{seq:018}.json`), if it is one.
+fn seq_of_entry_key(key: &str, ledger: &LedgerId) -> Option<u64> {
+    let digits = key
+        .strip_prefix(ledger.as_str())?
+        .strip_prefix("/entries/")?
+        .strip_suffix(".json")?;
+    if digits.len() != 18 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
 
-/// The objects stored at the entry keys of `from..=to`, by key, in as few bulk reads as the
-/// keys allow (a stray key under the entries prefix only costs another read).
+/// The objects stored under the entry keys from `from` to `to`, in key order, in as few bulk
+/// reads as the keys allow (a stray key under the entries prefix only costs another read).
 async fn scan_entries(
     stores: &Stores,
     ledger: &LedgerId,
     from: u64,
     to: u64,
-) -> Result<ScannedEntries, LedgerError> {
+) -> Result<Vec<ScannedObject>, LedgerError> {
     let prefix = entries_prefix("", ledger);
     let last = entry_key("", ledger, to);
     let mut after = (from > 1).then(|| entry_key("", ledger, from - 1));
     let want = (to - from + 1) as usize;
-    let mut out = HashMap::with_capacity(want);
+    let mut out = Vec::with_capacity(want);
     // Bounded: each round either ends or moves `after` forward past at least one key.
     loop {
         let batch = stores
@@ -430,7 +443,7 @@ async fn scan_entries(
                 break;
             }
             after = Some(o.key.clone());
-            out.insert(o.key, (o.body, o.versions, o.version));
+            out.push(o);
         }
         if past_end || !full {
             return Ok(out);
@@ -559,14 +572,16 @@ fn check_checkpoint(
     }
 }
 
-fn check_fetched(verifier: &mut ChainVerifier, f: &Fetched, evidence: Evidence) {
+fn check_fetched(verifier: &mut ChainVerifier, ledger: &LedgerId, f: &Fetched, evidence: Evidence) {
+    let key = || entry_key("", ledger, f.seq);
     if f.versions > 1 {
         verifier.report(
             f.seq,
             FailureKind::ExtraVersion,
             format!(
                 "object {} has {} versions; an entry is written exactly once",
-                f.key, f.versions
+                key(),
+                f.versions
             ),
         );
     }
@@ -580,13 +595,14 @@ fn check_fetched(verifier: &mut ChainVerifier, f: &Fetched, evidence: Evidence) 
             None
         }
         Some(item) => {
-            if item.object_key != f.key {
+            if seq_of_entry_key(&item.object_key, ledger) != Some(f.seq) {
                 verifier.report(
                     f.seq,
                     FailureKind::IndexMismatch,
                     format!(
                         "the index names object {} instead of {}",
-                        item.object_key, f.key
+                        item.object_key,
+                        key()
                     ),
                 );
             }

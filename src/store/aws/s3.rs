@@ -23,7 +23,8 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::{AwsSettings, LockMode, unavailable};
 use crate::store::{
-    BackendMetrics, NewObject, ObjectStore, PutOutcome, StoreError, StoreResult, StoredObject,
+    BackendMetrics, NewObject, ObjectStore, PutOutcome, ScannedObject, StoreError, StoreResult,
+    StoredObject,
 };
 
 const DEPENDENCY: &str = "s3";
@@ -269,6 +270,84 @@ impl ObjectStore for S3Objects {
             }
         }
         Ok(count)
+    }
+
+    /// One `ListObjectVersions` walk gives every key with all its versions and delete
+    /// markers (so a key whose current version is a delete marker is still seen), then the
+    /// current versions are read concurrently.
+    async fn scan(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<ScannedObject>> {
+        // (key, current version id or None for a delete marker, versions seen)
+        let mut keys: Vec<(String, Option<String>, usize)> = Vec::new();
+        let full_prefix = self.full_key(prefix);
+        let (mut key_marker, mut version_marker) =
+            (start_after.map(|k| self.full_key(k)), None::<String>);
+        'pages: loop {
+            let result = self
+                .client
+                .list_object_versions()
+                .bucket(&self.bucket)
+                .prefix(&full_prefix)
+                .set_key_marker(key_marker.take())
+                .set_version_id_marker(version_marker.take())
+                .send()
+                .await;
+            self.record("s3_list_object_versions", &result);
+            let output = result.map_err(|e| unavailable(DEPENDENCY, e))?;
+            let versions = output
+                .versions()
+                .iter()
+                .map(|v| (v.key(), v.is_latest(), v.version_id(), false));
+            let markers = output
+                .delete_markers()
+                .iter()
+                .map(|m| (m.key(), m.is_latest(), m.version_id(), true));
+            let mut seen: Vec<_> = versions.chain(markers).collect();
+            seen.sort_by(|a, b| a.0.cmp(&b.0));
+            for (key, latest, version, is_marker) in seen {
+                let Some(key) = key.and_then(|k| k.strip_prefix(self.prefix.as_str())) else {
+                    continue;
+                };
+                if keys.last().is_none_or(|(k, _, _)| k != key) {
+                    if keys.len() == limit {
+                        break 'pages;
+                    }
+                    keys.push((key.to_owned(), None, 0));
+                }
+                let last = keys.last_mut().expect("pushed above");
+                last.2 += 1;
+                if latest == Some(true) && !is_marker {
+                    last.1 = version.map(str::to_owned);
+                }
+            }
+            if output.is_truncated() != Some(true) {
+                break;
+            }
+            key_marker = output.next_key_marker().map(str::to_owned);
+            version_marker = output.next_version_id_marker().map(str::to_owned);
+            if key_marker.is_none() {
+                break;
+            }
+        }
+        futures::stream::iter(keys.into_iter().map(|(key, current, versions)| async move {
+            let body = match &current {
+                Some(version) => self.get(&key, Some(version)).await?.map(|o| o.body),
+                None => None,
+            };
+            Ok::<_, StoreError>(ScannedObject {
+                key,
+                body,
+                version: current,
+                versions,
+            })
+        }))
+        .buffered(PUT_CONCURRENCY)
+        .try_collect()
+        .await
     }
 
     async fn check(&self) -> StoreResult<()> {
