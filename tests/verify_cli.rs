@@ -415,39 +415,3 @@ async fn a_checkpoint_past_the_head_is_named() {
     drop(ledger);
     both_name(dir.path(), N + 5, "checkpoint_mismatch").await;
 }
-
-/// Writes a large ledger for measuring `ledger-verify` (not a timed test):
-/// `ELEANOR_LEDGER_BIG_DIR=/tmp/big ELEANOR_LEDGER_BIG_N=1000000 cargo test --release
-/// --test verify_cli -- --ignored --exact generate_a_large_ledger`, then
-/// `ledger-verify --data-dir /tmp/big --ledger big`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a generator for measurements, run by hand"]
-async fn generate_a_large_ledger() {
-    let dir = std::env::var("ELEANOR_LEDGER_BIG_DIR").expect("ELEANOR_LEDGER_BIG_DIR");
-    let n: u64 =
-        std::env::var("ELEANOR_LEDGER_BIG_N").map_or(1_000_000, |v| v.parse().expect("a number"));
-    let ledger = ledger_over(Path::new(&dir));
-    let big = LedgerId::parse("big").unwrap();
-    const IN_FLIGHT: u64 = 2048;
-    let mut done = 0;
-    while done < n {
-        let chunk = IN_FLIGHT.min(n - done);
-        let appends: Vec<_> = (0..chunk)
-            .map(|i| {
-                let (ledger, big) = (ledger.clone(), big.clone());
-                let record = Record::parse(
-                    format!(r#"{{"n":{},"actor":"alice","action":"read","resource":"invoices/2025-11"}}"#, done + i)
-                        .as_bytes(),
-                )
-                .unwrap();
-                tokio::spawn(async move { ledger.append(&big, record).await })
-            })
-            .collect();
-        for a in appends {
-            a.await.unwrap().unwrap();
-        }
-        done += chunk;
-    }
-    ledger.checkpoint(&big).await.unwrap();
-    ledger.shutdown().await;
-}
