@@ -4,12 +4,15 @@
 //! was acknowledged with, seqs contiguous, and verification ok.
 //!
 //! Bounded: `KILLS` kills (default 20; `ELEANOR_LEDGER_KILLS=100` for the documented longer
-//! run), each after at most 400 ms of load. Loopback only.
+//! run), each after at most 400 ms of load. Loopback only. A second test does the same with 5
+//! kills against the S3/DynamoDB emulator.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support/aws.rs"]
+mod aws_support;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,12 +31,11 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Starts the server and waits until it says it is serving.
-fn start(data_dir: &Path, port: u16) -> Child {
+/// Starts the server on `storage` (its storage flags) and waits until it says it is serving.
+fn start(storage: &[String], port: u16) -> Child {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ledger-server"))
         .args(["--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(data_dir)
+        .args(storage)
         .env("ELEANOR_LEDGER_LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
@@ -111,6 +113,33 @@ async fn acknowledged_records_survive_repeated_kill_9_under_load() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
     let dir = tempfile::tempdir().unwrap();
+    let storage = vec!["--data-dir".to_owned(), dir.path().display().to_string()];
+    kill_loop(&storage, kills, APPENDERS).await;
+}
+
+/// The same against the S3/DynamoDB emulator, with fewer kills and appenders (moto is slow).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_records_survive_kill_9_on_the_emulator() {
+    let settings = aws_support::fresh_settings().await;
+    let storage: Vec<String> = [
+        "--backend",
+        "aws",
+        "--s3-bucket",
+        &settings.bucket,
+        "--ddb-table",
+        &settings.table,
+        "--ddb-region",
+        aws_support::REGION,
+        "--aws-endpoint-url",
+        &aws_support::endpoint(),
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    kill_loop(&storage, 5, 8).await;
+}
+
+async fn kill_loop(storage: &[String], kills: usize, appenders: usize) {
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let url = format!("{base}/v1/ledgers/{LEDGER}/records");
@@ -119,11 +148,11 @@ async fn acknowledged_records_survive_repeated_kill_9_under_load() {
         .build()
         .unwrap();
 
-    let mut server = start(dir.path(), port);
+    let mut server = start(storage, port);
     let stop = Arc::new(AtomicBool::new(false));
     let acks = Arc::new(Mutex::new(Vec::new()));
     let retries = Arc::new(AtomicU64::new(0));
-    let tasks: Vec<_> = (0..APPENDERS)
+    let tasks: Vec<_> = (0..appenders)
         .map(|id| {
             tokio::spawn(appender(
                 client.clone(),
@@ -140,7 +169,7 @@ async fn acknowledged_records_survive_repeated_kill_9_under_load() {
         tokio::time::sleep(Duration::from_millis(fastrand::u64(50..400))).await;
         server.kill().unwrap(); // SIGKILL
         server.wait().unwrap();
-        server = start(dir.path(), port);
+        server = start(storage, port);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop.store(true, Ordering::SeqCst);
@@ -151,7 +180,7 @@ async fn acknowledged_records_survive_repeated_kill_9_under_load() {
     server.wait().unwrap();
 
     // One clean start, then check everything from the outside.
-    let mut server = start(dir.path(), port);
+    let mut server = start(storage, port);
     let acks = acks.lock().unwrap().clone();
     assert!(
         acks.len() > kills,
