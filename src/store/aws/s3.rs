@@ -69,6 +69,70 @@ impl S3Objects {
         }
     }
 
+    /// `ListObjectVersions` over `prefix`, after `start_after`: each key (relative to the
+    /// store's prefix) with its current version id (`None` when that is a delete marker) and
+    /// how many versions and delete markers it has, at most `limit` keys, in key order.
+    async fn list_versions(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<(String, Option<String>, usize)>> {
+        // (key, current version id or None for a delete marker, versions seen)
+        let mut keys: Vec<(String, Option<String>, usize)> = Vec::new();
+        let full_prefix = self.full_key(prefix);
+        let (mut key_marker, mut version_marker) =
+            (start_after.map(|k| self.full_key(k)), None::<String>);
+        'pages: loop {
+            let result = self
+                .client
+                .list_object_versions()
+                .bucket(&self.bucket)
+                .prefix(&full_prefix)
+                .set_key_marker(key_marker.take())
+                .set_version_id_marker(version_marker.take())
+                .send()
+                .await;
+            self.record("s3_list_object_versions", &result);
+            let output = result.map_err(|e| unavailable(DEPENDENCY, e))?;
+            let versions = output
+                .versions()
+                .iter()
+                .map(|v| (v.key(), v.is_latest(), v.version_id(), false));
+            let markers = output
+                .delete_markers()
+                .iter()
+                .map(|m| (m.key(), m.is_latest(), m.version_id(), true));
+            let mut seen: Vec<_> = versions.chain(markers).collect();
+            seen.sort_by(|a, b| a.0.cmp(&b.0));
+            for (key, latest, version, is_marker) in seen {
+                let Some(key) = key.and_then(|k| k.strip_prefix(self.prefix.as_str())) else {
+                    continue;
+                };
+                if keys.last().is_none_or(|(k, _, _)| k != key) {
+                    if keys.len() == limit {
+                        break 'pages;
+                    }
+                    keys.push((key.to_owned(), None, 0));
+                }
+                let last = keys.last_mut().expect("pushed above");
+                last.2 += 1;
+                if latest == Some(true) && !is_marker {
+                    last.1 = version.map(str::to_owned);
+                }
+            }
+            if output.is_truncated() != Some(true) {
+                break;
+            }
+            key_marker = output.next_key_marker().map(str::to_owned);
+            version_marker = output.next_version_id_marker().map(str::to_owned);
+            if key_marker.is_none() {
+                break;
+            }
+        }
+        Ok(keys)
+    }
+
     fn full_key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
@@ -231,45 +295,11 @@ impl ObjectStore for S3Objects {
     /// entry key is as much a change to it as a new version, and verification should report
     /// both.
     async fn version_count(&self, key: &str) -> StoreResult<usize> {
-        let full = self.full_key(key);
-        let mut count = 0;
-        let (mut key_marker, mut version_marker): (Option<String>, Option<String>) = (None, None);
-        loop {
-            let result = self
-                .client
-                .list_object_versions()
-                .bucket(&self.bucket)
-                .prefix(&full)
-                .set_key_marker(key_marker.take())
-                .set_version_id_marker(version_marker.take())
-                .send()
-                .await;
-            self.record("s3_list_object_versions", &result);
-            let output = result.map_err(|e| unavailable(DEPENDENCY, e))?;
-            let keys = output
-                .versions()
-                .iter()
-                .map(|v| v.key())
-                .chain(output.delete_markers().iter().map(|m| m.key()));
-            let mut past_key = false;
-            for k in keys.flatten() {
-                if k == full {
-                    count += 1;
-                } else if k > full.as_str() {
-                    past_key = true;
-                }
-            }
-            // Listings are in key order: once a longer key shows up, no more of ours follow.
-            if past_key || output.is_truncated() != Some(true) {
-                break;
-            }
-            key_marker = output.next_key_marker().map(str::to_owned);
-            version_marker = output.next_version_id_marker().map(str::to_owned);
-            if key_marker.is_none() {
-                break;
-            }
-        }
-        Ok(count)
+        let listed = self.list_versions(key, None, 1).await?;
+        Ok(listed
+            .into_iter()
+            .find(|(k, _, _)| k == key)
+            .map_or(0, |(_, _, count)| count))
     }
 
     /// One `ListObjectVersions` walk gives every key with all its versions and delete
@@ -281,58 +311,7 @@ impl ObjectStore for S3Objects {
         start_after: Option<&str>,
         limit: usize,
     ) -> StoreResult<Vec<ScannedObject>> {
-        // (key, current version id or None for a delete marker, versions seen)
-        let mut keys: Vec<(String, Option<String>, usize)> = Vec::new();
-        let full_prefix = self.full_key(prefix);
-        let (mut key_marker, mut version_marker) =
-            (start_after.map(|k| self.full_key(k)), None::<String>);
-        'pages: loop {
-            let result = self
-                .client
-                .list_object_versions()
-                .bucket(&self.bucket)
-                .prefix(&full_prefix)
-                .set_key_marker(key_marker.take())
-                .set_version_id_marker(version_marker.take())
-                .send()
-                .await;
-            self.record("s3_list_object_versions", &result);
-            let output = result.map_err(|e| unavailable(DEPENDENCY, e))?;
-            let versions = output
-                .versions()
-                .iter()
-                .map(|v| (v.key(), v.is_latest(), v.version_id(), false));
-            let markers = output
-                .delete_markers()
-                .iter()
-                .map(|m| (m.key(), m.is_latest(), m.version_id(), true));
-            let mut seen: Vec<_> = versions.chain(markers).collect();
-            seen.sort_by(|a, b| a.0.cmp(&b.0));
-            for (key, latest, version, is_marker) in seen {
-                let Some(key) = key.and_then(|k| k.strip_prefix(self.prefix.as_str())) else {
-                    continue;
-                };
-                if keys.last().is_none_or(|(k, _, _)| k != key) {
-                    if keys.len() == limit {
-                        break 'pages;
-                    }
-                    keys.push((key.to_owned(), None, 0));
-                }
-                let last = keys.last_mut().expect("pushed above");
-                last.2 += 1;
-                if latest == Some(true) && !is_marker {
-                    last.1 = version.map(str::to_owned);
-                }
-            }
-            if output.is_truncated() != Some(true) {
-                break;
-            }
-            key_marker = output.next_key_marker().map(str::to_owned);
-            version_marker = output.next_version_id_marker().map(str::to_owned);
-            if key_marker.is_none() {
-                break;
-            }
-        }
+        let keys = self.list_versions(prefix, start_after, limit).await?;
         futures::stream::iter(keys.into_iter().map(|(key, current, versions)| async move {
             let body = match &current {
                 Some(version) => self.get(&key, Some(version)).await?.map(|o| o.body),
