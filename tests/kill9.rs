@@ -248,3 +248,33 @@ async fn kill_loop(storage: &[String], kills: usize, appenders: usize) {
     );
     assert_eq!(lost, 0, "acknowledged records were lost");
 }
+
+#[test]
+fn a_second_server_on_the_same_data_dir_refuses_to_start_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = vec!["--data-dir".to_owned(), dir.path().display().to_string()];
+    let mut first = start(&storage, free_port());
+    let before = std::fs::read(dir.path().join("ledger.redb")).unwrap();
+    let second = Command::new(env!("CARGO_BIN_EXE_ledger-server"))
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(&storage)
+        .output()
+        .unwrap();
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert_eq!(
+        second.status.code(),
+        Some(2),
+        "exit code 2: a configuration the operator must fix"
+    );
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("in use by another ledger process"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("ledger.redb")).unwrap(),
+        before,
+        "the refused server wrote to the store"
+    );
+}
