@@ -138,6 +138,9 @@ pub struct ServerArgs {
         default_value_t = 10_000
     )]
     pub request_timeout_ms: u64,
+    /// API requests processed at once; more are refused at once with `503 server_busy`.
+    #[arg(long, env = "ELEANOR_LEDGER_MAX_IN_FLIGHT", default_value_t = 1024)]
+    pub max_in_flight: usize,
     /// Authentication of `/v1` requests.
     #[arg(long, env = "ELEANOR_LEDGER_AUTH", value_enum, default_value = "none")]
     pub auth: AuthMode,
@@ -256,6 +259,12 @@ impl ServerArgs {
             600_000,
         )?;
         bounded(
+            "ELEANOR_LEDGER_MAX_IN_FLIGHT",
+            self.max_in_flight,
+            1,
+            1_000_000,
+        )?;
+        bounded(
             "ELEANOR_LEDGER_CIRCUIT_FAILURES",
             self.circuit_failures,
             1,
@@ -328,6 +337,7 @@ impl ServerArgs {
                 max_record_bytes: self.max_record_bytes,
                 request_timeout,
                 protect_metrics: self.metrics_auth,
+                max_in_flight: self.max_in_flight,
             },
             breaker: BreakerSettings {
                 threshold: self.circuit_failures,

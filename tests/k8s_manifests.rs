@@ -1236,6 +1236,16 @@ async fn exported_metrics() -> Exported {
         .await
         .unwrap();
     assert_eq!(appended.status(), 201);
+    let verified = client
+        .get(format!("{base}/v1/ledgers/metrics-check/verify"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        verified.status(),
+        200,
+        "a verification exports the ledger_verify_* gauges"
+    );
     let health = client.get(format!("{base}/health")).send().await.unwrap();
     assert_eq!(health.status(), 200);
     let text = client

@@ -40,6 +40,10 @@ pub enum ApiError {
         "the request took longer than {0:?}; retry, or look the record up before appending it again"
     )]
     Timeout(Duration),
+    #[error(
+        "the server is processing as many requests as it may (ELEANOR_LEDGER_MAX_IN_FLIGHT); nothing was done, retry later"
+    )]
+    ServerBusy,
     #[error("{0}")]
     Unauthenticated(TokenError),
     #[error("forbidden: {0}")]
@@ -73,6 +77,7 @@ impl ApiError {
             ApiError::RouteNotFound => (StatusCode::NOT_FOUND, "route_not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Timeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
+            ApiError::ServerBusy => (StatusCode::SERVICE_UNAVAILABLE, "server_busy"),
             ApiError::Panic => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
             ApiError::Unauthenticated(TokenError::Missing) => {
                 (StatusCode::UNAUTHORIZED, "unauthenticated")
@@ -134,6 +139,7 @@ impl ApiError {
     fn retry_after(&self) -> Option<u64> {
         match self {
             ApiError::Timeout(_)
+            | ApiError::ServerBusy
             | ApiError::Ledger(
                 LedgerError::Overloaded
                 | LedgerError::Contention

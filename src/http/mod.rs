@@ -5,6 +5,8 @@
 //! - [`ledgers`]: list ledgers, heads, verification; [`export`]: NDJSON export.
 //! - [`checkpoints`]: signed checkpoints and the public keys.
 //! - [`health`], [`metrics`]: `/health` and `/metrics` plus request metrics.
+//! - [`limit`]: load shedding beyond `ELEANOR_LEDGER_MAX_IN_FLIGHT`.
+//! - [`openapi`]: `GET /openapi.json`, the OpenAPI document of every route in [`route_list`].
 
 pub mod auth;
 mod checkpoints;
@@ -13,7 +15,9 @@ mod export;
 mod extract;
 mod health;
 mod ledgers;
+mod limit;
 pub mod metrics;
+mod openapi;
 mod records;
 
 use std::sync::Arc;
@@ -22,10 +26,11 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderName, HeaderValue};
+use axum::handler::Handler;
+use axum::http::{HeaderName, HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodFilter, MethodRouter, on};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
@@ -59,40 +64,99 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// With auth on, `/metrics` needs an auditor token too (`ELEANOR_LEDGER_METRICS_AUTH`).
     pub protect_metrics: bool,
+    /// API requests processed at once; more are shed with `503 server_busy`
+    /// (`ELEANOR_LEDGER_MAX_IN_FLIGHT`).
+    pub max_in_flight: usize,
 }
 
 /// Largest `limit` a page request may ask for.
 pub const MAX_PAGE: usize = 1000;
 
+/// What guards a route besides authentication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Guard {
+    /// A `/v1` route: counted against the in-flight cap, bounded by the request timeout.
+    Api,
+    /// Verification and export: counted, but they read the whole range they are asked for,
+    /// however long that takes.
+    ApiUntimed,
+    /// Probes, metrics and the OpenAPI document: timed, never shed.
+    Ops,
+}
+
+/// One route: the router is built from [`routes`], and [`route_list`] (which the OpenAPI
+/// document is tested against) reads the same table, so the two cannot drift apart.
+struct Route {
+    method: Method,
+    path: &'static str,
+    guard: Guard,
+    handler: MethodRouter<AppState>,
+}
+
+fn route<H, T>(method: Method, path: &'static str, guard: Guard, handler: H) -> Route
+where
+    H: Handler<T, AppState>,
+    T: 'static,
+{
+    let filter = MethodFilter::try_from(method.clone())
+        .expect("every method the API uses has a method filter");
+    Route {
+        method,
+        path,
+        guard,
+        handler: on(filter, handler),
+    }
+}
+
+/// Every route the API serves.
+#[rustfmt::skip] // a table reads better one route to a line
+fn routes() -> Vec<Route> {
+    use Guard::{Api, ApiUntimed, Ops};
+    const RECORDS: &str = "/v1/ledgers/{ledger_id}/records";
+    vec![
+        route(Method::GET, "/v1/ledgers", Api, ledgers::list),
+        route(Method::GET, "/v1/ledgers/{ledger_id}/head", Api, ledgers::head),
+        route(Method::POST, RECORDS, Api, records::append),
+        route(Method::GET, RECORDS, Api, records::page),
+        route(Method::GET, "/v1/ledgers/{ledger_id}/records/{seq}", Api, records::one),
+        route(Method::POST, "/v1/ledgers/{ledger_id}/checkpoints", Api, checkpoints::create),
+        route(Method::GET, "/v1/ledgers/{ledger_id}/checkpoints/latest", Api, checkpoints::latest),
+        route(Method::GET, "/v1/keys", Api, checkpoints::keys),
+        route(Method::GET, "/v1/ledgers/{ledger_id}/verify", ApiUntimed, ledgers::verify),
+        route(Method::GET, "/v1/ledgers/{ledger_id}/export", ApiUntimed, export::export),
+        route(Method::GET, "/health", Ops, health::health),
+        route(Method::GET, "/livez", Ops, health::live),
+        route(Method::GET, "/metrics", Ops, metrics::export),
+        route(Method::GET, "/openapi.json", Ops, openapi::document),
+    ]
+}
+
+/// `(method, path template)` of every route the router serves, in the router's own syntax
+/// (`{ledger_id}`), which is also OpenAPI's.
+pub fn route_list() -> Vec<(Method, &'static str)> {
+    routes().into_iter().map(|r| (r.method, r.path)).collect()
+}
+
 /// The whole API.
 pub fn router(state: AppState) -> Router {
-    let timed = Router::new()
-        .route("/v1/ledgers", get(ledgers::list))
-        .route("/v1/ledgers/{ledger_id}/head", get(ledgers::head))
-        .route(
-            "/v1/ledgers/{ledger_id}/records",
-            post(records::append).get(records::page),
-        )
-        .route("/v1/ledgers/{ledger_id}/records/{seq}", get(records::one))
-        .route(
-            "/v1/ledgers/{ledger_id}/checkpoints",
-            post(checkpoints::create),
-        )
-        .route(
-            "/v1/ledgers/{ledger_id}/checkpoints/latest",
-            get(checkpoints::latest),
-        )
-        .route("/v1/keys", get(checkpoints::keys))
-        .route("/health", get(health::health))
-        .route("/livez", get(health::live))
-        .route("/metrics", get(metrics::export))
-        .route_layer(middleware::from_fn_with_state(state.clone(), timeout));
-    // Verification and export read the whole range it is asked for, however long that takes.
-    let untimed = Router::new()
-        .route("/v1/ledgers/{ledger_id}/verify", get(ledgers::verify))
-        .route("/v1/ledgers/{ledger_id}/export", get(export::export));
-    timed
-        .merge(untimed)
+    let (mut api, mut untimed, mut ops) = (Router::new(), Router::new(), Router::new());
+    for r in routes() {
+        let group = match r.guard {
+            Guard::Api => &mut api,
+            Guard::ApiUntimed => &mut untimed,
+            Guard::Ops => &mut ops,
+        };
+        *group = std::mem::take(group).route(r.path, r.handler);
+    }
+    let timeout = middleware::from_fn_with_state(state.clone(), timeout);
+    let shed = middleware::from_fn_with_state(
+        limit::InFlight::new(state.limits.max_in_flight),
+        limit::shed,
+    );
+    api.route_layer(timeout.clone())
+        .route_layer(shed.clone())
+        .merge(untimed.route_layer(shed))
+        .merge(ops.route_layer(timeout))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(state.clone(), auth::require))

@@ -123,9 +123,24 @@ pub struct LedgerMetrics {
     conflicts: IntCounter,
     roll_forwards: IntCounter,
     corruption: IntCounter,
+    verify_last_ok: prometheus::IntGaugeVec,
+    verify_last_timestamp: prometheus::GaugeVec,
 }
 
 impl LedgerMetrics {
+    /// Records the outcome of a verification of `ledger`.
+    pub(crate) fn verified(&self, ledger: &LedgerId, ok: bool) {
+        self.verify_last_ok
+            .with_label_values(&[ledger.as_str()])
+            .set(i64::from(ok));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.verify_last_timestamp
+            .with_label_values(&[ledger.as_str()])
+            .set(now);
+    }
+
     pub fn new(registry: &Registry) -> prometheus::Result<LedgerMetrics> {
         let buckets = vec![
             1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
@@ -150,11 +165,27 @@ impl LedgerMetrics {
                 "ledger_integrity_errors_total",
                 "Stored data found to disagree with the committed chain.",
             )?,
+            verify_last_ok: prometheus::IntGaugeVec::new(
+                prometheus::Opts::new(
+                    "ledger_verify_last_ok",
+                    "1 if the last verification of the ledger found it intact, 0 if it found failures.",
+                ),
+                &["ledger_id"],
+            )?,
+            verify_last_timestamp: prometheus::GaugeVec::new(
+                prometheus::Opts::new(
+                    "ledger_verify_last_timestamp_seconds",
+                    "When the ledger was last verified (Unix time).",
+                ),
+                &["ledger_id"],
+            )?,
         };
         registry.register(Box::new(m.batch_size.clone()))?;
         registry.register(Box::new(m.conflicts.clone()))?;
         registry.register(Box::new(m.roll_forwards.clone()))?;
         registry.register(Box::new(m.corruption.clone()))?;
+        registry.register(Box::new(m.verify_last_ok.clone()))?;
+        registry.register(Box::new(m.verify_last_timestamp.clone()))?;
         Ok(m)
     }
 }
@@ -242,6 +273,10 @@ impl Ledger {
 
     pub fn stores(&self) -> &Stores {
         &self.inner.stores
+    }
+
+    pub(crate) fn inner_metrics(&self) -> &LedgerMetrics {
+        &self.inner.metrics
     }
 
     pub fn options(&self) -> &Options {

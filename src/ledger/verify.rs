@@ -136,7 +136,9 @@ impl Ledger {
                 .collect(),
             ..VerifyOptions::default()
         };
-        verify_stores(self.stores(), ledger, range, &options).await
+        let report = verify_stores(self.stores(), ledger, range, &options).await?;
+        self.inner_metrics().verified(ledger, report.ok);
+        Ok(report)
     }
 }
 

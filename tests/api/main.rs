@@ -6,8 +6,10 @@
 
 mod append;
 mod errors;
+mod fuzz;
 mod helpers;
 mod lifecycle;
+mod limits;
 mod observability;
 mod read;
 mod reference_verifier;

@@ -1,0 +1,175 @@
+//! Limits and the API contract: the in-flight cap sheds load at once with `503 server_busy`
+//! and no side effect, slow requests get `503 timeout`, page sizes are capped, and
+//! `/openapi.json` documents exactly the routes the router serves.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::helpers::{expect_error, spawn_app, spawn_app_with};
+
+/// The `Retry-After` seconds of a response, if it has one.
+fn retry_after(response: &reqwest::Response) -> Option<u64> {
+    response
+        .headers()
+        .get(RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_the_in_flight_cap_requests_get_503_server_busy_at_once_and_change_nothing() {
+    // Each append waits up to a second for its batch to fill, so two of them hold both slots.
+    let app = spawn_app_with(&["--max-in-flight", "2", "--batch-linger-us", "1000000"]).await;
+    let held: Vec<_> = (0..2)
+        .map(|i| {
+            let api = app.fresh();
+            tokio::spawn(async move { api.append("busy", &format!(r#"{{"held":{i}}}"#)).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Every counted route is refused at once, appends included, while the slots are held.
+    for _ in 0..8 {
+        let started = std::time::Instant::now();
+        let response = app.append("busy", r#"{"shed":true}"#).await;
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "shed, not queued"
+        );
+        assert_eq!(retry_after(&response), Some(1));
+        expect_error(response, StatusCode::SERVICE_UNAVAILABLE, "server_busy").await;
+    }
+    for path in ["/v1/keys", "/v1/ledgers", "/v1/ledgers/busy/verify"] {
+        let response = app.get(path).await;
+        assert_eq!(retry_after(&response), Some(1), "{path}");
+        expect_error(response, StatusCode::SERVICE_UNAVAILABLE, "server_busy").await;
+    }
+    // Probes, scrapes and the API document are not counted.
+    for path in ["/health", "/livez", "/metrics", "/openapi.json"] {
+        assert_eq!(app.get(path).await.status(), StatusCode::OK, "{path}");
+    }
+
+    for task in held {
+        assert_eq!(task.await.unwrap().status(), StatusCode::CREATED);
+    }
+    // Only the two held appends were written; the slots are free again.
+    assert_eq!(app.head_ok("busy").await.seq, 2);
+    let report = app.verify_ok("busy", "").await;
+    assert!(report.ok && report.verified == 2, "{report:?}");
+    assert!(
+        app.metrics()
+            .await
+            .lines()
+            .any(|l| l.starts_with("http_requests_total") && l.contains(r#"status="503""#)),
+        "shed requests are counted by route"
+    );
+}
+
+#[tokio::test]
+async fn a_request_slower_than_the_timeout_gets_503_timeout_with_retry_after() {
+    let app = spawn_app_with(&["--request-timeout-ms", "100", "--batch-linger-us", "300000"]).await;
+    let response = app.append("slow", r#"{"slow":true}"#).await;
+    assert_eq!(retry_after(&response), Some(1));
+    let message = expect_error(response, StatusCode::SERVICE_UNAVAILABLE, "timeout").await;
+    assert!(message.contains("look the record up"), "{message}");
+    // Fast requests are unaffected.
+    assert_eq!(app.get("/v1/keys").await.status(), StatusCode::OK);
+    assert_eq!(app.health().await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn page_sizes_outside_1_to_1000_get_400_invalid_query() {
+    let app = spawn_app().await;
+    app.append_ok("pages", r#"{"n":1}"#).await;
+    for query in [
+        "limit=0",
+        "limit=1001",
+        "limit=18446744073709551616",
+        "limit=-1",
+    ] {
+        for response in [app.list("pages", query).await, app.ledgers(query).await] {
+            let message = expect_error(response, StatusCode::BAD_REQUEST, "invalid_query").await;
+            assert!(!message.is_empty());
+        }
+    }
+    for query in ["limit=1", "limit=1000", ""] {
+        assert_eq!(app.list_ok("pages", query).await.records.len(), 1);
+        assert_eq!(app.ledgers_ok(query).await.ledgers.len(), 1);
+    }
+}
+
+#[test]
+fn a_zero_in_flight_cap_is_refused_at_startup() {
+    use clap::Parser;
+    let args = eleanor_ledger::config::ServerArgs::try_parse_from([
+        "ledger-server",
+        "--max-in-flight",
+        "0",
+    ])
+    .unwrap();
+    let err = args.into_config().unwrap_err();
+    assert!(
+        err.0
+            .starts_with("ELEANOR_LEDGER_MAX_IN_FLIGHT must be between 1 and"),
+        "{err}"
+    );
+}
+
+/// The `(METHOD, path template)` operations of an OpenAPI document.
+pub fn documented_operations(doc: &Value) -> BTreeSet<(String, String)> {
+    let mut ops = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().expect("the document has paths") {
+        for method in item.as_object().expect("a path item is an object").keys() {
+            ops.insert((method.to_uppercase(), path.clone()));
+        }
+    }
+    ops
+}
+
+#[tokio::test]
+async fn openapi_json_documents_every_route_the_router_serves_and_no_other() {
+    let app = spawn_app().await;
+    app.append_ok("doc", r#"{"n":1}"#).await;
+    let response = app.get("/openapi.json").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
+    let doc: Value = response.json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearerAuth"]["scheme"],
+        "bearer"
+    );
+
+    let documented = documented_operations(&doc);
+    let served: BTreeSet<(String, String)> = eleanor_ledger::http::route_list()
+        .into_iter()
+        .map(|(method, path)| (method.as_str().to_owned(), path.to_owned()))
+        .collect();
+    assert_eq!(documented, served, "the document and the router differ");
+
+    // And the live server answers each documented operation from a route, not the fallbacks.
+    for (method, path) in &documented {
+        let url = app.url(&path.replace("{ledger_id}", "doc").replace("{seq}", "1"));
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let mut request = app.client.request(method.clone(), &url);
+        if method == Method::POST {
+            request = request.header(CONTENT_TYPE, "application/json").body("{}");
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        let code = serde_json::from_str::<Value>(&text)
+            .ok()
+            .map(|b| b["error"]["code"].clone());
+        assert!(
+            status != StatusCode::METHOD_NOT_ALLOWED && code != Some("route_not_found".into()),
+            "{method} {path}: {status} {text}"
+        );
+    }
+}
