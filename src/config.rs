@@ -213,8 +213,9 @@ pub struct ConfigError(pub String);
 
 /// DynamoDB items hold at most 400 KiB and a batch's entries ride in the `META` item.
 const AWS_MAX_BATCH_BYTES: usize = 380_000;
-/// Room for an entry's header fields beyond its record.
-const ENTRY_OVERHEAD: usize = 200;
+/// Room for an entry's header fields beyond its record. Worst case: the header fields (with a 64-character ledger id and an 18-digit seq) take 242
+/// bytes, and DynamoDB adds a few per list element.
+pub const ENTRY_OVERHEAD: usize = 300;
 
 fn bounded<T: PartialOrd + std::fmt::Display + Copy>(
     name: &str,

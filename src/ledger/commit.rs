@@ -82,6 +82,12 @@ pub(crate) fn decode_pending(
     ledger: &LedgerId,
     pending: &PendingBatch,
 ) -> Result<Vec<PendingEntry>, LedgerError> {
+    if pending.entries.is_empty() {
+        return Err(LedgerError::Corrupt {
+            seq: pending.first_seq,
+            detail: "a pending batch with no entries".into(),
+        });
+    }
     let mut out: Vec<PendingEntry> = Vec::with_capacity(pending.entries.len());
     for (i, bytes) in pending.entries.iter().enumerate() {
         let seq = pending.first_seq + i as u64;

@@ -18,7 +18,7 @@ use super::commit::{
 };
 use super::{LedgerError, LedgerMetrics, Options, Receipt};
 use crate::chain::entry::{LedgerId, MAX_SEQ, Record, Timestamp};
-use crate::store::{CasOutcome, Meta, Stores};
+use crate::store::{CasOutcome, Meta, Stores, breaker};
 
 /// One append waiting for its batch.
 pub(crate) struct Request {
@@ -29,7 +29,7 @@ pub(crate) struct Request {
 impl Request {
     /// Bytes the record adds to a batch (its stored size, near enough for bounding).
     fn size(&self) -> usize {
-        self.record.as_str().len() + 200
+        self.record.as_str().len() + crate::config::ENTRY_OVERHEAD
     }
 }
 
@@ -166,15 +166,28 @@ impl Committer {
                 }
                 Ok(CasOutcome::Conflict(current)) => {
                     self.metrics.conflicts.inc();
+                    // A conflict can also be our own update, applied by an attempt whose answer
+                    // was lost and then refused on the SDK's retry, with others claiming after
+                    // it. Rebuilding then would append the same records twice.
+                    let maybe_ours = current
+                        .as_ref()
+                        .is_some_and(|c| c.seq_counter >= new.seq_counter);
                     self.head = current;
+                    if maybe_ours && self.was_applied(&new).await? {
+                        return Ok(entries);
+                    }
+                }
+                Err(e) if breaker::never_sent(&e) => {
+                    // Refused by an open circuit: nothing was sent, nothing committed.
+                    return Err(e.into());
                 }
                 Err(e) => {
-                    // The update may or may not have been applied: find out before answering.
+                    // The update may have been applied, or may still be (a request that timed
+                    // out here can land later): look for it, and say "unknown" unless found.
                     self.head = None;
                     return match self.was_applied(&new).await {
                         Ok(true) => Ok(entries),
-                        Ok(false) => Err(e.into()),
-                        Err(_) => Err(LedgerError::OutcomeUnknown(e.to_string())),
+                        Ok(false) | Err(_) => Err(LedgerError::OutcomeUnknown(e.to_string())),
                     };
                 }
             }

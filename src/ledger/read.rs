@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::{Ledger, LedgerError};
-use crate::chain::entry::{LedgerId, MAX_SEQ, Timestamp, decode};
+use crate::chain::entry::{LedgerId, MAX_SEQ, Timestamp, decode, entry_key};
 use crate::chain::hash::Hash;
 use crate::chain::verify::Head;
 use crate::store::SeqItem;
@@ -112,24 +112,59 @@ impl Ledger {
             .index
             .seq_items(ledger, after + 1, to, limit)
             .await?;
-        if items.len() < (to - after) as usize && self.finish_pending(ledger).await? {
+        if items.len() < (to - after) as usize {
+            // A batch whose SEQ# items are still landing (in any order), or one a crash left
+            // unfinished: finish it, then read the index again.
+            self.finish_pending(ledger).await?;
             items = self
                 .stores()
                 .index
                 .seq_items(ledger, after + 1, to, limit)
                 .await?;
         }
-        let records: Vec<StoredRecord> =
-            stream::iter(items.into_iter().map(|item| self.load(ledger, item)))
-                .buffered(READ_CONCURRENCY)
-                .try_collect()
-                .await?;
-        let last = records.last().map_or(after, |r| r.seq);
-        let next_after = (last < head.seq && !records.is_empty()).then_some(last);
+        // Every seq of the range is served, in order: one without an index item is read
+        // from the object its seq determines, so a listing never skips a record.
+        let mut items = items.into_iter().peekable();
+        let loads = (after + 1..=to).map(|seq| {
+            let item = items.next_if(|i| i.seq == seq);
+            async move {
+                match item {
+                    Some(item) => self.load(ledger, item).await,
+                    None => self.load_unindexed(ledger, seq).await,
+                }
+            }
+        });
+        let records: Vec<StoredRecord> = stream::iter(loads)
+            .buffered(READ_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let next_after = (to < head.seq).then_some(to);
         Ok(RecordPage {
             records,
             next_after,
         })
+    }
+
+    /// A record whose `SEQ#` item is missing: read from the key its seq determines. The
+    /// index is an index; the stored entry is the record.
+    async fn load_unindexed(
+        &self,
+        ledger: &LedgerId,
+        seq: u64,
+    ) -> Result<StoredRecord, LedgerError> {
+        let key = entry_key("", ledger, seq);
+        let object = self
+            .stores()
+            .objects
+            .get(&key, None)
+            .await?
+            .ok_or_else(|| LedgerError::Corrupt {
+                seq,
+                detail:
+                    "the head covers this seq but it has neither an index item nor a stored entry"
+                        .into(),
+            })?;
+        to_record(ledger, seq, key, &object.body, None)
     }
 
     /// Ledgers with ids after `after`, in id order, with their heads.
@@ -156,39 +191,58 @@ impl Ledger {
     }
 
     async fn load(&self, ledger: &LedgerId, item: SeqItem) -> Result<StoredRecord, LedgerError> {
-        let corrupt = |detail: String| LedgerError::Corrupt {
-            seq: item.seq,
-            detail,
-        };
         let object = self
             .stores()
             .objects
             .get(&item.object_key, item.version_id.as_deref())
             .await?
-            .ok_or_else(|| corrupt(format!("indexed object {} is missing", item.object_key)))?;
-        let hash = Hash::of_entry(&object.body);
-        if hash != item.entry_hash {
-            return Err(corrupt(format!(
-                "stored bytes hash to {hash}, the index recorded {}",
-                item.entry_hash
-            )));
-        }
-        let entry = decode(&object.body).map_err(|e| corrupt(e.to_string()))?;
-        if entry.header.seq != item.seq || entry.header.ledger_id != *ledger {
-            return Err(corrupt(
-                "the object holds another ledger's or seq's entry".into(),
-            ));
-        }
-        Ok(StoredRecord {
-            ledger_id: entry.header.ledger_id,
-            seq: item.seq,
-            entry_hash: hash,
-            prev_hash: entry.header.prev_hash,
-            timestamp: entry.header.timestamp,
-            object_key: item.object_key,
-            record: entry.record.to_owned(),
-        })
+            .ok_or_else(|| LedgerError::Corrupt {
+                seq: item.seq,
+                detail: format!("indexed object {} is missing", item.object_key),
+            })?;
+        to_record(
+            ledger,
+            item.seq,
+            item.object_key,
+            &object.body,
+            Some(item.entry_hash),
+        )
     }
+}
+
+/// Decodes a stored entry into the API's record, checking it is this ledger's entry at `seq`
+/// and, when the index recorded one, that it hashes to `indexed_hash`.
+fn to_record(
+    ledger: &LedgerId,
+    seq: u64,
+    object_key: String,
+    body: &[u8],
+    indexed_hash: Option<Hash>,
+) -> Result<StoredRecord, LedgerError> {
+    let corrupt = |detail: String| LedgerError::Corrupt { seq, detail };
+    let hash = Hash::of_entry(body);
+    if let Some(indexed) = indexed_hash
+        && hash != indexed
+    {
+        return Err(corrupt(format!(
+            "stored bytes hash to {hash}, the index recorded {indexed}"
+        )));
+    }
+    let entry = decode(body).map_err(|e| corrupt(e.to_string()))?;
+    if entry.header.seq != seq || entry.header.ledger_id != *ledger {
+        return Err(corrupt(
+            "the object holds another ledger's or seq's entry".into(),
+        ));
+    }
+    Ok(StoredRecord {
+        ledger_id: entry.header.ledger_id,
+        seq,
+        entry_hash: hash,
+        prev_hash: entry.header.prev_hash,
+        timestamp: entry.header.timestamp,
+        object_key,
+        record: entry.record.to_owned(),
+    })
 }
 
 /// One line of an export: an entry's exact stored bytes with what the index records for it.
@@ -223,6 +277,11 @@ impl Ledger {
             return Err(LedgerError::InvalidRange(format!(
                 "from ({from}) is greater than to ({to})"
             )));
+        }
+        // Write out the last claimed batch first, so the export reaches the head it reports.
+        match self.finish_pending(ledger).await {
+            Ok(_) | Err(LedgerError::Corrupt { .. }) => {}
+            Err(e) => return Err(e),
         }
         let head = self.head(ledger).await?;
         let to = to.unwrap_or(head.seq).min(head.seq);

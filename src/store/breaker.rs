@@ -23,6 +23,14 @@ use super::{
 };
 use crate::chain::entry::LedgerId;
 
+/// The detail of a call refused by an open circuit.
+const CIRCUIT_OPEN: &str = "circuit open after repeated failures; failing fast until it recovers";
+
+/// Whether `e` is a refusal by an open circuit: the call was never sent to the dependency.
+pub fn never_sent(e: &StoreError) -> bool {
+    matches!(e, StoreError::Unavailable { detail, .. } if detail == CIRCUIT_OPEN)
+}
+
 /// A circuit's state, as `/health` and the metric show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CircuitState {
@@ -142,8 +150,7 @@ impl CircuitBreaker {
             }
             Inner::Open { .. } | Inner::HalfOpen => Err(StoreError::Unavailable {
                 dependency: self.dependency,
-                detail: "circuit open after repeated failures; failing fast until it recovers"
-                    .into(),
+                detail: CIRCUIT_OPEN.into(),
             }),
         }
     }
@@ -175,9 +182,37 @@ impl CircuitBreaker {
 
     async fn call<T>(&self, call: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
         self.admit()?;
+        // A call dropped before it finishes (a request timeout, a client that went away) never
+        // reaches `record`; if it was the half-open probe, the guard reopens the circuit, or
+        // every later call would be refused for good.
+        let mut guard = Unfinished(Some(self));
         let result = call.await;
+        guard.0 = None;
         self.record(&result);
         result
+    }
+
+    /// A probe that never reported counts as a failed probe.
+    fn abandoned(&self) {
+        let mut inner = self.lock();
+        if matches!(*inner, Inner::HalfOpen) {
+            self.set(
+                &mut inner,
+                Inner::Open {
+                    until: Instant::now() + self.cooldown,
+                },
+            );
+        }
+    }
+}
+
+struct Unfinished<'a>(Option<&'a CircuitBreaker>);
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if let Some(breaker) = self.0 {
+            breaker.abandoned();
+        }
     }
 }
 
@@ -362,6 +397,33 @@ mod tests {
             b.state(),
             CircuitState::Closed,
             "a successful probe closes the circuit"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_that_is_dropped_unfinished_does_not_wedge_the_circuit() {
+        let b = breaker();
+        for _ in 0..3 {
+            b.call(async { down() }).await.unwrap_err();
+        }
+        tokio::time::advance(Duration::from_secs(6)).await;
+        let probe = b.call(std::future::pending::<StoreResult<()>>());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(10), probe)
+                .await
+                .is_err()
+        );
+        assert_eq!(
+            b.state(),
+            CircuitState::Open,
+            "the abandoned probe counts as a failure"
+        );
+        tokio::time::advance(Duration::from_secs(6)).await;
+        b.call(async { Ok(()) }).await.unwrap();
+        assert_eq!(
+            b.state(),
+            CircuitState::Closed,
+            "a later probe can still close it"
         );
     }
 

@@ -155,8 +155,10 @@ pub struct PendingBatch {
 }
 
 impl PendingBatch {
+    /// The seq of the last entry (`first_seq - 1` for a batch with no entries, which no
+    /// writer makes and decoders refuse).
     pub fn last_seq(&self) -> u64 {
-        self.first_seq + self.entries.len() as u64 - 1
+        (self.first_seq + self.entries.len() as u64).saturating_sub(1)
     }
 }
 

@@ -453,6 +453,11 @@ fn decode_meta(ledger: &LedgerId, item: &Item) -> StoreResult<Meta> {
                     )),
                 })
                 .collect::<StoreResult<Vec<_>>>()?;
+            if entries.is_empty() || first_seq == 0 {
+                return Err(corrupt(
+                    "a pending batch holds no entries or starts at seq 0".to_owned(),
+                ));
+            }
             Some(PendingBatch { first_seq, entries })
         }
         _ => {

@@ -62,7 +62,13 @@ pub enum OpenError {
 pub struct LocalStore {
     db: Arc<std::sync::RwLock<Option<Arc<Handle>>>>,
     metrics: BackendMetrics,
+    /// Set when a write failed: `/health` then reports the store unusable (redb accepts no
+    /// write after a failed commit until the file is reopened, which a restart does).
+    failed_write: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// The operations that write (their names as counted in metrics).
+const WRITES: [&str; 4] = ["put_objects", "put_seq_items", "cas_head", "create_ledger"];
 
 /// The database, opened for reading and writing (the service) or only for reading
 /// (`ledger-verify`, which must never change what it audits).
@@ -169,6 +175,7 @@ impl LocalStore {
         LocalStore {
             db: Arc::new(std::sync::RwLock::new(Some(Arc::new(handle)))),
             metrics,
+            failed_write: Arc::default(),
         }
     }
 
@@ -203,6 +210,14 @@ impl LocalStore {
                 redb::Error::Corrupted(detail) => StoreError::Corrupt(detail),
                 other => unavailable(other.to_string()),
             });
+        if let Err(StoreError::Unavailable { detail, .. }) = &result
+            && WRITES.contains(&op)
+        {
+            // redb refuses every write after a failed commit until the file is reopened.
+            tracing::error!(op, error = %detail, "an embedded store write failed; restart the service to reopen it");
+            self.failed_write
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         self.metrics
             .record(op, if result.is_ok() { "ok" } else { "error" }, 1);
         result
@@ -368,6 +383,11 @@ impl ObjectStore for LocalStore {
     }
 
     async fn check(&self) -> StoreResult<()> {
+        if self.failed_write.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(unavailable(
+                "a write failed (disk full or I/O error?); the store refuses writes until the service restarts".into(),
+            ));
+        }
         self.run("check", |db| {
             db.begin_read()?.open_table(OBJECTS)?;
             Ok(())
