@@ -890,6 +890,7 @@ async fn tampering_with_s3_or_dynamodb_is_reported_at_its_seq_with_its_kind() {
         "seq-item-deleted",
         "meta-seq-lowered",
         "meta-hash-changed",
+        "lock-expired",
     ];
     let mut receipts = HashMap::new();
     for ledger in ledgers {
@@ -923,6 +924,26 @@ async fn tampering_with_s3_or_dynamodb_is_reported_at_its_seq_with_its_kind() {
         (1, 1),
         "the locked version stays under the marker"
     );
+    // Entry 2's lock cut short to a date in the past (real S3 refuses this for COMPLIANCE;
+    // the emulator allows it, which is what lets the check be tested).
+    let past = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        - 86_400;
+    s3.put_object_retention()
+        .bucket(&bucket)
+        .key(entry_key("", "lock-expired", 2))
+        .bypass_governance_retention(true)
+        .retention(
+            aws_sdk_s3::types::ObjectLockRetention::builder()
+                .mode(aws_sdk_s3::types::ObjectLockRetentionMode::Compliance)
+                .retain_until_date(aws_sdk_s3::primitives::DateTime::from_secs(past))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
     // The index's claims about entry 2.
     set_attribute(
         &ddb,
@@ -983,6 +1004,7 @@ async fn tampering_with_s3_or_dynamodb_is_reported_at_its_seq_with_its_kind() {
         ("prev-hash-edited", (2, "index_mismatch")),
         ("seq-item-deleted", (2, "index_mismatch")),
         ("meta-hash-changed", (3, "head_mismatch")),
+        ("lock-expired", (2, "not_locked")),
     ] {
         assert_eq!(
             kinds(ledger),

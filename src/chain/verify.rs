@@ -27,6 +27,9 @@ pub enum FailureKind {
     /// The entry's object key holds more than the one version that was written (someone
     /// wrote over it, or deleted it, in versioned storage).
     ExtraVersion,
+    /// The entry's object is not under a write-once lock that is still in force (S3 Object
+    /// Lock missing, or its retain-until date passed).
+    NotLocked,
     /// The ledger head (`seq_counter`, `last_hash`) disagrees with the stored chain.
     HeadMismatch,
     /// A checkpoint's `last_hash` is not the hash of the stored entry at its seq (or its seq

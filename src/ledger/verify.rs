@@ -28,7 +28,7 @@ use crate::chain::hash::Hash;
 use crate::chain::verify::{
     ChainVerifier, Evidence, Failure, FailureKind, Head, IndexClaim, check_entry,
 };
-use crate::store::{ScannedObject, SeqItem, Stores};
+use crate::store::{Retention, ScannedObject, SeqItem, Stores};
 
 /// Seqs verified per page (one bulk read, one index query).
 const PAGE: u64 = 4096;
@@ -94,6 +94,7 @@ struct Fetched {
     seq: u64,
     body: Option<bytes::Bytes>,
     versions: usize,
+    retention: Retention,
     item: Option<SeqItem>,
     evidence: Option<Evidence>,
 }
@@ -361,24 +362,29 @@ async fn read_page(
         while items.next_if(|i| i.seq < seq).is_some() {}
         while objects.next_if(|(s, _)| *s < seq).is_some() {}
         let item = items.next_if(|i| i.seq == seq);
-        let (mut body, versions, version) = match objects.next_if(|(s, _)| *s == seq) {
-            Some((_, o)) => (o.body, o.versions, o.version),
-            None => (None, 0, None),
+        let (mut body, versions, version, mut retention) = match objects.next_if(|(s, _)| *s == seq)
+        {
+            Some((_, o)) => (o.body, o.versions, o.version, o.retention),
+            None => (None, 0, None, Retention::Unlocked),
         };
         // Read exactly the version the index names when the bulk read saw another one.
         if let Some(wanted) = item.as_ref().and_then(|i| i.version_id.as_deref())
             && version.as_deref() != Some(wanted)
         {
-            body = stores
+            let pinned = stores
                 .objects
                 .get(&entry_key("", ledger, seq), Some(wanted))
-                .await?
-                .map(|o| o.body);
+                .await?;
+            retention = pinned
+                .as_ref()
+                .map_or(Retention::Unlocked, |o| o.retention.clone());
+            body = pinned.map(|o| o.body);
         }
         entries.push(Fetched {
             seq,
             body,
             versions,
+            retention,
             item,
             evidence: None,
         });
@@ -576,6 +582,32 @@ fn check_checkpoint(
 
 fn check_fetched(verifier: &mut ChainVerifier, ledger: &LedgerId, f: &Fetched, evidence: Evidence) {
     let key = || entry_key("", ledger, f.seq);
+    // Only objects that exist can be locked or not; a missing one is reported as missing.
+    if matches!(evidence, Evidence::Entry(_) | Evidence::Malformed { .. }) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        match &f.retention {
+            Retention::NotSupported => {}
+            Retention::Unlocked => verifier.report(
+                f.seq,
+                FailureKind::NotLocked,
+                format!(
+                    "object {} is not under Object Lock: it could be deleted or overwritten",
+                    key()
+                ),
+            ),
+            Retention::Locked { mode, until_unix } if *until_unix <= now => verifier.report(
+                f.seq,
+                FailureKind::NotLocked,
+                format!(
+                    "object {}'s {mode} lock expired at unix time {until_unix}",
+                    key()
+                ),
+            ),
+            Retention::Locked { .. } => {}
+        }
+    }
     if f.versions > 1 {
         verifier.report(
             f.seq,

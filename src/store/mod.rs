@@ -59,11 +59,26 @@ pub enum PutOutcome {
     AlreadyExists,
 }
 
+/// How the store itself protects an object against change or deletion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retention {
+    /// The store has no object locks (the embedded store enforces write-once by refusing
+    /// overwrites).
+    NotSupported,
+    /// Under a lock in `mode` (S3 Object Lock: `COMPLIANCE` or `GOVERNANCE`) until
+    /// `until_unix` (seconds).
+    Locked { mode: String, until_unix: i64 },
+    /// The store supports locks, but this object has none.
+    Unlocked,
+}
+
 /// An object read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredObject {
     pub body: Bytes,
     pub version: Option<String>,
+    /// The object's lock, as the read reported it.
+    pub retention: Retention,
 }
 
 /// Write-once blob storage.
@@ -115,6 +130,9 @@ pub trait ObjectStore: Send + Sync + 'static {
             out.push(ScannedObject {
                 key,
                 body: object.as_ref().map(|o| o.body.clone()),
+                retention: object
+                    .as_ref()
+                    .map_or(Retention::Unlocked, |o| o.retention.clone()),
                 version: object.and_then(|o| o.version),
                 versions,
             });
@@ -142,6 +160,8 @@ pub struct ScannedObject {
     pub version: Option<String>,
     /// How many versions (and delete markers) the key has.
     pub versions: usize,
+    /// The current version's lock ([`Retention::Unlocked`] for a delete marker).
+    pub retention: Retention,
 }
 
 /// A batch whose range is claimed in `META` but whose objects and `SEQ#` items may not all

@@ -23,8 +23,8 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::{AwsSettings, LockMode, unavailable};
 use crate::store::{
-    BackendMetrics, NewObject, ObjectStore, PutOutcome, ScannedObject, StoreError, StoreResult,
-    StoredObject,
+    BackendMetrics, NewObject, ObjectStore, PutOutcome, Retention, ScannedObject, StoreError,
+    StoreResult, StoredObject,
 };
 
 const DEPENDENCY: &str = "s3";
@@ -243,10 +243,24 @@ impl ObjectStore for S3Objects {
             }
         };
         let version = output.version_id().map(str::to_owned);
+        let retention = match (
+            output.object_lock_mode(),
+            output.object_lock_retain_until_date(),
+        ) {
+            (Some(mode), Some(until)) => Retention::Locked {
+                mode: mode.as_str().to_owned(),
+                until_unix: until.secs(),
+            },
+            _ => Retention::Unlocked,
+        };
         let body = output.body.collect().await.map(|b| b.into_bytes());
         self.record("s3_get_object", &body);
         let body = body.map_err(|e| unavailable(DEPENDENCY, e))?;
-        Ok(Some(StoredObject { body, version }))
+        Ok(Some(StoredObject {
+            body,
+            version,
+            retention,
+        }))
     }
 
     async fn list(
@@ -313,15 +327,19 @@ impl ObjectStore for S3Objects {
     ) -> StoreResult<Vec<ScannedObject>> {
         let keys = self.list_versions(prefix, start_after, limit).await?;
         futures::stream::iter(keys.into_iter().map(|(key, current, versions)| async move {
-            let body = match &current {
-                Some(version) => self.get(&key, Some(version)).await?.map(|o| o.body),
+            let object = match &current {
+                Some(version) => self.get(&key, Some(version)).await?,
                 None => None,
             };
+            let retention = object
+                .as_ref()
+                .map_or(Retention::Unlocked, |o| o.retention.clone());
             Ok::<_, StoreError>(ScannedObject {
                 key,
-                body,
+                body: object.map(|o| o.body),
                 version: current,
                 versions,
+                retention,
             })
         }))
         .buffered(PUT_CONCURRENCY)

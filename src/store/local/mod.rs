@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     BackendMetrics, CasOutcome, IndexStore, Meta, NewObject, ObjectStore, PendingBatch, PutOutcome,
-    ScannedObject, SeqItem, SeqPut, StoreError, StoreResult, StoredObject, Stores,
+    Retention, ScannedObject, SeqItem, SeqPut, StoreError, StoreResult, StoredObject, Stores,
 };
 use crate::chain::entry::{LedgerId, Timestamp};
 use crate::chain::hash::Hash;
@@ -304,6 +304,7 @@ impl ObjectStore for LocalStore {
             Ok(table.get(key.as_str())?.map(|v| StoredObject {
                 body: Bytes::copy_from_slice(v.value()),
                 version: None,
+                retention: Retention::NotSupported,
             }))
         })
         .await
@@ -365,6 +366,7 @@ impl ObjectStore for LocalStore {
                         body: Some(Bytes::copy_from_slice(value.value())),
                         version: None,
                         versions: 1,
+                        retention: Retention::NotSupported,
                     });
                 }
             }
