@@ -4,6 +4,9 @@
 //! `cargo bench --bench chain`. Throughput is printed by criterion as bytes/s (encode, hash,
 //! parse) or elements/s (verification: entries/s).
 
+#[path = "support/mod.rs"]
+mod common;
+
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -15,25 +18,10 @@ use eleanor_ledger::chain::verify::{ChainVerifier, Evidence, IndexClaim, check_e
 /// Entries per verification run: enough that per-run setup is noise.
 const CHAIN_LEN: usize = 1024;
 
-/// A 1 KiB (exactly 1024-byte) audit event in the shape clients send: a few short fields and
-/// one long one.
-fn event_body(n: u64) -> Vec<u8> {
-    let head = format!(
-        r#"{{"actor":"user-{n:06}","action":"document.update","ip":"203.0.113.7","resource":"/v1/docs/{n}","detail":""#
-    );
-    let tail = r#""}"#;
-    let pad = 1024 - head.len() - tail.len();
-    let mut body = head.into_bytes();
-    body.extend(std::iter::repeat_n(b'x', pad));
-    body.extend_from_slice(tail.as_bytes());
-    assert_eq!(body.len(), 1024);
-    body
-}
-
 /// The same event as a client might send it: pretty-printed, so parsing also compacts.
 fn pretty_event_body(n: u64) -> Vec<u8> {
     let value: serde_json::Value =
-        serde_json::from_slice(&event_body(n)).expect("the event is valid JSON");
+        serde_json::from_slice(&common::event_body(n)).expect("the event is valid JSON");
     serde_json::to_vec_pretty(&value).expect("a Value serialises")
 }
 
@@ -51,7 +39,7 @@ fn chain(n: usize) -> Vec<(Vec<u8>, IndexClaim)> {
     let mut prev = Hash::GENESIS;
     (1..=n as u64)
         .map(|seq| {
-            let record = Record::parse(&event_body(seq)).expect("a valid record");
+            let record = Record::parse(&common::event_body(seq)).expect("a valid record");
             let h = header(seq, prev);
             let bytes = encode(&h, &record);
             let hash = Hash::of_entry(&bytes);
@@ -67,7 +55,7 @@ fn chain(n: usize) -> Vec<(Vec<u8>, IndexClaim)> {
 }
 
 fn entry(c: &mut Criterion) {
-    let record = Record::parse(&event_body(1)).expect("a valid record");
+    let record = Record::parse(&common::event_body(1)).expect("a valid record");
     let prev = Hash::of_entry(b"previous");
     let stored = encode(&header(42, prev), &record);
     let mut g = c.benchmark_group("entry_1KiB");
@@ -86,7 +74,7 @@ fn entry(c: &mut Criterion) {
 }
 
 fn record_parse(c: &mut Criterion) {
-    let compact = event_body(7);
+    let compact = common::event_body(7);
     let pretty = pretty_event_body(7);
     let mut g = c.benchmark_group("record_parse_1KiB");
     g.throughput(Throughput::Bytes(compact.len() as u64));

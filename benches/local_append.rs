@@ -7,6 +7,9 @@
 //! records/s as elements/s; the mean batch size actually achieved is printed to stderr from
 //! the `ledger_batch_size` histogram.
 
+#[path = "support/mod.rs"]
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,19 +25,6 @@ use tokio::runtime::Runtime;
 const BATCH_SIZES: [usize; 4] = [1, 16, 256, 1024];
 /// Entries written before the verification bench reads them back.
 const VERIFY_LEN: u64 = 20_000;
-
-/// A 1 KiB (exactly 1024-byte) audit event.
-fn event_body(n: u64) -> Vec<u8> {
-    let head = format!(
-        r#"{{"actor":"user-{n:06}","action":"document.update","ip":"203.0.113.7","resource":"/v1/docs/{n}","detail":""#
-    );
-    let tail = r#""}"#;
-    let pad = 1024 - head.len() - tail.len();
-    let mut body = head.into_bytes();
-    body.extend(std::iter::repeat_n(b'x', pad));
-    body.extend_from_slice(tail.as_bytes());
-    body
-}
 
 /// A service over a fresh embedded store, committing at most `batch` records per batch.
 struct Bench {
@@ -109,7 +99,7 @@ fn local_append(c: &mut Criterion) {
     for batch in BATCH_SIZES {
         let in_flight = (8 * batch).max(64);
         let records: Vec<Record> = (0..in_flight as u64)
-            .map(|n| Record::parse(&event_body(n)).expect("a valid record"))
+            .map(|n| Record::parse(&common::event_body(n)).expect("a valid record"))
             .collect();
         let bench = Bench::new(batch, in_flight);
         let ledger = Arc::new(bench.ledger.clone());
@@ -137,7 +127,7 @@ fn local_verify(c: &mut Criterion) {
     let id = LedgerId::parse("bench").expect("a valid ledger id");
     let bench = Bench::new(1024, 4096);
     let chunk: Vec<Record> = (0..4096)
-        .map(|n| Record::parse(&event_body(n)).expect("a valid record"))
+        .map(|n| Record::parse(&common::event_body(n)).expect("a valid record"))
         .collect();
     rt.block_on(async {
         for _ in 0..VERIFY_LEN / chunk.len() as u64 {

@@ -1522,14 +1522,7 @@ async fn ledger_init_creates_the_table_and_meta_once_then_changes_nothing() {
         migrations_table_definition(),
         "ledger-init's table differs from migrations/ledger-index-table.json"
     );
-    let created_at = ddb
-        .describe_table()
-        .table_name(&table)
-        .send()
-        .await
-        .unwrap()
-        .table()
-        .and_then(|t| t.creation_date_time().cloned());
+    let created_at = table_created_at(&ddb, &table).await;
 
     let second = ledger_init(&table, &bucket, &["--wait", "--init-meta"]).await;
     assert_eq!(second.code, 0, "{}{}", second.stdout, second.stderr);
@@ -1544,14 +1537,7 @@ async fn ledger_init_creates_the_table_and_meta_once_then_changes_nothing() {
         meta_item,
         "META unchanged"
     );
-    let recreated_at = ddb
-        .describe_table()
-        .table_name(&table)
-        .send()
-        .await
-        .unwrap()
-        .table()
-        .and_then(|t| t.creation_date_time().cloned());
+    let recreated_at = table_created_at(&ddb, &table).await;
     assert_eq!(recreated_at, created_at, "the table was not recreated");
 }
 
@@ -1679,4 +1665,18 @@ async fn the_migrations_table_and_bucket_configuration_are_what_ledger_init_acce
     assert_eq!(receipt.seq, 1);
     assert!(app.api.verify("default").await.ok);
     app.stop().await;
+}
+
+/// When DynamoDB says the table was created.
+async fn table_created_at(
+    ddb: &aws_sdk_dynamodb::Client,
+    table: &str,
+) -> Option<aws_sdk_dynamodb::primitives::DateTime> {
+    ddb.describe_table()
+        .table_name(table)
+        .send()
+        .await
+        .unwrap()
+        .table()
+        .and_then(|t| t.creation_date_time().cloned())
 }
