@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use crate::config::{BackendConfig, Config};
 use crate::http::auth::Authenticator;
 use crate::http::metrics::HttpMetrics;
-use crate::http::{AppState, router};
+use crate::http::{AppState, Shared, router};
 use crate::ledger::{Ledger, LedgerMetrics};
 use crate::store::local::{LocalStore, OpenError};
 use crate::store::{BackendMetrics, Stores, aws, breaker};
@@ -108,14 +108,14 @@ impl Application {
         let metrics = Arc::new(HttpMetrics::new(&registry).map_err(failed)?);
         Ok(Application {
             listener,
-            state: AppState {
+            state: AppState::new(Shared {
                 ledger,
                 metrics,
                 registry,
                 limits: config.limits,
                 circuits,
                 auth,
-            },
+            }),
         })
     }
 

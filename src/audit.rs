@@ -68,6 +68,11 @@ pub struct VerifyArgs {
     /// Checkpoint signatures are checked only with one.
     #[arg(long, value_name = "HEX|FILE", global = true)]
     pub public_key: Vec<String>,
+    /// Verify from the entry objects alone (S3 or the embedded objects table): META and the
+    /// SEQ# items are not read, so no index access is needed and a tampered index can neither
+    /// hide nor vouch for anything. The head is the last entry object.
+    #[arg(long, global = true, conflicts_with = "bundle")]
+    pub objects_only: bool,
     /// Verify an export file (NDJSON) instead of storage.
     #[arg(long, value_name = "FILE", global = true)]
     pub bundle: Option<PathBuf>,
@@ -115,7 +120,8 @@ pub struct Verdict {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub ledger_id: String,
-    /// `"storage:local"`, `"storage:aws"` or `"bundle"`.
+    /// `"storage:local"`, `"storage:aws"` (with ` (objects only)` under `--objects-only`) or
+    /// `"bundle"`.
     pub source: String,
     pub ok: bool,
     pub from: u64,
@@ -326,6 +332,7 @@ async fn verify_storage(
         .clone()
         .map(|bar| Arc::new(move |n: u64| bar.set_position(n)) as Arc<dyn Fn(u64) + Send + Sync>);
     if let Some(bar) = &bar
+        && !args.objects_only
         && let Ok(Some(meta)) = stores.index.head(ledger).await
     {
         bar.set_length(meta.seq_counter);
@@ -334,6 +341,7 @@ async fn verify_storage(
         max_failures: args.max_failures,
         trusted_keys: keys,
         start_from,
+        objects_only: args.objects_only,
         progress,
     };
     let range = VerifyRange {
@@ -344,14 +352,18 @@ async fn verify_storage(
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    let notes = Vec::new();
+    let source = if args.objects_only {
+        format!("{source} (objects only)")
+    } else {
+        source.to_owned()
+    };
     let r = match result {
         Ok(r) => r,
         // Undecodable index data is itself an integrity failure.
         Err(LedgerError::Corrupt { seq, detail }) => {
             return Ok(Report {
                 ledger_id: ledger.to_string(),
-                source: source.into(),
+                source,
                 ok: false,
                 from: args.from.unwrap_or(1),
                 to: args.to.unwrap_or(0),
@@ -367,26 +379,26 @@ async fn verify_storage(
                 signatures_checked: !options.trusted_keys.is_empty(),
                 elapsed_seconds: 0.0,
                 entries_per_second: 0.0,
-                notes,
+                notes: Vec::new(),
             });
         }
         Err(e) => return Err(ledger_error(e, ledger)),
     };
     Ok(Report {
         ledger_id: r.ledger_id.to_string(),
-        source: source.into(),
+        source,
         ok: r.ok,
         from: r.from,
         to: r.to,
         verified: r.verified,
-        head: Some(r.head),
+        head: r.head,
         failures: r.failures,
         failures_total: r.failures_total,
         checkpoints_checked: r.checkpoints_checked,
         signatures_checked: r.signatures_checked,
         elapsed_seconds: 0.0,
         entries_per_second: 0.0,
-        notes,
+        notes: r.notes,
     })
 }
 
@@ -748,7 +760,7 @@ async fn check_receipt(
         Some(path) => bundle_entry(path, receipt.seq)?,
         None => {
             let (stores, _) = open_storage(&args.storage).await?;
-            stored_entry(&stores, &receipt.ledger_id, receipt.seq)
+            stored_entry(&stores, &receipt.ledger_id, receipt.seq, !args.objects_only)
                 .await
                 .map_err(|e| ledger_error(e, &receipt.ledger_id))?
                 .map(|b| b.to_vec())

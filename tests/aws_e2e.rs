@@ -575,6 +575,63 @@ async fn versions_of(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> (usize
     (versions, markers)
 }
 
+/// What `ledger-verify --json` printed and its exit code.
+struct CliRun {
+    code: i32,
+    report: Value,
+}
+
+/// Runs `ledger-verify --json --ledger LEDGER` on the bucket, table and prefix of `settings`
+/// (through the emulator), as an auditor would without the service.
+async fn ledger_verify(settings: &AwsSettings, ledger: &str, extra: &[&str]) -> CliRun {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ledger-verify"));
+    command
+        .args(["--ledger", ledger, "--json", "--backend", "aws"])
+        .args([
+            "--s3-bucket",
+            &settings.bucket,
+            "--s3-prefix",
+            &settings.prefix,
+        ])
+        .args([
+            "--ddb-table",
+            &settings.table,
+            "--ddb-region",
+            aws_support::REGION,
+        ])
+        .args(["--aws-endpoint-url", &aws_support::endpoint()])
+        .args(extra);
+    let out = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    CliRun {
+        code: out.status.code().unwrap_or(-1),
+        report: serde_json::from_str(&stdout).unwrap_or_else(|_| {
+            panic!(
+                "ledger-verify printed no report: {stdout} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        }),
+    }
+}
+
+/// `(seq, kind)` of each failure in a `ledger-verify --json` report.
+fn cli_kinds(report: &Value) -> Vec<(u64, String)> {
+    report["failures"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a report: {report}"))
+        .iter()
+        .map(|f| {
+            (
+                f["seq"].as_u64().unwrap(),
+                f["kind"].as_str().unwrap().into(),
+            )
+        })
+        .collect()
+}
+
 fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -1022,6 +1079,68 @@ async fn tampering_with_s3_or_dynamodb_is_reported_at_its_seq_with_its_kind() {
     for ledger in &ledgers[1..] {
         assert!(!reports[ledger].ok, "{ledger} verified ok after tampering");
     }
+
+    // `ledger-verify` over the same bucket and table, without the service: the same verdicts.
+    for ledger in ledgers {
+        let run = ledger_verify(&settings, ledger, &[]).await;
+        let found = cli_kinds(&run.report);
+        let endpoint: Vec<(u64, String)> = kinds(ledger)
+            .into_iter()
+            .map(|(seq, kind)| (seq, kind.to_owned()))
+            .collect();
+        assert_eq!(found, endpoint, "{ledger}: CLI {}", run.report);
+        assert_eq!(
+            run.code,
+            if ledger == "untouched" { 0 } else { 1 },
+            "{ledger}"
+        );
+        assert_eq!(run.report["source"], "storage:aws");
+    }
+    // From S3 alone: the index's tampering is invisible (it is not read), S3's is not.
+    for (ledger, expected) in [
+        ("untouched", None),
+        ("overwritten", Some((2, "extra_version"))),
+        ("delete-marker", Some((2, "missing_entry"))),
+        ("entry-hash-edited", None),
+        ("prev-hash-edited", None),
+        ("seq-item-deleted", None),
+        ("meta-seq-lowered", None),
+        ("meta-hash-changed", None),
+        ("lock-expired", Some((2, "not_locked"))),
+    ] {
+        let run = ledger_verify(&settings, ledger, &["--objects-only"]).await;
+        let found = cli_kinds(&run.report);
+        match expected {
+            None => {
+                assert_eq!(run.code, 0, "{ledger}: {}", run.report);
+                assert_eq!(run.report["verified"], 3, "{ledger}");
+            }
+            Some((seq, kind)) => {
+                assert_eq!(run.code, 1, "{ledger}: {}", run.report);
+                assert!(found.contains(&(seq, kind.into())), "{ledger}: {found:?}");
+            }
+        }
+    }
+    // Entries locked in a mode other than the configured one are not locked as promised.
+    let run = ledger_verify(
+        &settings,
+        "untouched",
+        &["--s3-lock-mode", "GOVERNANCE", "--objects-only"],
+    )
+    .await;
+    assert_eq!(run.code, 1, "{}", run.report);
+    assert_eq!(
+        cli_kinds(&run.report),
+        [1, 2, 3].map(|seq| (seq, "not_locked".to_owned()))
+    );
+    assert!(
+        run.report["failures"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("locked in COMPLIANCE mode, not the configured GOVERNANCE"),
+        "{}",
+        run.report
+    );
 
     // Reads pin the indexed version: the forged version and the delete marker are not served.
     for ledger in ["overwritten", "delete-marker"] {
@@ -1679,4 +1798,26 @@ async fn table_created_at(
         .unwrap()
         .table()
         .and_then(|t| t.creation_date_time().cloned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_verify_exits_3_when_storage_is_unreachable() {
+    // A loopback port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    for extra in [&[][..], &["--objects-only"][..]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ledger-verify"))
+            .args(["--ledger", "any", "--backend", "aws", "--s3-bucket", "b"])
+            .args(["--ddb-table", "t", "--ddb-region", aws_support::REGION])
+            .args(["--aws-endpoint-url", &format!("http://127.0.0.1:{port}")])
+            .args(extra)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{extra:?}: {stderr}");
+        assert!(!stderr.trim().is_empty(), "the reason is printed");
+    }
 }

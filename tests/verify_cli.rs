@@ -415,3 +415,145 @@ async fn a_checkpoint_past_the_head_is_named() {
     drop(ledger);
     both_name(dir.path(), N + 5, "checkpoint_mismatch").await;
 }
+
+/// Sets `META` to `seq_counter = seq`, `last_hash` = the stored entry `seq`'s hash and no
+/// pending batch, and removes the `SEQ#` items after `seq`: an index consistently turned back.
+fn turn_the_index_back(dir: &Path, seq: u64) {
+    let hash = Hash::of_entry(&read_object(dir, &entry_key(seq)));
+    edit(dir, |txn| {
+        let mut meta = seq.to_be_bytes().to_vec();
+        meta.extend_from_slice(&hash.0);
+        meta.extend_from_slice(&[0; 12]); // no pending batch
+        txn.open_table(META)
+            .unwrap()
+            .insert(LEDGER, meta.as_slice())
+            .unwrap();
+        let mut items = txn.open_table(SEQ).unwrap();
+        for s in seq + 1..=N {
+            items.remove((LEDGER, s)).unwrap();
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_turned_back_hides_nothing_and_objects_only_needs_no_index() {
+    let (dir, _) = fixture().await;
+    let run = verify_dir(dir.path(), &["--objects-only"]);
+    assert_eq!(run.code, 0, "{} {}", run.report, run.stderr);
+    assert_eq!(run.report["verified"], N);
+    assert_eq!(run.report["to"], N);
+    assert_eq!(run.report["checkpoints_checked"], 1);
+    assert_eq!(run.report["source"], "storage:local (objects only)");
+    assert!(
+        run.report["head"].is_null(),
+        "no index, no head: {}",
+        run.report
+    );
+
+    turn_the_index_back(dir.path(), 5);
+    // With the index: the entries it no longer counts are still walked, and named.
+    let run = verify_dir(dir.path(), &[]);
+    assert_eq!(run.code, 1, "{} {}", run.report, run.stderr);
+    assert_eq!(run.report["verified"], N, "{}", run.report);
+    assert_eq!(run.report["to"], N);
+    let found = kinds(&run.report);
+    assert!(found.contains(&(5, "head_mismatch".into())), "{found:?}");
+    for seq in 6..=N {
+        assert!(found.contains(&(seq, "index_mismatch".into())), "{found:?}");
+    }
+    let endpoint = endpoint_kinds(dir.path()).await;
+    assert!(
+        endpoint.contains(&(5, "head_mismatch".into())),
+        "{endpoint:?}"
+    );
+    // From the objects alone the ledger is whole: the index was all that changed.
+    let run = verify_dir(dir.path(), &["--objects-only"]);
+    assert_eq!(run.code, 0, "{} {}", run.report, run.stderr);
+    assert_eq!(run.report["verified"], N);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_only_names_hidden_entries_and_truncation() {
+    let (dir, _) = fixture().await;
+    edit(dir.path(), |txn| {
+        let mut objects = txn.open_table(OBJECTS).unwrap();
+        objects.remove(entry_key(3).as_str()).unwrap();
+        // The last four entries gone: the checkpoint at 6 vouches for an entry no longer there.
+        for seq in 7..=N {
+            objects.remove(entry_key(seq).as_str()).unwrap();
+        }
+        objects.remove(entry_key(6).as_str()).unwrap();
+    });
+    let run = verify_dir(dir.path(), &["--objects-only"]);
+    assert_eq!(run.code, 1, "{} {}", run.report, run.stderr);
+    assert_eq!(run.report["to"], 5, "the last entry object is the end");
+    let found = kinds(&run.report);
+    assert!(found.contains(&(3, "missing_entry".into())), "{found:?}");
+    assert!(
+        found.contains(&(6, "checkpoint_mismatch".into())),
+        "{found:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_batch_not_yet_written_out_is_a_note_not_a_failure() {
+    let (dir, _) = fixture().await;
+    // The last batch (seq N) as a crash right after its claim leaves it: in META's pending
+    // batch only, with no object and no SEQ# item.
+    edit(dir.path(), |txn| {
+        txn.open_table(OBJECTS)
+            .unwrap()
+            .remove(entry_key(N).as_str())
+            .unwrap();
+        txn.open_table(SEQ).unwrap().remove((LEDGER, N)).unwrap();
+    });
+    let run = verify_dir(dir.path(), &[]);
+    assert_eq!(run.code, 0, "{} {}", run.report, run.stderr);
+    assert_eq!(run.report["verified"], N);
+    let notes = run.report["notes"].to_string();
+    assert!(
+        notes.contains(&format!("seqs {N}..={N}")) && notes.contains("pending batch"),
+        "{notes}"
+    );
+    // Edited in the batch: the stored head no longer matches what META committed.
+    edit(dir.path(), |txn| {
+        let mut table = txn.open_table(META).unwrap();
+        let mut meta = table.get(LEDGER).unwrap().unwrap().value().to_vec();
+        let at = meta.windows(5).rposition(|w| w == b"alice").unwrap();
+        meta[at] = b'A';
+        table.insert(LEDGER, meta.as_slice()).unwrap();
+    });
+    let run = verify_dir(dir.path(), &[]);
+    assert_eq!(run.code, 1, "{} {}", run.report, run.stderr);
+    let found = kinds(&run.report);
+    assert!(found.contains(&(N, "head_mismatch".into())), "{found:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stray_entry_object_far_past_the_end_is_named_without_walking_to_it() {
+    let (dir, _) = fixture().await;
+    const FAR: u64 = 1_000_000_000_000;
+    let body = read_object(dir.path(), &entry_key(N));
+    write_object(dir.path(), &entry_key(FAR), &body);
+    for extra in [&[][..], &["--objects-only"][..]] {
+        let run = verify_dir(dir.path(), extra);
+        assert_eq!(run.code, 1, "{extra:?}: {} {}", run.report, run.stderr);
+        assert_eq!(run.report["to"], FAR, "{extra:?}");
+        let found = kinds(&run.report);
+        // One failure for the whole run of missing seqs, then the stray object itself.
+        assert!(
+            found.contains(&(N + 1, "missing_entry".into())),
+            "{found:?}"
+        );
+        assert!(
+            found.contains(&(FAR, "malformed_entry".into())),
+            "{found:?}"
+        );
+        assert!(found.len() < 10, "{extra:?}: {found:?}");
+    }
+    let endpoint = endpoint_kinds(dir.path()).await;
+    assert!(
+        endpoint.contains(&(N, "head_mismatch".into())),
+        "{endpoint:?}"
+    );
+}

@@ -240,6 +240,27 @@ impl ChainVerifier {
         }
     }
 
+    /// Skips seqs from [`next_seq`](Self::next_seq) to `last`, none of them stored: one
+    /// `missing_entry` failure for the whole run (so a long gap costs one report, not one per
+    /// seq); the link of the entry after it cannot be checked.
+    pub fn skip_missing(&mut self, last: u64) {
+        let first = self.next_seq;
+        if last < first {
+            return;
+        }
+        let detail = if first == last {
+            format!("no entry is stored for seq {first}")
+        } else {
+            format!(
+                "no entry is stored for seqs {first}..={last} ({} seqs)",
+                last - first + 1
+            )
+        };
+        self.fail(first, FailureKind::MissingEntry, detail);
+        self.next_seq = last + 1;
+        self.prev = None;
+    }
+
     /// Reports a failure found outside the entries themselves (an index item naming the wrong
     /// object, say), counted like any other.
     pub fn report(&mut self, seq: u64, kind: FailureKind, detail: String) {
@@ -364,6 +385,32 @@ mod tests {
             (out.failures[0].seq, out.failures[0].kind),
             (3, FailureKind::MissingEntry)
         );
+    }
+
+    #[test]
+    fn a_run_of_missing_seqs_is_skipped_as_one_failure() {
+        let c = chain(5);
+        let mut v = ChainVerifier::new(1, Some(Hash::GENESIS), 10);
+        v.push(
+            check_entry(&LedgerId::parse("t").unwrap(), 1, Some(&c[0])),
+            None,
+        );
+        v.skip_missing(1_000_000);
+        assert_eq!(v.next_seq(), 1_000_001);
+        v.skip_missing(7); // nothing left to skip
+        assert_eq!(v.next_seq(), 1_000_001);
+        let out = v.finish(None);
+        assert_eq!(out.failures_total, 1);
+        assert_eq!(
+            (out.failures[0].seq, out.failures[0].kind),
+            (2, FailureKind::MissingEntry)
+        );
+        assert!(
+            out.failures[0].detail.contains("2..=1000000"),
+            "{:?}",
+            out.failures
+        );
+        assert_eq!(out.last_hash, None, "the link after a gap is unknown");
     }
 
     #[test]

@@ -42,9 +42,26 @@ use crate::store::breaker::CircuitBreaker;
 use error::ApiError;
 use metrics::HttpMetrics;
 
-/// What every handler can reach.
+/// What every handler can reach: one shared [`Shared`], so cloning it (which the router does
+/// per request and per middleware) is one reference count.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> AppState {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The state behind [`AppState`].
+pub struct Shared {
     pub ledger: Ledger,
     pub metrics: Arc<HttpMetrics>,
     pub registry: prometheus::Registry,

@@ -125,6 +125,8 @@ pub struct LedgerMetrics {
     corruption: IntCounter,
     verify_last_ok: prometheus::IntGaugeVec,
     verify_last_timestamp: prometheus::GaugeVec,
+    verify_entries: IntCounter,
+    verify_running: prometheus::IntGauge,
 }
 
 impl LedgerMetrics {
@@ -139,6 +141,23 @@ impl LedgerMetrics {
         self.verify_last_timestamp
             .with_label_values(&[ledger.as_str()])
             .set(now);
+    }
+
+    /// Counts entries checked by a verification in progress.
+    pub(crate) fn verify_progress(&self, entries: u64) {
+        self.verify_entries.inc_by(entries);
+    }
+
+    /// Counts a verification as running until the guard is dropped.
+    pub(crate) fn verify_running(&self) -> impl Drop + use<> {
+        struct Running(prometheus::IntGauge);
+        impl Drop for Running {
+            fn drop(&mut self) {
+                self.0.dec();
+            }
+        }
+        self.verify_running.inc();
+        Running(self.verify_running.clone())
     }
 
     pub fn new(registry: &Registry) -> prometheus::Result<LedgerMetrics> {
@@ -179,6 +198,14 @@ impl LedgerMetrics {
                 ),
                 &["ledger_id"],
             )?,
+            verify_entries: IntCounter::new(
+                "ledger_verify_entries_total",
+                "Entries checked by verifications through the service; its rate is their progress.",
+            )?,
+            verify_running: prometheus::IntGauge::new(
+                "ledger_verifications_running",
+                "Verifications through the service in progress.",
+            )?,
         };
         registry.register(Box::new(m.batch_size.clone()))?;
         registry.register(Box::new(m.conflicts.clone()))?;
@@ -186,6 +213,8 @@ impl LedgerMetrics {
         registry.register(Box::new(m.corruption.clone()))?;
         registry.register(Box::new(m.verify_last_ok.clone()))?;
         registry.register(Box::new(m.verify_last_timestamp.clone()))?;
+        registry.register(Box::new(m.verify_entries.clone()))?;
+        registry.register(Box::new(m.verify_running.clone()))?;
         Ok(m)
     }
 }

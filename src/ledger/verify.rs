@@ -12,7 +12,15 @@
 //!
 //! Stored checkpoints in the range are checked too: each must hash-match the stored entry at
 //! its seq (`checkpoint_mismatch`) and, when trusted keys are given, carry a valid signature
-//! from one of them (`bad_signature`).
+//! from one of them (`bad_signature`). Entry objects must be under Object Lock, in the mode
+//! the store writes, until a time still ahead (`not_locked`).
+//!
+//! The end of the walk is checked against the listing, not only the index: after walking to
+//! `META`'s head, entry objects past any head the ledger has reached are walked too (an index
+//! turned back cannot hide them), and `SEQ#` items or checkpoints past it are reported. With
+//! [`VerifyOptions::objects_only`] the index is not read at all: the end is the last entry
+//! object, found by bisecting the listing. Entries of `META`'s pending batch whose object or
+//! `SEQ#` item a writer has not written yet are checked from the batch and named in a note.
 
 use std::sync::Arc;
 
@@ -21,6 +29,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::checkpoint::{checkpoint_key, checkpoints_prefix, seq_of_checkpoint_key};
+use super::commit::{PendingEntry, decode_pending};
 use super::{Ledger, LedgerError};
 use crate::chain::checkpoint::{Checkpoint, PublicKey};
 use crate::chain::entry::{LedgerId, MAX_SEQ, entries_prefix, entry_key};
@@ -55,6 +64,10 @@ pub struct VerifyOptions {
     /// Start after this checkpoint instead of at seq 1: the entries after it are walked, the
     /// first must link to its `last_hash`, and the stored entry at its seq must hash to it.
     pub start_from: Option<Checkpoint>,
+    /// Verify from the entry objects alone: `META` and the `SEQ#` items are not read, the head
+    /// is the last entry object, and each key's current version is checked. Needs no index
+    /// access at all, and nothing in the index can hide or vouch for anything.
+    pub objects_only: bool,
     /// Called after each page with the number of entries checked so far.
     pub progress: Option<Arc<dyn Fn(u64) + Send + Sync>>,
 }
@@ -65,6 +78,7 @@ impl std::fmt::Debug for VerifyOptions {
             .field("max_failures", &self.max_failures)
             .field("trusted_keys", &self.trusted_keys)
             .field("start_from", &self.start_from)
+            .field("objects_only", &self.objects_only)
             .finish_non_exhaustive()
     }
 }
@@ -78,7 +92,9 @@ pub struct VerifyReport {
     pub to: u64,
     /// Entries whose stored bytes were read and checked.
     pub verified: u64,
-    pub head: Head,
+    /// The head `META` states (`None` only with [`VerifyOptions::objects_only`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head: Option<Head>,
     /// Up to the configured bound, in seq order.
     pub failures: Vec<Failure>,
     /// Every failure found, including those beyond the bound.
@@ -87,6 +103,9 @@ pub struct VerifyReport {
     pub checkpoints_checked: u64,
     /// Whether checkpoint signatures were checked (a trusted key was known).
     pub signatures_checked: bool,
+    /// What the auditor should know that is not a failure: entries committed in `META`'s
+    /// pending batch but not yet written out, a ledger that grew during the walk.
+    pub notes: Vec<String>,
 }
 
 /// What was read for one seq.
@@ -96,13 +115,34 @@ struct Fetched {
     versions: usize,
     retention: Retention,
     item: Option<SeqItem>,
+    /// The entry is in `META`'s pending batch: committed, and its object or `SEQ#` item may
+    /// not be written yet. What is missing is taken from the batch.
+    pending: Option<PendingCheck>,
+    /// Nothing at all is stored for this seq: no object or version, no item, no pending entry.
+    nothing: bool,
     evidence: Option<Evidence>,
+}
+
+/// How a seq of the pending batch was checked.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PendingCheck {
+    /// Object and `SEQ#` item both stored: checked as any other entry.
+    Written,
+    /// The object is stored, its `SEQ#` item not yet: the batch stands in for the item.
+    Unindexed,
+    /// No object yet: the batch's bytes are the evidence.
+    Unwritten,
 }
 
 /// A page read and hashed: its entries in seq order and the checkpoints that fall in it.
 struct Page {
     entries: Vec<Fetched>,
     checkpoints: Vec<CheckedCheckpoint>,
+    /// The page's first and last seqs.
+    first: u64,
+    last: u64,
+    /// Nothing at all is stored for any of its seqs.
+    empty: bool,
 }
 
 /// A stored checkpoint, parsed and its signature checked.
@@ -116,7 +156,7 @@ struct CheckedCheckpoint {
 impl Ledger {
     /// Verifies through the service: finishes an interrupted batch first (so a crash between
     /// commit and write-out is not reported as missing entries), then runs [`verify_stores`]
-    /// trusting the service's own signing key.
+    /// trusting the service's own signing key. Progress and the result are metrics.
     pub async fn verify(
         &self,
         ledger: &LedgerId,
@@ -127,6 +167,8 @@ impl Ledger {
             Ok(_) | Err(LedgerError::Corrupt { .. }) => {}
             Err(e) => return Err(e),
         }
+        let metrics = self.inner_metrics().clone();
+        let counted = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let options = VerifyOptions {
             max_failures: self.options().max_verify_failures,
             trusted_keys: self
@@ -135,8 +177,13 @@ impl Ledger {
                 .iter()
                 .map(|s| s.public_key().clone())
                 .collect(),
+            progress: Some(Arc::new(move |n| {
+                let before = counted.swap(n, std::sync::atomic::Ordering::Relaxed);
+                metrics.verify_progress(n.saturating_sub(before));
+            })),
             ..VerifyOptions::default()
         };
+        let _running = self.inner_metrics().verify_running();
         let report = verify_stores(self.stores(), ledger, range, &options).await?;
         self.inner_metrics().verified(ledger, report.ok);
         Ok(report)
@@ -150,14 +197,30 @@ pub async fn verify_stores(
     range: VerifyRange,
     options: &VerifyOptions,
 ) -> Result<VerifyReport, LedgerError> {
-    let meta = stores
-        .index
-        .head(ledger)
-        .await?
-        .ok_or(LedgerError::LedgerNotFound)?;
-    let head = Head {
-        seq: meta.seq_counter,
-        last_hash: meta.last_hash,
+    let use_index = !options.objects_only;
+    // The end to verify up to: META's head, or the last entry object.
+    let (head, pending, end) = if use_index {
+        let meta = stores
+            .index
+            .head(ledger)
+            .await?
+            .ok_or(LedgerError::LedgerNotFound)?;
+        let head = Head {
+            seq: meta.seq_counter,
+            last_hash: meta.last_hash,
+        };
+        // A batch that does not decode is reported where its seqs are walked.
+        let pending = meta
+            .pending
+            .as_ref()
+            .and_then(|p| decode_pending(ledger, p).ok())
+            .unwrap_or_default();
+        (Some(head), pending, head.seq)
+    } else {
+        let last = last_entry_seq(stores, ledger)
+            .await?
+            .ok_or(LedgerError::LedgerNotFound)?;
+        (None, Vec::new(), last)
     };
     let max_failures = options.max_failures.max(1);
     let mut early_failures = Vec::new();
@@ -172,7 +235,7 @@ pub async fn verify_stores(
     }
     let default_from = start.map_or(1, |cp| cp.seq + 1);
     let from = range.from.unwrap_or(default_from);
-    let to = range.to.unwrap_or(head.seq);
+    let to = range.to.unwrap_or(end);
     if from == 0 {
         return Err(LedgerError::InvalidRange("from starts at 1".into()));
     }
@@ -182,10 +245,9 @@ pub async fn verify_stores(
                 "from ({from}) is greater than to ({to})"
             )));
         }
-        if to > head.seq {
+        if to > end {
             return Err(LedgerError::InvalidRange(format!(
-                "to ({to}) is past the head (seq {})",
-                head.seq
+                "to ({to}) is past the head (seq {end})"
             )));
         }
     }
@@ -202,17 +264,17 @@ pub async fn verify_stores(
         Some(cp) => {
             // The chain must pass through the checkpoint: the stored entry at its seq hashes
             // to its last_hash. The walk then links to the trusted hash either way.
-            if cp.seq > head.seq {
+            if cp.seq > end {
                 early_failures.push(Failure {
                     seq: cp.seq,
                     kind: FailureKind::CheckpointMismatch,
                     detail: format!(
-                        "the trusted checkpoint is at seq {} but the head is at {}: entries were removed",
-                        cp.seq, head.seq
+                        "the trusted checkpoint is at seq {} but the head is at {end}: entries were removed",
+                        cp.seq
                     ),
                 });
             } else {
-                let stored = stored_hash(stores, ledger, cp.seq).await?;
+                let stored = stored_hash(stores, ledger, cp.seq, use_index).await?;
                 if stored != Some(cp.last_hash) {
                     early_failures.push(Failure {
                         seq: cp.seq,
@@ -230,67 +292,403 @@ pub async fn verify_stores(
             Some(cp.last_hash)
         }
         None if from == 1 => Some(Hash::GENESIS),
-        None => stored_hash(stores, ledger, from - 1).await?,
+        None => stored_hash(stores, ledger, from - 1, use_index).await?,
     };
-    let mut verifier = ChainVerifier::new(from, anchor, max_failures);
+    let mut walk = Walk {
+        stores,
+        ledger,
+        keys: Arc::new(options.trusted_keys.clone()),
+        use_index,
+        pending: Arc::new(pending),
+        lock_mode: stores.lock_mode,
+        verifier: ChainVerifier::new(from, anchor, max_failures),
+        checkpoints_checked: 0,
+        unwritten: Vec::new(),
+        progress: options.progress.clone(),
+        first: from,
+    };
     for f in early_failures {
-        verifier.report(f.seq, f.kind, f.detail);
+        walk.verifier.report(f.seq, f.kind, f.detail);
     }
-    let signatures_checked = !options.trusted_keys.is_empty();
-    let keys = Arc::new(options.trusted_keys.clone());
-    let mut checkpoints_checked = 0;
-    let ranges = page_ranges(from, to);
-    let mut pages = stream::iter(ranges.map(|(a, b)| {
-        let (stores, ledger, keys) = (stores.clone(), ledger.clone(), keys.clone());
-        async move { read_page(&stores, &ledger, a, b, keys).await }
-    }))
-    .buffered(PAGES_AHEAD);
-    while let Some(page) = pages.try_next().await? {
-        let mut checkpoints = page.checkpoints.into_iter().peekable();
-        for mut fetched in page.entries {
-            let evidence = fetched.evidence.take().unwrap_or(Evidence::Missing);
-            let hash = match &evidence {
-                Evidence::Entry(e) => Some(e.hash),
-                Evidence::Malformed { hash, .. } => Some(*hash),
-                Evidence::Missing => None,
-            };
-            check_fetched(&mut verifier, ledger, &fetched, evidence);
-            while let Some(cp) = checkpoints.next_if(|c| c.seq <= fetched.seq) {
-                checkpoints_checked += 1;
-                check_checkpoint(
-                    &mut verifier,
-                    ledger,
-                    &cp,
-                    (cp.seq == fetched.seq).then_some(hash),
-                );
-            }
-        }
-        for cp in checkpoints {
-            checkpoints_checked += 1;
-            check_checkpoint(&mut verifier, ledger, &cp, None);
-        }
-        if let Some(progress) = &options.progress {
-            progress(verifier.next_seq() - from);
-        }
+    walk.pages(from, to).await?;
+    let mut notes = Vec::new();
+    let mut walked_to = to;
+    let mut final_head = head;
+    if to == end {
+        let beyond = walk.beyond_the_end(end, head).await?;
+        walked_to = beyond.walked_to;
+        final_head = beyond.head;
+        notes.extend(beyond.note);
     }
-    let at_head = to == head.seq;
-    if at_head {
-        checkpoints_checked +=
-            check_nothing_beyond(stores, ledger, head.seq, &keys, &mut verifier).await?;
-    }
-    let outcome = verifier.finish(at_head.then_some(head));
+    notes.extend(walk.pending_note());
+    let signatures_checked = !walk.keys.is_empty();
+    let checkpoints_checked = walk.checkpoints_checked;
+    let outcome = walk
+        .verifier
+        .finish(if to == end { final_head } else { None });
     Ok(VerifyReport {
         ledger_id: ledger.clone(),
         ok: outcome.ok(),
         from,
-        to,
+        to: walked_to,
         verified: outcome.verified,
         head,
         failures: outcome.failures,
         failures_total: outcome.failures_total,
         checkpoints_checked,
         signatures_checked,
+        notes,
     })
+}
+
+/// One verification in progress: what it reads and what it has found.
+struct Walk<'a> {
+    stores: &'a Stores,
+    ledger: &'a LedgerId,
+    keys: Arc<Vec<PublicKey>>,
+    /// Read `SEQ#` items and compare them (false with [`VerifyOptions::objects_only`]).
+    use_index: bool,
+    /// The decoded entries of `META`'s pending batch.
+    pending: Arc<Vec<PendingEntry>>,
+    /// The Object Lock mode every entry object must carry, when the store has Object Lock.
+    lock_mode: Option<&'static str>,
+    verifier: ChainVerifier,
+    checkpoints_checked: u64,
+    /// Seqs of the pending batch with no object yet.
+    unwritten: Vec<u64>,
+    progress: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+    first: u64,
+}
+
+/// What [`Walk::beyond_the_end`] found.
+struct Beyond {
+    /// The last seq walked (past the end when objects were found that no head counts).
+    walked_to: u64,
+    /// The head the chain must end at.
+    head: Option<Head>,
+    note: Option<String>,
+}
+
+impl Walk<'_> {
+    /// Walks seqs `from..=to`, page by page, reading ahead. A page with nothing stored at all
+    /// and the run of empty seqs after it are skipped in one step (one `missing_entry`), so
+    /// that a stray key far past the end costs a listing, not a walk to it.
+    async fn pages(&mut self, from: u64, to: u64) -> Result<(), LedgerError> {
+        let mut start = from;
+        while start <= to {
+            start = self.pages_until_a_gap(start, to).await?;
+        }
+        Ok(())
+    }
+
+    /// Walks pages from `from` until the end or an empty page; returns where to go on.
+    async fn pages_until_a_gap(&mut self, from: u64, to: u64) -> Result<u64, LedgerError> {
+        let (stores, ledger, keys) = (self.stores.clone(), self.ledger.clone(), self.keys.clone());
+        let (use_index, pending) = (self.use_index, self.pending.clone());
+        let mut pages = stream::iter(page_ranges(from, to).map(move |(a, b)| {
+            let (stores, ledger, keys, pending) = (
+                stores.clone(),
+                ledger.clone(),
+                keys.clone(),
+                pending.clone(),
+            );
+            async move { read_page(&stores, &ledger, a, b, keys, use_index, &pending).await }
+        }))
+        .buffered(PAGES_AHEAD);
+        while let Some(page) = pages.try_next().await? {
+            if page.empty {
+                let resume = if page.last < to {
+                    self.next_stored_after(page.last).await?.min(to + 1)
+                } else {
+                    to + 1
+                };
+                self.skip_gap(page.first, resume - 1).await?;
+                return Ok(resume);
+            }
+            let mut checkpoints = page.checkpoints.into_iter().peekable();
+            for mut fetched in page.entries {
+                // Seqs with nothing stored at all are reported as runs, one failure each.
+                if fetched.nothing {
+                    while let Some(cp) = checkpoints.next_if(|c| c.seq <= fetched.seq) {
+                        self.checkpoints_checked += 1;
+                        check_checkpoint(&mut self.verifier, self.ledger, &cp, Some(None));
+                    }
+                    continue;
+                }
+                self.verifier.skip_missing(fetched.seq - 1);
+                let evidence = fetched.evidence.take().unwrap_or(Evidence::Missing);
+                let hash = match &evidence {
+                    Evidence::Entry(e) => Some(e.hash),
+                    Evidence::Malformed { hash, .. } => Some(*hash),
+                    Evidence::Missing => None,
+                };
+                self.check_fetched(&fetched, evidence);
+                while let Some(cp) = checkpoints.next_if(|c| c.seq <= fetched.seq) {
+                    self.checkpoints_checked += 1;
+                    check_checkpoint(
+                        &mut self.verifier,
+                        self.ledger,
+                        &cp,
+                        Some((cp.seq == fetched.seq).then_some(hash).flatten()),
+                    );
+                }
+            }
+            for cp in checkpoints {
+                self.checkpoints_checked += 1;
+                check_checkpoint(&mut self.verifier, self.ledger, &cp, Some(None));
+            }
+            if let Some(progress) = &self.progress {
+                progress(self.verifier.next_seq() - self.first);
+            }
+        }
+        self.verifier.skip_missing(to);
+        Ok(to + 1)
+    }
+
+    /// The first seq after `seq` with an entry object or (with the index) a `SEQ#` item;
+    /// `u64::MAX` when there is none.
+    async fn next_stored_after(&self, seq: u64) -> Result<u64, LedgerError> {
+        let (stores, ledger) = (self.stores, self.ledger);
+        let (object, item) = tokio::try_join!(first_entry_after(stores, ledger, seq), async {
+            if !self.use_index {
+                return Ok(None);
+            }
+            Ok::<_, LedgerError>(
+                stores
+                    .index
+                    .seq_items(ledger, seq + 1, MAX_SEQ, 1)
+                    .await?
+                    .pop()
+                    .map(|i| i.seq),
+            )
+        })?;
+        Ok(object.into_iter().chain(item).min().unwrap_or(u64::MAX))
+    }
+
+    /// Seqs `first..=last` (from the verifier's next seq) hold nothing: one `missing_entry`
+    /// for the run, and every checkpoint in it vouches for an entry that is not there.
+    async fn skip_gap(&mut self, first: u64, last: u64) -> Result<(), LedgerError> {
+        self.verifier.skip_missing(last);
+        if let Some(progress) = &self.progress {
+            progress(self.verifier.next_seq() - self.first);
+        }
+        for (seq, key, bytes) in
+            read_checkpoints(self.stores, self.ledger, first, Some(last)).await?
+        {
+            let cp = check_signature(seq, key, &bytes, &self.keys);
+            self.checkpoints_checked += 1;
+            check_checkpoint(&mut self.verifier, self.ledger, &cp, Some(None));
+        }
+        Ok(())
+    }
+
+    /// After a walk to the end: nothing may exist past it. A ledger that grew meanwhile is
+    /// fine (its new end is read after the listings, so whatever they saw up to it was
+    /// appended legitimately). Entry objects past any head are walked too, so that an index
+    /// turned back cannot hide them.
+    async fn beyond_the_end(
+        &mut self,
+        end: u64,
+        head: Option<Head>,
+    ) -> Result<Beyond, LedgerError> {
+        let (stores, ledger) = (self.stores, self.ledger);
+        let (object_after, item_after) =
+            tokio::try_join!(first_entry_after(stores, ledger, end), async {
+                if !self.use_index {
+                    return Ok(None);
+                }
+                Ok::<_, LedgerError>(
+                    stores
+                        .index
+                        .seq_items(ledger, end + 1, MAX_SEQ, 1)
+                        .await?
+                        .pop()
+                        .map(|i| i.seq),
+                )
+            },)?;
+        // The ledger's end now, read after the listings.
+        let (now_end, now_head) = if self.use_index {
+            match stores.index.head(ledger).await? {
+                Some(meta) if meta.seq_counter > end => (
+                    meta.seq_counter,
+                    Some(Head {
+                        seq: meta.seq_counter,
+                        last_hash: meta.last_hash,
+                    }),
+                ),
+                _ => (end, head),
+            }
+        } else {
+            (
+                last_entry_seq(stores, ledger)
+                    .await?
+                    .unwrap_or(end)
+                    .max(end),
+                None,
+            )
+        };
+        let note = (now_end > end).then(|| {
+            format!(
+                "the ledger grew to seq {now_end} while it was verified; the entries after seq {end} were not walked"
+            )
+        });
+        let mut beyond = Beyond {
+            walked_to: end,
+            head,
+            note,
+        };
+        if self.use_index
+            && let Some(seq) = object_after
+            && first_entry_after(stores, ledger, now_end).await?.is_some()
+        {
+            // Objects that no head counts: walk them, with the index as a second opinion.
+            let last = last_entry_seq(stores, ledger)
+                .await?
+                .unwrap_or(seq)
+                .max(seq);
+            self.verifier.report(
+                end,
+                FailureKind::HeadMismatch,
+                format!(
+                    "entry objects exist beyond the head (seq {now_end}) up to seq {last}: the index does not count them"
+                ),
+            );
+            self.pages(end + 1, last).await?;
+            beyond.walked_to = last;
+            beyond.head = now_head;
+            beyond.note = None;
+        }
+        if let Some(seq) = item_after
+            && seq > now_end
+        {
+            self.verifier.report(
+                end,
+                FailureKind::HeadMismatch,
+                format!("SEQ# item {seq} exists beyond the head (seq {now_end})"),
+            );
+        }
+        // Checkpoints past the walk: up to the ledger's current end they are checked without
+        // an entry to compare (it was not walked); past it they vouch for nothing stored.
+        for (seq, key, bytes) in
+            read_checkpoints(stores, ledger, beyond.walked_to + 1, None).await?
+        {
+            let cp = check_signature(seq, key, &bytes, &self.keys);
+            self.checkpoints_checked += 1;
+            let entry_hash = (seq > now_end.max(beyond.walked_to)).then_some(None);
+            check_checkpoint(&mut self.verifier, ledger, &cp, entry_hash);
+        }
+        Ok(beyond)
+    }
+
+    /// Says which seqs were taken from `META`'s pending batch because no object held them.
+    fn pending_note(&self) -> Option<String> {
+        let (first, last) = (self.unwritten.first()?, self.unwritten.last()?);
+        Some(format!(
+            "seqs {first}..={last} ({} entries) are committed in META's pending batch but not yet written to object storage; they were checked from META (the service writes them out with its next append, read or restart)",
+            self.unwritten.len()
+        ))
+    }
+
+    fn check_fetched(&mut self, f: &Fetched, evidence: Evidence) {
+        let ledger = self.ledger;
+        let verifier = &mut self.verifier;
+        let key = || entry_key("", ledger, f.seq);
+        if f.pending == Some(PendingCheck::Unwritten) {
+            self.unwritten.push(f.seq);
+        }
+        // Only objects that exist can be locked or not; a missing one is reported as missing.
+        let stored = matches!(evidence, Evidence::Entry(_) | Evidence::Malformed { .. })
+            && f.pending != Some(PendingCheck::Unwritten);
+        if stored {
+            check_lock(verifier, f, self.lock_mode, &key());
+        }
+        if f.versions > 1 {
+            verifier.report(
+                f.seq,
+                FailureKind::ExtraVersion,
+                format!(
+                    "object {} has {} versions; an entry is written exactly once",
+                    key(),
+                    f.versions
+                ),
+            );
+        }
+        let pending_claim = || {
+            let first = self.pending.first()?.seq;
+            let e = self
+                .pending
+                .get(usize::try_from(f.seq.checked_sub(first)?).ok()?)?;
+            Some(IndexClaim {
+                entry_hash: e.hash,
+                prev_hash: e.prev_hash,
+                timestamp: e.timestamp,
+            })
+        };
+        let claim = match &f.item {
+            _ if !self.use_index => None,
+            None if f.pending.is_some() => pending_claim(),
+            None => {
+                verifier.report(
+                    f.seq,
+                    FailureKind::IndexMismatch,
+                    "the index has no SEQ# item for this seq".into(),
+                );
+                None
+            }
+            Some(item) => {
+                if seq_of_entry_key(&item.object_key, ledger) != Some(f.seq) {
+                    verifier.report(
+                        f.seq,
+                        FailureKind::IndexMismatch,
+                        format!(
+                            "the index names object {} instead of {}",
+                            item.object_key,
+                            key()
+                        ),
+                    );
+                }
+                Some(IndexClaim {
+                    entry_hash: item.entry_hash,
+                    prev_hash: item.prev_hash,
+                    timestamp: item.timestamp,
+                })
+            }
+        };
+        verifier.push(evidence, claim.as_ref());
+    }
+}
+
+/// An entry object must be locked, in the mode the store writes, until a time still ahead.
+fn check_lock(verifier: &mut ChainVerifier, f: &Fetched, expected: Option<&str>, key: &str) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let problem = match &f.retention {
+        Retention::NotSupported => None,
+        Retention::Unlocked => Some(format!(
+            "object {key} is not under Object Lock: it could be deleted or overwritten"
+        )),
+        Retention::Locked { mode, until_unix } if *until_unix <= now => Some(format!(
+            "object {key}'s {mode} lock expired at unix time {until_unix}"
+        )),
+        Retention::Locked { mode, .. }
+            if expected.is_some_and(|e| !e.eq_ignore_ascii_case(mode)) =>
+        {
+            let lifted = if mode.eq_ignore_ascii_case("GOVERNANCE") {
+                " (a GOVERNANCE lock can be lifted by anyone allowed s3:BypassGovernanceRetention)"
+            } else {
+                ""
+            };
+            Some(format!(
+                "object {key} is locked in {mode} mode, not the configured {}{lifted}",
+                expected.unwrap_or_default()
+            ))
+        }
+        Retention::Locked { .. } => None,
+    };
+    if let Some(detail) = problem {
+        verifier.report(f.seq, FailureKind::NotLocked, detail);
+    }
 }
 
 fn page_ranges(from: u64, to: u64) -> impl Iterator<Item = (u64, u64)> + Send + 'static {
@@ -301,33 +699,92 @@ fn page_ranges(from: u64, to: u64) -> impl Iterator<Item = (u64, u64)> + Send + 
     })
 }
 
-/// Hash of the stored entry `seq` (the version the index names, if any).
+/// Hash of the stored entry `seq` (see [`stored_entry`]).
 async fn stored_hash(
     stores: &Stores,
     ledger: &LedgerId,
     seq: u64,
+    use_index: bool,
 ) -> Result<Option<Hash>, LedgerError> {
-    Ok(stored_entry(stores, ledger, seq)
+    Ok(stored_entry(stores, ledger, seq, use_index)
         .await?
         .map(|body| Hash::of_entry(&body)))
 }
 
-/// The stored bytes of entry `seq`: the object version the index names, or the current one
-/// when the index has no item for it. Read-only.
+/// The stored bytes of entry `seq`: the object version the index names (with `use_index`),
+/// or the current one when the index has no item for it or is not consulted. Read-only.
 pub async fn stored_entry(
     stores: &Stores,
     ledger: &LedgerId,
     seq: u64,
+    use_index: bool,
 ) -> Result<Option<bytes::Bytes>, LedgerError> {
     let key = entry_key("", ledger, seq);
-    let version = stores
-        .index
-        .seq_items(ledger, seq, seq, 1)
-        .await?
-        .pop()
-        .and_then(|i| i.version_id);
+    let version = if use_index {
+        stores
+            .index
+            .seq_items(ledger, seq, seq, 1)
+            .await?
+            .pop()
+            .and_then(|i| i.version_id)
+    } else {
+        None
+    };
     let object = stores.objects.get(&key, version.as_deref()).await?;
     Ok(object.map(|o| o.body))
+}
+
+/// The seq of the first entry object after `seq`, if any (stray keys under the entries
+/// prefix are skipped).
+async fn first_entry_after(
+    stores: &Stores,
+    ledger: &LedgerId,
+    seq: u64,
+) -> Result<Option<u64>, LedgerError> {
+    const LIST_PAGE: usize = 16;
+    let prefix = entries_prefix("", ledger);
+    let mut after = (seq > 0).then(|| entry_key("", ledger, seq));
+    // Bounded: each round either ends or moves `after` forward past LIST_PAGE keys.
+    loop {
+        let keys = stores
+            .objects
+            .list(&prefix, after.as_deref(), LIST_PAGE)
+            .await?;
+        if let Some(found) = keys
+            .iter()
+            .filter_map(|k| seq_of_entry_key(k, ledger))
+            .find(|s| *s > seq)
+        {
+            return Ok(Some(found));
+        }
+        if keys.len() < LIST_PAGE {
+            return Ok(None);
+        }
+        after = keys.last().cloned();
+    }
+}
+
+/// The highest seq with an entry object, found from one-key listings by doubling and then
+/// bisecting (about 2·log2(n) listings, whatever the ledger's length); `None` when there is
+/// none. Depends on the listing only, never on the index.
+async fn last_entry_seq(stores: &Stores, ledger: &LedgerId) -> Result<Option<u64>, LedgerError> {
+    // Invariant: an entry exists at `low`, and none after `high`.
+    let Some(mut low) = first_entry_after(stores, ledger, 0).await? else {
+        return Ok(None);
+    };
+    let (mut high, mut bounded) = (MAX_SEQ, false);
+    while low < high {
+        let probe = if bounded {
+            low + (high - low).div_ceil(2)
+        } else {
+            low.saturating_mul(2).clamp(low + 1, high)
+        };
+        match first_entry_after(stores, ledger, probe - 1).await? {
+            Some(seq) => low = seq,
+            None => (high, bounded) = (probe - 1, true),
+        }
+    }
+    Ok(Some(low))
 }
 
 /// Reads seqs `from..=to` (objects, index items, checkpoints) and checks each entry and
@@ -338,10 +795,15 @@ async fn read_page(
     from: u64,
     to: u64,
     keys: Arc<Vec<PublicKey>>,
+    use_index: bool,
+    pending: &[PendingEntry],
 ) -> Result<Page, LedgerError> {
     let (objects, items, checkpoints) = tokio::try_join!(
         scan_entries(stores, ledger, from, to),
         async {
+            if !use_index {
+                return Ok(Vec::new());
+            }
             Ok::<_, LedgerError>(
                 stores
                     .index
@@ -380,15 +842,33 @@ async fn read_page(
                 .map_or(Retention::Unlocked, |o| o.retention.clone());
             body = pinned.map(|o| o.body);
         }
+        // A seq of META's pending batch may not be written out yet: what is missing is taken
+        // from the batch (the bytes for a missing object; its claim for a missing item).
+        let in_batch = pending
+            .first()
+            .and_then(|p| usize::try_from(seq.checked_sub(p.seq)?).ok())
+            .and_then(|i| pending.get(i));
+        let pending = in_batch.map(|entry| match (&body, &item) {
+            (None, _) => {
+                body = Some(entry.bytes.clone());
+                PendingCheck::Unwritten
+            }
+            (Some(_), None) => PendingCheck::Unindexed,
+            (Some(_), Some(_)) => PendingCheck::Written,
+        });
+        let nothing = body.is_none() && versions == 0 && item.is_none() && pending.is_none();
         entries.push(Fetched {
             seq,
             body,
             versions,
             retention,
             item,
+            pending,
+            nothing,
             evidence: None,
         });
     }
+    let empty = entries.iter().all(|f| f.nothing);
     let ledger = ledger.clone();
     let checked = tokio::task::spawn_blocking(move || {
         entries.par_iter_mut().for_each(|f| {
@@ -402,6 +882,9 @@ async fn read_page(
         Page {
             entries,
             checkpoints,
+            first: from,
+            last: to,
+            empty,
         }
     })
     .await
@@ -521,9 +1004,9 @@ fn check_signature(seq: u64, key: String, bytes: &[u8], keys: &[PublicKey]) -> C
     }
 }
 
-/// Checks one stored checkpoint against the hash of the stored entry at its seq
-/// (`entry_hash`: `None` when its seq is not in the walk, `Some(None)` when no entry is
-/// stored there).
+/// Checks one stored checkpoint: it parses, names its own ledger and seq, carries a trusted
+/// signature, and matches the stored entry at its seq. `entry_hash`: `None` when that seq was
+/// not walked (nothing to compare), `Some(None)` when no entry is stored there.
 fn check_checkpoint(
     verifier: &mut ChainVerifier,
     ledger: &LedgerId,
@@ -568,8 +1051,8 @@ fn check_checkpoint(
                 parsed.last_hash
             ),
         ),
-        Some(Some(_)) => {}
-        Some(None) | None => verifier.report(
+        Some(Some(_)) | None => {}
+        Some(None) => verifier.report(
             cp.seq,
             FailureKind::CheckpointMismatch,
             format!(
@@ -578,126 +1061,4 @@ fn check_checkpoint(
             ),
         ),
     }
-}
-
-fn check_fetched(verifier: &mut ChainVerifier, ledger: &LedgerId, f: &Fetched, evidence: Evidence) {
-    let key = || entry_key("", ledger, f.seq);
-    // Only objects that exist can be locked or not; a missing one is reported as missing.
-    if matches!(evidence, Evidence::Entry(_) | Evidence::Malformed { .. }) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        match &f.retention {
-            Retention::NotSupported => {}
-            Retention::Unlocked => verifier.report(
-                f.seq,
-                FailureKind::NotLocked,
-                format!(
-                    "object {} is not under Object Lock: it could be deleted or overwritten",
-                    key()
-                ),
-            ),
-            Retention::Locked { mode, until_unix } if *until_unix <= now => verifier.report(
-                f.seq,
-                FailureKind::NotLocked,
-                format!(
-                    "object {}'s {mode} lock expired at unix time {until_unix}",
-                    key()
-                ),
-            ),
-            Retention::Locked { .. } => {}
-        }
-    }
-    if f.versions > 1 {
-        verifier.report(
-            f.seq,
-            FailureKind::ExtraVersion,
-            format!(
-                "object {} has {} versions; an entry is written exactly once",
-                key(),
-                f.versions
-            ),
-        );
-    }
-    let claim = match &f.item {
-        None => {
-            verifier.report(
-                f.seq,
-                FailureKind::IndexMismatch,
-                "the index has no SEQ# item for this seq".into(),
-            );
-            None
-        }
-        Some(item) => {
-            if seq_of_entry_key(&item.object_key, ledger) != Some(f.seq) {
-                verifier.report(
-                    f.seq,
-                    FailureKind::IndexMismatch,
-                    format!(
-                        "the index names object {} instead of {}",
-                        item.object_key,
-                        key()
-                    ),
-                );
-            }
-            Some(IndexClaim {
-                entry_hash: item.entry_hash,
-                prev_hash: item.prev_hash,
-                timestamp: item.timestamp,
-            })
-        }
-    };
-    verifier.push(evidence, claim.as_ref());
-}
-
-/// The head must be the end: no object, `SEQ#` item or checkpoint may exist past it. Returns
-/// the number of checkpoints found past it (each reported).
-async fn check_nothing_beyond(
-    stores: &Stores,
-    ledger: &LedgerId,
-    head_seq: u64,
-    keys: &[PublicKey],
-    verifier: &mut ChainVerifier,
-) -> Result<u64, LedgerError> {
-    let entries_prefix = entries_prefix("", ledger);
-    let after = entry_key("", ledger, head_seq);
-    let (objects_beyond, items_beyond, checkpoints_beyond) = tokio::try_join!(
-        async {
-            Ok::<_, LedgerError>(
-                stores
-                    .objects
-                    .list(&entries_prefix, Some(&after), 1)
-                    .await?,
-            )
-        },
-        async {
-            Ok::<_, LedgerError>(
-                stores
-                    .index
-                    .seq_items(ledger, head_seq + 1, MAX_SEQ, 1)
-                    .await?,
-            )
-        },
-        read_checkpoints(stores, ledger, head_seq + 1, None),
-    )?;
-    if let Some(key) = objects_beyond.first() {
-        verifier.report(
-            head_seq,
-            FailureKind::HeadMismatch,
-            format!("object {key} exists beyond the head"),
-        );
-    }
-    if let Some(item) = items_beyond.first() {
-        verifier.report(
-            head_seq,
-            FailureKind::HeadMismatch,
-            format!("SEQ# item {} exists beyond the head", item.seq),
-        );
-    }
-    let n = checkpoints_beyond.len() as u64;
-    for (seq, key, bytes) in checkpoints_beyond {
-        let cp = check_signature(seq, key, &bytes, keys);
-        check_checkpoint(verifier, ledger, &cp, None);
-    }
-    Ok(n)
 }

@@ -246,6 +246,7 @@ pub fn guard(
     }
     let guarded = Stores {
         backend: stores.backend,
+        lock_mode: stores.lock_mode,
         objects: Arc::new(Guarded {
             inner: stores.objects.clone(),
             breaker: objects_breaker,

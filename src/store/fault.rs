@@ -82,6 +82,7 @@ pub fn wrap(inner: &Stores) -> (Stores, FaultHandle) {
     });
     let stores = Stores {
         backend: inner.backend,
+        lock_mode: inner.lock_mode,
         objects: wrapper.clone(),
         index: wrapper,
     };

@@ -283,6 +283,10 @@ pub trait IndexStore: Send + Sync + 'static {
 pub struct Stores {
     /// `"local"` or `"aws"`, for `/health` and logs.
     pub backend: &'static str,
+    /// The Object Lock mode the objects store writes entries with (`"COMPLIANCE"` or
+    /// `"GOVERNANCE"`); `None` for a store without Object Lock. Verification holds every
+    /// entry object to it.
+    pub lock_mode: Option<&'static str>,
     pub objects: Arc<dyn ObjectStore>,
     pub index: Arc<dyn IndexStore>,
 }

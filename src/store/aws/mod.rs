@@ -53,6 +53,16 @@ pub enum LockMode {
     Governance,
 }
 
+impl LockMode {
+    /// The mode's name in the S3 API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockMode::Compliance => "COMPLIANCE",
+            LockMode::Governance => "GOVERNANCE",
+        }
+    }
+}
+
 /// Called with `(service, operation)` (for example `("DynamoDB", "PutItem")`) for every
 /// HTTP request the backend sends, retries included. For tests and diagnostics.
 #[derive(Clone)]
@@ -161,6 +171,7 @@ pub async fn connect(
     );
     Ok(Stores {
         backend: "aws",
+        lock_mode: Some(settings.lock_mode.as_str()),
         objects: Arc::new(objects),
         index: Arc::new(index),
     })

@@ -184,6 +184,7 @@ impl LocalStore {
         let this = Arc::new(self);
         Stores {
             backend: "local",
+            lock_mode: None,
             objects: this.clone(),
             index: this,
         }
