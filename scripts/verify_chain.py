@@ -5,22 +5,25 @@ Written from docs/FORMAT.md, independently of the Rust code, so that an auditor 
 ledger with a tool that shares nothing with the service that wrote it.
 
 Usage:
-    verify_chain.py --ledger ID --dir DIR    [--head-seq N --head-hash H] [--json]
+    verify_chain.py --ledger ID --dir DIR    [--head-seq N --head-hash H] [--public-key HEX] [--json]
     verify_chain.py --ledger ID --jsonl FILE [--head-seq N --head-hash H] [--public-key HEX] [--json]
 
 Input (one of):
   --dir DIR     A directory with one file per entry, named {seq:018}.json, holding the entry's
                 exact stored bytes: a copy of the objects under {prefix}{ledger_id}/entries/.
-                If DIR has no entry files but has an entries/ subdirectory, that is used.
+                If DIR has no entry files but has an entries/ subdirectory (DIR is a copy of
+                {prefix}{ledger_id}/), that is used, and so are the checkpoints in its
+                checkpoints/ subdirectory, one per file named {seq:018}.json, checked as below.
                 Other files are ignored with a warning on stderr.
   --jsonl FILE  One JSON object per line ("-" reads stdin):
                     {"seq": N, "stored": "<base64 of the stored bytes>"}
                 optionally with what an index records for the seq, each field checked when
                 present: "entry_hash", "prev_hash", "timestamp". A line without "stored" stands
                 for an index item whose entry object is missing. Blank lines are skipped.
-                A line {"checkpoint": {...}} (an export's first line) is a signed checkpoint:
-                the stored entry at its seq must hash to its last_hash (checkpoint_mismatch),
-                and with --public-key its Ed25519 signature must verify (bad_signature).
+                A line {"checkpoint": {...}} (an export's first line) is a signed checkpoint.
+
+Each checkpoint, from either source: the stored entry at its seq must hash to its last_hash
+(checkpoint_mismatch), and with --public-key its Ed25519 signature must verify (bad_signature).
 
 Checkpoint signatures need Ed25519, which the standard library lacks: with --public-key this
 script uses the PyPI package `cryptography` (or, failing that, `pynacl`) and stops with exit
@@ -265,6 +268,10 @@ def check_checkpoints(ledger_id, checkpoints, hashes, last, keys, failures):
     """keys: {key_id: (public_key_bytes, verify_fn)}, or None when signatures are not checked."""
     for cp in checkpoints:
         seq = cp["seq"]
+        if cp.get("stored_at", seq) != seq:
+            failures.append(
+                (cp["stored_at"], "checkpoint_mismatch", f"the file for seq {cp['stored_at']} holds the checkpoint of seq {seq}")
+            )
         if cp["ledger_id"] != ledger_id:
             failures.append((seq, "checkpoint_mismatch", f"the checkpoint is for ledger {cp['ledger_id']!r}"))
             continue
@@ -354,7 +361,8 @@ def read_dir(path):
         raise UsageError(f"{path} is not a directory")
     names = sorted(os.listdir(path))
     if not any(ENTRY_FILE_RE.fullmatch(n) for n in names) and os.path.isdir(os.path.join(path, "entries")):
-        return read_dir(os.path.join(path, "entries"))
+        stored, claims, _ = read_dir(os.path.join(path, "entries"))
+        return stored, claims, read_checkpoint_dir(os.path.join(path, "checkpoints"))
     stored = {}
     for name in names:
         full = os.path.join(path, name)
@@ -365,6 +373,27 @@ def read_dir(path):
         with open(full, "rb") as f:
             stored[int(m.group(1))] = f.read()
     return stored, {}, []
+
+
+def read_checkpoint_dir(path):
+    """The checkpoints in a copy of {prefix}{ledger_id}/checkpoints/ (none if it is absent)."""
+    if not os.path.isdir(path):
+        return []
+    checkpoints = []
+    for name in sorted(os.listdir(path)):
+        full = os.path.join(path, name)
+        m = ENTRY_FILE_RE.fullmatch(name)
+        if not m or not os.path.isfile(full):
+            print(f"warning: ignoring {full}: not a checkpoint file named {{seq:018}}.json", file=sys.stderr)
+            continue
+        with open(full, "rb") as f:
+            try:
+                cp = parse_checkpoint(full, json.loads(f.read()))
+            except ValueError as e:
+                raise UsageError(f"{full}: not JSON: {e}") from None
+        cp["stored_at"] = int(m.group(1))  # checked against its seq in check_checkpoints
+        checkpoints.append(cp)
+    return checkpoints
 
 
 CHECKPOINT_FIELDS = ["v", "ledger_id", "seq", "last_hash", "timestamp", "key_id", "signature"]
