@@ -458,7 +458,10 @@ async fn an_export_carries_its_checkpoint_and_verifies_offline_in_rust_and_pytho
     let (code, report) = py_dir(&[]);
     assert_eq!(code, 1, "{report}");
     assert_eq!(
-        (&report["failures"][0]["seq"], &report["failures"][0]["kind"]),
+        (
+            &report["failures"][0]["seq"],
+            &report["failures"][0]["kind"]
+        ),
         (&Value::from(19), &Value::from("checkpoint_mismatch")),
         "{report}"
     );
