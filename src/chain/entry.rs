@@ -15,9 +15,6 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use time::OffsetDateTime;
-use time::format_description::FormatItem;
-use time::macros::format_description;
 
 use super::hash::Hash;
 
@@ -77,13 +74,14 @@ pub struct Timestamp {
     unix_micros: i64,
 }
 
-const TIMESTAMP_FORMAT: &[FormatItem<'static>] =
-    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
-
 /// A timestamp that is not in the entry format's one UTC form, or is out of range.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("a timestamp is written YYYY-MM-DDTHH:MM:SS.ffffffZ, years 0001 to 9999")]
 pub struct InvalidTimestamp;
+
+/// The length of a timestamp's one spelling, `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+const TIMESTAMP_LEN: usize = 27;
+const MICROS_PER_DAY: i64 = 86_400_000_000;
 
 impl Timestamp {
     /// Years 1 through 9999, so that the text form always has exactly 27 characters.
@@ -101,28 +99,111 @@ impl Timestamp {
         self.unix_micros
     }
 
+    /// Parses the one spelling [`Display`](fmt::Display) writes, and nothing else: fixed
+    /// width, every field in range (no leap seconds), a real calendar day.
     pub fn parse(s: &str) -> Result<Timestamp, InvalidTimestamp> {
-        let parsed = time::PrimitiveDateTime::parse(s, TIMESTAMP_FORMAT)
-            .map_err(|_| InvalidTimestamp)?
-            .assume_utc();
-        let micros =
-            i64::try_from(parsed.unix_timestamp_nanos() / 1000).map_err(|_| InvalidTimestamp)?;
-        let ts = Timestamp::from_unix_micros(micros)?;
-        // Only the canonical spelling is accepted (the parser is lenient about nothing we
-        // rely on, but this keeps "one set of fields, one byte string" true by construction).
-        if ts.to_string() != s {
+        let b: &[u8; TIMESTAMP_LEN] = s.as_bytes().try_into().map_err(|_| InvalidTimestamp)?;
+        let punctuation = [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')];
+        if punctuation.iter().any(|&(i, c)| b[i] != c) || b[19] != b'.' || b[26] != b'Z' {
             return Err(InvalidTimestamp);
         }
-        Ok(ts)
+        let number = |from: usize, to: usize| -> Result<i64, InvalidTimestamp> {
+            b[from..to].iter().try_fold(0i64, |n, &d| {
+                if d.is_ascii_digit() {
+                    Ok(n * 10 + i64::from(d - b'0'))
+                } else {
+                    Err(InvalidTimestamp)
+                }
+            })
+        };
+        let (year, month, day) = (number(0, 4)?, number(5, 7)?, number(8, 10)?);
+        let (hour, minute, second) = (number(11, 13)?, number(14, 16)?, number(17, 19)?);
+        let micros = number(20, 26)?;
+        let in_range = year >= 1
+            && (1..=12).contains(&month)
+            && day >= 1
+            && day <= days_in_month(year, month)
+            && hour < 24
+            && minute < 60
+            && second < 60;
+        if !in_range {
+            return Err(InvalidTimestamp);
+        }
+        let seconds = hour * 3600 + minute * 60 + second;
+        let days = days_from_civil(year, month, day);
+        Timestamp::from_unix_micros(days * MICROS_PER_DAY + seconds * 1_000_000 + micros)
     }
+
+    /// The timestamp's one spelling, as ASCII bytes.
+    fn spelling(&self) -> [u8; TIMESTAMP_LEN] {
+        let days = self.unix_micros.div_euclid(MICROS_PER_DAY);
+        let in_day = self.unix_micros.rem_euclid(MICROS_PER_DAY);
+        let (year, month, day) = civil_from_days(days);
+        let mut out = *b"0000-00-00T00:00:00.000000Z";
+        let mut put = |at: usize, width: usize, mut n: i64| {
+            for i in (at..at + width).rev() {
+                out[i] = b'0' + (n % 10) as u8;
+                n /= 10;
+            }
+        };
+        put(0, 4, year);
+        put(5, 2, month);
+        put(8, 2, day);
+        put(11, 2, in_day / 3_600_000_000);
+        put(14, 2, in_day / 60_000_000 % 60);
+        put(17, 2, in_day / 1_000_000 % 60);
+        put(20, 6, in_day % 1_000_000);
+        out
+    }
+}
+
+fn is_leap_year(year: i64) -> bool {
+    year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if is_leap_year(year) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let year_of_era = y - era * 400;
+    let month_from_march = (month + 9) % 12;
+    let day_of_year = (153 * month_from_march + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+/// The inverse of [`days_from_civil`]: `(year, month, day)`.
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z - era * 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
+    let month = if month_from_march < 10 {
+        month_from_march + 3
+    } else {
+        month_from_march - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
 }
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let dt = OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.unix_micros) * 1000)
-            .map_err(|_| fmt::Error)?;
-        let text = dt.format(TIMESTAMP_FORMAT).map_err(|_| fmt::Error)?;
-        f.write_str(&text)
+        let spelling = self.spelling();
+        f.write_str(std::str::from_utf8(&spelling).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -163,21 +244,7 @@ impl Record {
         let text = std::str::from_utf8(body)
             .map_err(|e| InvalidRecord::NotJson(format!("not UTF-8 ({e})")))?;
         let text = text.trim_matches(is_json_whitespace);
-        if !text.starts_with('{') {
-            // Still report a syntax error as such, not as "not an object".
-            serde_json::from_str::<serde::de::IgnoredAny>(text)
-                .map_err(|e| InvalidRecord::NotJson(e.to_string()))?;
-            return Err(InvalidRecord::NotAnObject);
-        }
-        let mut de = serde_json::Deserializer::from_str(text);
-        let duplicate = std::cell::RefCell::new(None);
-        serde::de::DeserializeSeed::deserialize(unique_keys::Checker(&duplicate), &mut de)
-            .map_err(|e| match duplicate.take() {
-                Some(key) => InvalidRecord::DuplicateKey(key),
-                None => InvalidRecord::NotJson(e.to_string()),
-            })?;
-        de.end()
-            .map_err(|e| InvalidRecord::NotJson(e.to_string()))?;
+        check_object(text)?;
         Ok(Record(compact(text).into_boxed_str()))
     }
 
@@ -196,6 +263,46 @@ impl fmt::Debug for Record {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Record({})", self.0)
     }
+}
+
+/// Checks that `text` is exactly one JSON object with no key repeated in any object.
+fn check_object(text: &str) -> Result<(), InvalidRecord> {
+    if !text.starts_with('{') {
+        // Still report a syntax error as such, not as "not an object".
+        serde_json::from_str::<serde::de::IgnoredAny>(text)
+            .map_err(|e| InvalidRecord::NotJson(e.to_string()))?;
+        return Err(InvalidRecord::NotAnObject);
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let duplicate = std::cell::RefCell::new(None);
+    serde::de::DeserializeSeed::deserialize(unique_keys::Checker(&duplicate), &mut de).map_err(
+        |e| match duplicate.take() {
+            Some(key) => InvalidRecord::DuplicateKey(key),
+            None => InvalidRecord::NotJson(e.to_string()),
+        },
+    )?;
+    de.end().map_err(|e| InvalidRecord::NotJson(e.to_string()))
+}
+
+/// Whether valid JSON `text` has no whitespace outside strings (what [`compact`] makes).
+fn is_compact(text: &str) -> bool {
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in text.as_bytes() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            return false;
+        }
+    }
+    true
 }
 
 fn is_json_whitespace(c: char) -> bool {
@@ -280,14 +387,27 @@ mod unique_keys {
             Ok(())
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-            let mut seen = HashSet::new();
-            // Keys without escapes are borrowed from the input, not allocated.
+            // Keys without escapes are borrowed from the input, not allocated. Audit events
+            // have few keys per object: a short list is searched, a long one hashed.
+            const LIST_MAX: usize = 16;
+            let mut list: Vec<Cow<'de, str>> = Vec::new();
+            let mut set: HashSet<Cow<'de, str>> = HashSet::new();
             while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                if seen.contains(&key) {
+                let repeated = if set.is_empty() && list.len() < LIST_MAX {
+                    list.contains(&key)
+                } else {
+                    set.extend(list.drain(..));
+                    set.contains(&key)
+                };
+                if repeated {
                     *self.0.borrow_mut() = Some(key.into_owned());
                     return Err(A::Error::custom("duplicate key"));
                 }
-                seen.insert(key);
+                if set.is_empty() {
+                    list.push(key);
+                } else {
+                    set.insert(key);
+                }
                 map.next_value_seed(self)?;
             }
             Ok(())
@@ -368,13 +488,18 @@ pub fn decode(bytes: &[u8]) -> Result<DecodedEntry<'_>, MalformedEntry> {
             .map_err(|e: super::hash::HashParseError| MalformedEntry(e.to_string()))?,
         timestamp: Timestamp::parse(wire.timestamp).map_err(|e| MalformedEntry(e.to_string()))?,
     };
-    let record =
-        Record::parse(wire.record.get().as_bytes()).map_err(|e| MalformedEntry(e.to_string()))?;
-    let mut canonical = Vec::with_capacity(bytes.len());
-    write_prefix(&mut canonical, &header);
-    canonical.extend_from_slice(record.as_str().as_bytes());
-    canonical.push(b'}');
-    if canonical != bytes {
+    // The canonical bytes are the prefix `encode` writes, the record exactly as stored (which
+    // must be a compact object with unique keys) and the closing brace.
+    let record = wire.record.get();
+    check_object(record).map_err(|e| MalformedEntry(e.to_string()))?;
+    let mut prefix = Vec::with_capacity(bytes.len() - record.len());
+    write_prefix(&mut prefix, &header);
+    let canonical = is_compact(record)
+        && bytes.len() == prefix.len() + record.len() + 1
+        && bytes.starts_with(&prefix)
+        && bytes[prefix.len()..].starts_with(record.as_bytes())
+        && bytes.ends_with(b"}");
+    if !canonical {
         return Err(bad(
             "bytes are not in canonical form (field order, spacing or escapes differ)",
         ));
@@ -400,6 +525,7 @@ pub fn entries_prefix(prefix: &str, ledger_id: &LedgerId) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn header(seq: u64) -> EntryHeader {
         EntryHeader {
@@ -416,6 +542,85 @@ mod tests {
             assert!(LedgerId::parse(bad).is_err(), "{bad:?}");
         }
         assert!(LedgerId::parse(&"A-z_9".repeat(12)).is_ok());
+    }
+
+    /// The `time` crate's reading of the format: the oracle for the hand-written code.
+    const ORACLE_FORMAT: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+    );
+
+    fn oracle_text(micros: i64) -> String {
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)
+            .unwrap()
+            .format(ORACLE_FORMAT)
+            .unwrap()
+    }
+
+    fn oracle_parse(s: &str) -> Option<i64> {
+        let parsed = time::PrimitiveDateTime::parse(s, ORACLE_FORMAT)
+            .ok()?
+            .assume_utc();
+        let micros = i64::try_from(parsed.unix_timestamp_nanos() / 1000).ok()?;
+        (Timestamp::from_unix_micros(micros).is_ok() && oracle_text(micros) == s).then_some(micros)
+    }
+
+    proptest! {
+        #[test]
+        fn timestamps_spell_and_parse_as_the_time_crate_does(
+            micros in -62_135_596_800_000_000i64..=253_402_300_799_999_999,
+        ) {
+            let ts = Timestamp::from_unix_micros(micros).unwrap();
+            let text = ts.to_string();
+            prop_assert_eq!(&text, &oracle_text(micros));
+            prop_assert_eq!(Timestamp::parse(&text), Ok(ts));
+        }
+
+        #[test]
+        fn any_edited_spelling_parses_exactly_when_the_time_crate_accepts_it(
+            micros in -62_135_596_800_000_000i64..=253_402_300_799_999_999,
+            at in 0usize..27,
+            byte in prop::sample::select(b"0123456789-:.TZ x".to_vec()),
+        ) {
+            let mut text = oracle_text(micros).into_bytes();
+            text[at] = byte;
+            let text = String::from_utf8(text).unwrap();
+            prop_assert_eq!(
+                Timestamp::parse(&text).ok().map(|t| t.unix_micros()),
+                oracle_parse(&text),
+                "{}", text
+            );
+        }
+    }
+
+    #[test]
+    fn calendar_edges_parse_as_the_time_crate_does() {
+        for text in [
+            "0001-01-01T00:00:00.000000Z",
+            "9999-12-31T23:59:59.999999Z",
+            "0000-12-31T23:59:59.999999Z",
+            "2024-02-29T12:00:00.000000Z",
+            "2023-02-29T12:00:00.000000Z",
+            "2100-02-29T12:00:00.000000Z",
+            "2000-02-29T12:00:00.000000Z",
+            "1969-12-31T23:59:59.999999Z",
+            "2025-04-31T00:00:00.000000Z",
+            "2025-13-01T00:00:00.000000Z",
+            "2025-00-01T00:00:00.000000Z",
+            "2025-01-00T00:00:00.000000Z",
+            "2025-01-01T24:00:00.000000Z",
+            "2025-01-01T23:60:00.000000Z",
+            "2025-06-30T23:59:60.000000Z",
+            "2025-01-01T00:00:00.000000z",
+            "+025-01-01T00:00:00.000000Z",
+            "2025-01-01T00:00:00.000000Z ",
+            "2025-01-01T00:00:00.0000000",
+        ] {
+            assert_eq!(
+                Timestamp::parse(text).ok().map(|t| t.unix_micros()),
+                oracle_parse(text),
+                "{text}"
+            );
+        }
     }
 
     #[test]
@@ -465,6 +670,22 @@ mod tests {
             Err(InvalidRecord::DuplicateKey("k".into()))
         );
         assert!(Record::parse(br#"{"a":[{"k":1},{"k":2}]}"#).is_ok());
+        // Long objects too (their keys are hashed, short ones searched).
+        let keys = |n: usize| (0..n).map(|i| format!(r#""k{i}":{i}"#)).collect::<Vec<_>>();
+        for n in [15, 16, 17, 40] {
+            let unique = format!("{{{}}}", keys(n).join(","));
+            assert!(Record::parse(unique.as_bytes()).is_ok(), "{n} keys");
+            for repeat_at in [0, n / 2, n - 1] {
+                let mut repeated = keys(n);
+                repeated.push(format!(r#""k{repeat_at}":"again""#));
+                let text = format!("{{{}}}", repeated.join(","));
+                assert_eq!(
+                    Record::parse(text.as_bytes()),
+                    Err(InvalidRecord::DuplicateKey(format!("k{repeat_at}"))),
+                    "{n} keys, k{repeat_at} repeated"
+                );
+            }
+        }
     }
 
     #[test]
