@@ -80,7 +80,7 @@ pub struct Timestamp {
 pub struct InvalidTimestamp;
 
 /// The length of a timestamp's one spelling, `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
-const TIMESTAMP_LEN: usize = 27;
+pub const TIMESTAMP_LEN: usize = 27;
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
 impl Timestamp {
