@@ -267,6 +267,9 @@ def ed25519_verifier():
 def check_checkpoints(ledger_id, checkpoints, hashes, last, keys, failures):
     """keys: {key_id: (public_key_bytes, verify_fn)}, or None when signatures are not checked."""
     for cp in checkpoints:
+        if "broken" in cp:
+            failures.append((cp["stored_at"], "checkpoint_mismatch", cp["broken"]))
+            continue
         seq = cp["seq"]
         if cp.get("stored_at", seq) != seq:
             failures.append(
@@ -294,7 +297,7 @@ def check_checkpoints(ledger_id, checkpoints, hashes, last, keys, failures):
 def verify(ledger_id, stored, claims, head, checkpoints=(), keys=None):
     """Walks seqs 1..M. stored: {seq: bytes}; claims: {seq: {field: value}}; head: (seq, hash)."""
     failures = []
-    checkpoint_seqs = {cp["seq"] for cp in checkpoints}
+    checkpoint_seqs = {cp["seq"] for cp in checkpoints if "seq" in cp}
     hashes = {}
     verified = 0
     last = max([0, *stored.keys(), *claims.keys(), head[0] if head else 0])
@@ -387,10 +390,12 @@ def read_checkpoint_dir(path):
             print(f"warning: ignoring {full}: not a checkpoint file named {{seq:018}}.json", file=sys.stderr)
             continue
         with open(full, "rb") as f:
-            try:
-                cp = parse_checkpoint(full, json.loads(f.read()))
-            except ValueError as e:
-                raise UsageError(f"{full}: not JSON: {e}") from None
+            data = f.read()
+        # A stored file that is no checkpoint is an integrity failure, not a usage error.
+        try:
+            cp = parse_checkpoint(full, json.loads(data))
+        except (ValueError, UsageError) as e:
+            cp = {"broken": f"{name} is not a checkpoint: {e}"}
         cp["stored_at"] = int(m.group(1))  # checked against its seq in check_checkpoints
         checkpoints.append(cp)
     return checkpoints

@@ -948,6 +948,7 @@ async fn tampering_with_s3_or_dynamodb_is_reported_at_its_seq_with_its_kind() {
         "meta-seq-lowered",
         "meta-hash-changed",
         "lock-expired",
+        "tail-hidden",
     ];
     let mut receipts = HashMap::new();
     for ledger in ledgers {
@@ -1047,10 +1048,42 @@ async fn tampering_with_s3_or_dynamodb_is_reported_at_its_seq_with_its_kind() {
     )
     .await;
 
+    // The tail hidden as well as the index allows: a delete marker on entry 3, META turned
+    // back to a consistent head at entry 2 with no pending batch, and SEQ# item 3 deleted.
+    s3.delete_object()
+        .bucket(&bucket)
+        .key(entry_key("", "tail-hidden", 3))
+        .send()
+        .await
+        .unwrap();
+    ddb.update_item()
+        .table_name(&table)
+        .key("ledger_id", AttributeValue::S("tail-hidden".into()))
+        .key("seq", AttributeValue::S("META".into()))
+        .update_expression(
+            "SET seq_counter = :two, last_hash = :h2 REMOVE pending_first_seq, pending_base, pending_records, pending_entries",
+        )
+        .expression_attribute_values(":two", AttributeValue::N("2".into()))
+        .expression_attribute_values(
+            ":h2",
+            AttributeValue::S(receipts["tail-hidden"][1].entry_hash.clone()),
+        )
+        .send()
+        .await
+        .unwrap();
+    ddb.delete_item()
+        .table_name(&table)
+        .key("ledger_id", AttributeValue::S("tail-hidden".into()))
+        .key("seq", AttributeValue::S(seq_sort_key(3)))
+        .send()
+        .await
+        .unwrap();
+
     let mut reports = HashMap::new();
     for ledger in ledgers {
         reports.insert(ledger, app.api.verify(ledger).await);
     }
+
     let kinds = |ledger: &str| reports[ledger].kinds();
     assert!(reports["untouched"].ok, "{:?}", kinds("untouched"));
     for (ledger, expected) in [
@@ -1060,7 +1093,6 @@ async fn tampering_with_s3_or_dynamodb_is_reported_at_its_seq_with_its_kind() {
         ("entry-hash-edited", (2, "hash_mismatch")),
         ("prev-hash-edited", (2, "index_mismatch")),
         ("seq-item-deleted", (2, "index_mismatch")),
-        ("meta-hash-changed", (3, "head_mismatch")),
         ("lock-expired", (2, "not_locked")),
     ] {
         assert_eq!(
@@ -1075,6 +1107,17 @@ async fn tampering_with_s3_or_dynamodb_is_reported_at_its_seq_with_its_kind() {
     assert!(
         !lowered.is_empty() && lowered.iter().all(|f| *f == (2, "head_mismatch")),
         "a lowered seq_counter is a head mismatch at the head: {lowered:?}"
+    );
+    // Neither the last entry nor META's own pending batch ends at the changed hash.
+    let changed = kinds("meta-hash-changed");
+    assert!(
+        !changed.is_empty() && changed.iter().all(|f| *f == (3, "head_mismatch")),
+        "a changed last_hash is a head mismatch at the head: {changed:?}"
+    );
+    let hidden = kinds("tail-hidden");
+    assert!(
+        hidden.contains(&(2, "head_mismatch")) && hidden.contains(&(3, "missing_entry")),
+        "an entry hidden past a turned-back head is walked and named: {hidden:?}"
     );
     for ledger in &ledgers[1..] {
         assert!(!reports[ledger].ok, "{ledger} verified ok after tampering");
@@ -1107,6 +1150,7 @@ async fn tampering_with_s3_or_dynamodb_is_reported_at_its_seq_with_its_kind() {
         ("meta-seq-lowered", None),
         ("meta-hash-changed", None),
         ("lock-expired", Some((2, "not_locked"))),
+        ("tail-hidden", Some((3, "missing_entry"))),
     ] {
         let run = ledger_verify(&settings, ledger, &["--objects-only"]).await;
         let found = cli_kinds(&run.report);

@@ -465,4 +465,16 @@ async fn an_export_carries_its_checkpoint_and_verifies_offline_in_rust_and_pytho
         (&Value::from(19), &Value::from("checkpoint_mismatch")),
         "{report}"
     );
+    // A file there that is no checkpoint at all is an integrity failure too, not bad input.
+    std::fs::write(
+        objects.join("checkpoints/000000000000000019.json"),
+        b"{\"v\":",
+    )
+    .unwrap();
+    let (code, report) = py_dir(&[]);
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(
+        report["failures"][0]["kind"], "checkpoint_mismatch",
+        "{report}"
+    );
 }

@@ -199,6 +199,7 @@ pub async fn verify_stores(
 ) -> Result<VerifyReport, LedgerError> {
     let use_index = !options.objects_only;
     // The end to verify up to: META's head, or the last entry object.
+    let mut early_failures = Vec::new();
     let (head, pending, end) = if use_index {
         let meta = stores
             .index
@@ -209,12 +210,35 @@ pub async fn verify_stores(
             seq: meta.seq_counter,
             last_hash: meta.last_hash,
         };
-        // A batch that does not decode is reported where its seqs are walked.
-        let pending = meta
-            .pending
-            .as_ref()
-            .and_then(|p| decode_pending(ledger, p).ok())
-            .unwrap_or_default();
+        let pending = match meta.pending.as_ref().map(|p| decode_pending(ledger, p)) {
+            None => Vec::new(),
+            // Only the batch a writer could have committed on this head stands in for what
+            // is not written yet: one that ends exactly at it.
+            Some(Ok(entries))
+                if entries
+                    .last()
+                    .is_some_and(|e| e.seq == head.seq && e.hash == head.last_hash) =>
+            {
+                entries
+            }
+            Some(Ok(_)) => {
+                early_failures.push(Failure {
+                    seq: head.seq,
+                    kind: FailureKind::HeadMismatch,
+                    detail: "META's pending batch does not end at its head (seq and last_hash)"
+                        .into(),
+                });
+                Vec::new()
+            }
+            Some(Err(e)) => {
+                early_failures.push(Failure {
+                    seq: head.seq,
+                    kind: FailureKind::HeadMismatch,
+                    detail: format!("META's pending batch is not a piece of chain: {e}"),
+                });
+                Vec::new()
+            }
+        };
         (Some(head), pending, head.seq)
     } else {
         let last = last_entry_seq(stores, ledger)
@@ -223,7 +247,6 @@ pub async fn verify_stores(
         (None, Vec::new(), last)
     };
     let max_failures = options.max_failures.max(1);
-    let mut early_failures = Vec::new();
     let start = options.start_from.as_ref();
     if let Some(cp) = start
         && cp.ledger_id != *ledger
@@ -483,17 +506,30 @@ impl Walk<'_> {
     }
 
     /// After a walk to the end: nothing may exist past it. A ledger that grew meanwhile is
-    /// fine (its new end is read after the listings, so whatever they saw up to it was
-    /// appended legitimately). Entry objects past any head are walked too, so that an index
-    /// turned back cannot hide them.
+    /// fine: writers claim in `META` before they write objects, `SEQ#` items or checkpoints,
+    /// so everything listed here, before the ledger's end is read again, is at or below that
+    /// end unless it was put there behind the protocol's back. Entry objects past it are walked
+    /// too, so that an index turned back cannot hide them.
     async fn beyond_the_end(
         &mut self,
         end: u64,
         head: Option<Head>,
     ) -> Result<Beyond, LedgerError> {
         let (stores, ledger) = (self.stores, self.ledger);
-        let (object_after, item_after) =
-            tokio::try_join!(first_entry_after(stores, ledger, end), async {
+        // 1. Everything past the walked end, as listed now.
+        let (last_listed, item_after, checkpoints) = tokio::try_join!(
+            async {
+                Ok::<_, LedgerError>(match first_entry_after(stores, ledger, end).await? {
+                    Some(seq) => Some(
+                        last_entry_seq(stores, ledger)
+                            .await?
+                            .unwrap_or(seq)
+                            .max(seq),
+                    ),
+                    None => None,
+                })
+            },
+            async {
                 if !self.use_index {
                     return Ok(None);
                 }
@@ -505,8 +541,10 @@ impl Walk<'_> {
                         .pop()
                         .map(|i| i.seq),
                 )
-            },)?;
-        // The ledger's end now, read after the listings.
+            },
+            read_checkpoints(stores, ledger, end + 1, None),
+        )?;
+        // 2. The ledger's end now: META's head, or (objects only) the last entry object.
         let (now_end, now_head) = if self.use_index {
             match stores.index.head(ledger).await? {
                 Some(meta) if meta.seq_counter > end => (
@@ -519,33 +557,21 @@ impl Walk<'_> {
                 _ => (end, head),
             }
         } else {
-            (
-                last_entry_seq(stores, ledger)
-                    .await?
-                    .unwrap_or(end)
-                    .max(end),
-                None,
-            )
+            (last_listed.unwrap_or(end).max(end), None)
         };
-        let note = (now_end > end).then(|| {
-            format!(
-                "the ledger grew to seq {now_end} while it was verified; the entries after seq {end} were not walked"
-            )
-        });
         let mut beyond = Beyond {
             walked_to: end,
             head,
-            note,
+            note: (now_end > end).then(|| {
+                format!(
+                    "the ledger grew to seq {now_end} while it was verified; the entries after seq {end} were not walked"
+                )
+            }),
         };
         if self.use_index
-            && let Some(seq) = object_after
-            && first_entry_after(stores, ledger, now_end).await?.is_some()
+            && let Some(last) = last_listed.filter(|last| *last > now_end)
         {
             // Objects that no head counts: walk them, with the index as a second opinion.
-            let last = last_entry_seq(stores, ledger)
-                .await?
-                .unwrap_or(seq)
-                .max(seq);
             self.verifier.report(
                 end,
                 FailureKind::HeadMismatch,
@@ -554,9 +580,11 @@ impl Walk<'_> {
                 ),
             );
             self.pages(end + 1, last).await?;
-            beyond.walked_to = last;
-            beyond.head = now_head;
-            beyond.note = None;
+            beyond = Beyond {
+                walked_to: last,
+                head: now_head,
+                note: None,
+            };
         }
         if let Some(seq) = item_after
             && seq > now_end
@@ -567,11 +595,12 @@ impl Walk<'_> {
                 format!("SEQ# item {seq} exists beyond the head (seq {now_end})"),
             );
         }
-        // Checkpoints past the walk: up to the ledger's current end they are checked without
-        // an entry to compare (it was not walked); past it they vouch for nothing stored.
-        for (seq, key, bytes) in
-            read_checkpoints(stores, ledger, beyond.walked_to + 1, None).await?
-        {
+        // Checkpoints past the walk: up to the ledger's end they are checked without an entry
+        // to compare (it was not walked); past it they vouch for nothing stored.
+        for (seq, key, bytes) in checkpoints {
+            if seq <= beyond.walked_to {
+                continue; // walked by the pages above
+            }
             let cp = check_signature(seq, key, &bytes, &self.keys);
             self.checkpoints_checked += 1;
             let entry_hash = (seq > now_end.max(beyond.walked_to)).then_some(None);
@@ -735,7 +764,7 @@ pub async fn stored_entry(
 }
 
 /// The seq of the first entry object after `seq`, if any (stray keys under the entries
-/// prefix are skipped).
+/// prefix are skipped). Keys hidden by a delete marker count: they were written.
 async fn first_entry_after(
     stores: &Stores,
     ledger: &LedgerId,
@@ -748,7 +777,7 @@ async fn first_entry_after(
     loop {
         let keys = stores
             .objects
-            .list(&prefix, after.as_deref(), LIST_PAGE)
+            .list_versioned(&prefix, after.as_deref(), LIST_PAGE)
             .await?;
         if let Some(found) = keys
             .iter()

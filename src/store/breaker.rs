@@ -285,6 +285,16 @@ impl ObjectStore for Guarded<dyn ObjectStore> {
             .call(self.inner.list(prefix, start_after, limit))
             .await
     }
+    async fn list_versioned(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        self.breaker
+            .call(self.inner.list_versioned(prefix, start_after, limit))
+            .await
+    }
     async fn version_count(&self, key: &str) -> StoreResult<usize> {
         self.breaker.call(self.inner.version_count(key)).await
     }

@@ -183,6 +183,20 @@ impl ObjectStore for Faulty {
         self.single("list", self.inner.objects.list(prefix, start_after, limit))
             .await
     }
+    async fn list_versioned(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        self.single(
+            "list_versioned",
+            self.inner
+                .objects
+                .list_versioned(prefix, start_after, limit),
+        )
+        .await
+    }
     async fn version_count(&self, key: &str) -> StoreResult<usize> {
         self.single("version_count", self.inner.objects.version_count(key))
             .await

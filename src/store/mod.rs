@@ -105,6 +105,16 @@ pub trait ObjectStore: Send + Sync + 'static {
         limit: usize,
     ) -> StoreResult<Vec<String>>;
 
+    /// Like [`list`](Self::list), but every key with any version is listed, including keys
+    /// whose current version is a delete marker (which `list` skips on S3): for verification,
+    /// where a hidden object is still evidence. Stores without versions answer as `list`.
+    async fn list_versioned(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>>;
+
     /// How many versions are stored under `key` (0 when absent; at most 1 on stores without
     /// versions). Verification reports an entry key with more than one. Read-only.
     async fn version_count(&self, key: &str) -> StoreResult<usize>;

@@ -308,6 +308,16 @@ impl ObjectStore for S3Objects {
     /// Counts the versions *and delete markers* under the exact key: a delete marker on an
     /// entry key is as much a change to it as a new version, and verification should report
     /// both.
+    async fn list_versioned(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        let listed = self.list_versions(prefix, start_after, limit).await?;
+        Ok(listed.into_iter().map(|(key, _, _)| key).collect())
+    }
+
     async fn version_count(&self, key: &str) -> StoreResult<usize> {
         let listed = self.list_versions(key, None, 1).await?;
         Ok(listed

@@ -376,6 +376,16 @@ impl ObjectStore for LocalStore {
         .await
     }
 
+    async fn list_versioned(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        // No versions, no delete markers: every key is listed either way.
+        self.list(prefix, start_after, limit).await
+    }
+
     async fn version_count(&self, key: &str) -> StoreResult<usize> {
         let key = key.to_owned();
         self.run("count_versions", move |db| {
