@@ -180,6 +180,18 @@ pub async fn scan_returns_bodies_and_version_counts_in_key_order_like_list(s: &S
     let keys: Vec<_> = all.iter().map(|o| o.key.clone()).collect();
     assert_eq!(keys, s.objects.list(&prefix, None, 100).await.unwrap());
     assert_eq!(keys.len(), 4);
+    // With nothing hidden, the versioned listing lists the same keys, paged the same way.
+    assert_eq!(
+        keys,
+        s.objects.list_versioned(&prefix, None, 100).await.unwrap()
+    );
+    assert_eq!(
+        s.objects
+            .list_versioned(&prefix, Some(&keys[0]), 2)
+            .await
+            .unwrap(),
+        keys[1..3].to_vec()
+    );
     for o in &all {
         let name = o.key.strip_prefix(&format!("{p}/")).unwrap();
         assert_eq!(o.body.as_deref(), Some(name.as_bytes()), "{}", o.key);
