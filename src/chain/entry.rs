@@ -284,10 +284,12 @@ fn check_object(text: &str) -> Result<(), InvalidRecord> {
     de.end().map_err(|e| InvalidRecord::NotJson(e.to_string()))
 }
 
-/// Whether valid JSON `text` has no whitespace outside strings (what [`compact`] makes).
-fn is_compact(text: &str) -> bool {
+/// Positions of the JSON whitespace bytes outside strings in valid JSON `text`. Byte-wise is
+/// exact: every byte of a multi-byte UTF-8 character is >= 0x80, so it can never be taken for
+/// a quote, a backslash or whitespace.
+fn whitespace_outside_strings(text: &str) -> impl Iterator<Item = usize> + '_ {
     let (mut in_string, mut escaped) = (false, false);
-    for &b in text.as_bytes() {
+    text.bytes().enumerate().filter_map(move |(i, b)| {
         if in_string {
             if escaped {
                 escaped = false;
@@ -299,40 +301,30 @@ fn is_compact(text: &str) -> bool {
         } else if b == b'"' {
             in_string = true;
         } else if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
-            return false;
+            return Some(i);
         }
-    }
-    true
+        None
+    })
+}
+
+/// Whether valid JSON `text` has no whitespace outside strings (what [`compact`] makes).
+fn is_compact(text: &str) -> bool {
+    whitespace_outside_strings(text).next().is_none()
 }
 
 fn is_json_whitespace(c: char) -> bool {
     matches!(c, ' ' | '\t' | '\n' | '\r')
 }
 
-/// Removes JSON whitespace outside strings. `text` must be valid JSON.
+/// Removes JSON whitespace outside strings. `text` must be valid JSON. Runs of kept bytes are
+/// copied whole; text that is already compact is copied once.
 fn compact(text: &str) -> String {
-    // Byte-wise is exact: every byte of a multi-byte UTF-8 character is >= 0x80, so it can
-    // never be taken for a quote, a backslash or whitespace. Runs of kept bytes are copied
-    // whole; text that is already compact is copied once.
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
-    let (mut in_string, mut escaped) = (false, false);
     let mut run_start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-        } else if b == b'"' {
-            in_string = true;
-        } else if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
-            out.extend_from_slice(&bytes[run_start..i]);
-            run_start = i + 1;
-        }
+    for i in whitespace_outside_strings(text) {
+        out.extend_from_slice(&bytes[run_start..i]);
+        run_start = i + 1;
     }
     out.extend_from_slice(&bytes[run_start..]);
     String::from_utf8(out).expect("removing ASCII whitespace keeps UTF-8 valid")
