@@ -472,20 +472,36 @@ impl Walk<'_> {
     /// `u64::MAX` when there is none.
     async fn next_stored_after(&self, seq: u64) -> Result<u64, LedgerError> {
         let (stores, ledger) = (self.stores, self.ledger);
-        let (object, item) = tokio::try_join!(first_entry_after(stores, ledger, seq), async {
-            if !self.use_index {
-                return Ok(None);
-            }
-            Ok::<_, LedgerError>(
-                stores
-                    .index
-                    .seq_items(ledger, seq + 1, MAX_SEQ, 1)
-                    .await?
-                    .pop()
-                    .map(|i| i.seq),
-            )
-        })?;
+        let (object, item) = tokio::try_join!(
+            first_entry_after(stores, ledger, seq),
+            self.first_item_after(seq)
+        )?;
         Ok(object.into_iter().chain(item).min().unwrap_or(u64::MAX))
+    }
+
+    /// The seq of the first `SEQ#` item after `seq` (`None` without one, or without the index).
+    async fn first_item_after(&self, seq: u64) -> Result<Option<u64>, LedgerError> {
+        if !self.use_index {
+            return Ok(None);
+        }
+        let items = self
+            .stores
+            .index
+            .seq_items(self.ledger, seq + 1, MAX_SEQ, 1);
+        Ok(items.await?.pop().map(|i| i.seq))
+    }
+
+    /// Checks a stored checkpoint whose seq was not walked: `vouches_for_nothing` when no
+    /// entry can exist at its seq, else only its form and signature.
+    fn check_unwalked_checkpoint(
+        &mut self,
+        (seq, key, bytes): (u64, String, bytes::Bytes),
+        vouches_for_nothing: bool,
+    ) {
+        let cp = check_signature(seq, key, &bytes, &self.keys);
+        self.checkpoints_checked += 1;
+        let entry_hash = vouches_for_nothing.then_some(None);
+        check_checkpoint(&mut self.verifier, self.ledger, &cp, entry_hash);
     }
 
     /// Seqs `first..=last` (from the verifier's next seq) hold nothing: one `missing_entry`
@@ -495,12 +511,8 @@ impl Walk<'_> {
         if let Some(progress) = &self.progress {
             progress(self.verifier.next_seq() - self.first);
         }
-        for (seq, key, bytes) in
-            read_checkpoints(self.stores, self.ledger, first, Some(last)).await?
-        {
-            let cp = check_signature(seq, key, &bytes, &self.keys);
-            self.checkpoints_checked += 1;
-            check_checkpoint(&mut self.verifier, self.ledger, &cp, Some(None));
+        for checkpoint in read_checkpoints(self.stores, self.ledger, first, Some(last)).await? {
+            self.check_unwalked_checkpoint(checkpoint, true);
         }
         Ok(())
     }
@@ -529,19 +541,7 @@ impl Walk<'_> {
                     None => None,
                 })
             },
-            async {
-                if !self.use_index {
-                    return Ok(None);
-                }
-                Ok::<_, LedgerError>(
-                    stores
-                        .index
-                        .seq_items(ledger, end + 1, MAX_SEQ, 1)
-                        .await?
-                        .pop()
-                        .map(|i| i.seq),
-                )
-            },
+            self.first_item_after(end),
             read_checkpoints(stores, ledger, end + 1, None),
         )?;
         // 2. The ledger's end now: META's head, or (objects only) the last entry object.
@@ -597,14 +597,12 @@ impl Walk<'_> {
         }
         // Checkpoints past the walk: up to the ledger's end they are checked without an entry
         // to compare (it was not walked); past it they vouch for nothing stored.
-        for (seq, key, bytes) in checkpoints {
-            if seq <= beyond.walked_to {
-                continue; // walked by the pages above
+        for checkpoint in checkpoints {
+            let seq = checkpoint.0;
+            if seq > beyond.walked_to {
+                // Not walked (those at or below were, by the pages above).
+                self.check_unwalked_checkpoint(checkpoint, seq > now_end);
             }
-            let cp = check_signature(seq, key, &bytes, &self.keys);
-            self.checkpoints_checked += 1;
-            let entry_hash = (seq > now_end.max(beyond.walked_to)).then_some(None);
-            check_checkpoint(&mut self.verifier, ledger, &cp, entry_hash);
         }
         Ok(beyond)
     }
