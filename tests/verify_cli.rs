@@ -12,6 +12,7 @@ use eleanor_ledger::chain::entry::{LedgerId, Record, Timestamp};
 use eleanor_ledger::chain::hash::Hash;
 use eleanor_ledger::ledger::checkpoint::checkpoint_key;
 use eleanor_ledger::ledger::{Ledger, LedgerMetrics, Options, Receipt, VerifyRange};
+use eleanor_ledger::store::fault;
 use eleanor_ledger::store::local::{DB_FILE, LocalStore};
 use eleanor_ledger::store::{BackendMetrics, NewObject};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -29,14 +30,22 @@ fn signer() -> Signer {
     Signer::from_seed(&[7; 32])
 }
 
-fn ledger_over(dir: &Path) -> Ledger {
-    let store = LocalStore::open(dir, BackendMetrics::unregistered()).unwrap();
+/// The service over the embedded store in `dir`; `in_steps`: committing each batch in the
+/// protocol's separate steps (claim with a pending batch, then objects and items), as an
+/// earlier version did, instead of in one transaction.
+fn ledger_over(dir: &Path, in_steps: bool) -> Ledger {
+    let mut stores = LocalStore::open(dir, BackendMetrics::unregistered())
+        .unwrap()
+        .into_stores();
+    if in_steps {
+        stores = fault::wrap_in_steps(&stores).0;
+    }
     let options = Options {
         signer: Some(Arc::new(signer())),
         ..Options::default()
     };
     Ledger::new(
-        store.into_stores(),
+        stores,
         options,
         LedgerMetrics::new(&prometheus::Registry::new()).unwrap(),
     )
@@ -49,8 +58,12 @@ fn id() -> LedgerId {
 /// A ledger of `N` entries (one batch each) with a signed checkpoint at seq 6; returns the
 /// directory (no process holds the store afterwards) and the receipts.
 async fn fixture() -> (TempDir, Vec<Receipt>) {
+    fixture_with(false).await
+}
+
+async fn fixture_with(in_steps: bool) -> (TempDir, Vec<Receipt>) {
     let dir = tempfile::tempdir().unwrap();
-    let ledger = ledger_over(dir.path());
+    let ledger = ledger_over(dir.path(), in_steps);
     let mut receipts = Vec::new();
     for n in 1..=N {
         let record = Record::parse(format!(r#"{{"n":{n},"who":"alice"}}"#).as_bytes()).unwrap();
@@ -119,7 +132,7 @@ fn kinds(report: &Value) -> Vec<(u64, String)> {
 
 /// What the service's own verification says about the same directory.
 async fn endpoint_kinds(dir: &Path) -> Vec<(u64, String)> {
-    let ledger = ledger_over(dir);
+    let ledger = ledger_over(dir, false);
     let report = ledger.verify(&id(), VerifyRange::default()).await.unwrap();
     let value = serde_json::to_value(&report).unwrap();
     assert_eq!(value["ok"], report.failures.is_empty());
@@ -402,7 +415,7 @@ async fn a_checkpoint_past_the_head_is_named() {
         last_hash: Hash([1; 32]),
         timestamp: Timestamp::parse("2030-01-01T00:00:00.000000Z").unwrap(),
     });
-    let ledger = ledger_over(dir.path());
+    let ledger = ledger_over(dir.path(), false);
     ledger
         .stores()
         .objects
@@ -497,7 +510,7 @@ async fn objects_only_names_hidden_entries_and_truncation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_committed_batch_not_yet_written_out_is_a_note_not_a_failure() {
-    let (dir, _) = fixture().await;
+    let (dir, _) = fixture_with(true).await;
     // The last batch (seq N) as a crash right after its claim leaves it: in META's pending
     // batch only, with no object and no SEQ# item.
     edit(dir.path(), |txn| {

@@ -76,6 +76,37 @@ pub(crate) struct PendingEntry {
     pub key: String,
 }
 
+impl PendingEntry {
+    /// The entry's object.
+    fn object(&self) -> NewObject {
+        NewObject {
+            key: self.key.clone(),
+            body: self.bytes.clone(),
+        }
+    }
+
+    /// The entry's `SEQ#` item, naming object version `version_id`.
+    fn seq_item(&self, version_id: Option<String>) -> SeqItem {
+        SeqItem {
+            seq: self.seq,
+            entry_hash: self.hash,
+            prev_hash: self.prev_hash,
+            timestamp: self.timestamp,
+            object_key: self.key.clone(),
+            version_id,
+        }
+    }
+}
+
+/// The objects and `SEQ#` items of a batch written out in the same step as its claim
+/// ([`crate::store::IndexStore::commit_batch`]; such stores have no object versions).
+pub(crate) fn write_out(entries: &[PendingEntry]) -> (Vec<NewObject>, Vec<SeqItem>) {
+    entries
+        .iter()
+        .map(|e| (e.object(), e.seq_item(None)))
+        .unzip()
+}
+
 /// Decodes a pending batch and checks it is one unbroken piece of chain, so that nothing
 /// inconsistent is ever written to write-once storage.
 pub(crate) fn decode_pending(
@@ -148,13 +179,7 @@ pub(crate) async fn roll_forward(
     ledger: &LedgerId,
     entries: &[PendingEntry],
 ) -> Result<(), LedgerError> {
-    let objects: Vec<NewObject> = entries
-        .iter()
-        .map(|e| NewObject {
-            key: e.key.clone(),
-            body: e.bytes.clone(),
-        })
-        .collect();
+    let objects: Vec<NewObject> = entries.iter().map(PendingEntry::object).collect();
     let outcomes = stores.objects.put_new(&objects).await?;
     let versions = try_join_all(
         entries
@@ -171,14 +196,7 @@ pub(crate) async fn roll_forward(
     let items: Vec<SeqItem> = entries
         .iter()
         .zip(versions)
-        .map(|(e, version_id)| SeqItem {
-            seq: e.seq,
-            entry_hash: e.hash,
-            prev_hash: e.prev_hash,
-            timestamp: e.timestamp,
-            object_key: e.key.clone(),
-            version_id,
-        })
+        .map(|(e, version_id)| e.seq_item(version_id))
         .collect();
     let outcomes = stores.index.put_seq_items(ledger, &items).await?;
     for (item, outcome) in items.iter().zip(outcomes) {

@@ -15,10 +15,18 @@ use tracing::{Instrument, error, info_span, warn};
 
 use super::commit::{
     PendingEntry, build_batch, check_head, decode_pending, is_rolled_forward, roll_forward,
+    write_out,
 };
 use super::{LedgerError, LedgerMetrics, Options, Receipt};
 use crate::chain::entry::{LedgerId, MAX_SEQ, Record, Timestamp};
-use crate::store::{CasOutcome, Meta, Stores, breaker};
+use crate::store::{BatchCommit, CasOutcome, Meta, StoreError, StoreResult, Stores, breaker};
+
+/// A batch whose claim is committed.
+struct Claimed {
+    entries: Vec<PendingEntry>,
+    /// Its objects and `SEQ#` items were written with the claim (no roll-forward to do).
+    written_out: bool,
+}
 
 /// One append waiting for its batch.
 pub(crate) struct Request {
@@ -106,8 +114,16 @@ impl Committer {
             batch.into_iter().map(|r| (r.record, r.reply)).unzip();
         let results = match self.claim(&records).await {
             Err(e) => vec![Err(e); records.len()],
-            Ok(entries) => {
-                let materialized = match roll_forward(&self.stores, &self.ledger, &entries).await {
+            Ok(Claimed {
+                entries,
+                written_out,
+            }) => {
+                let written = if written_out {
+                    Ok(())
+                } else {
+                    roll_forward(&self.stores, &self.ledger, &entries).await
+                };
+                let materialized = match written {
                     Ok(()) => {
                         self.complete_through =
                             entries.last().map_or(self.complete_through, |e| e.seq);
@@ -143,7 +159,8 @@ impl Committer {
 
     /// Claims seqs for `records` on the current head, retrying on conflicts. Returns the
     /// committed entries.
-    async fn claim(&mut self, records: &[Record]) -> Result<Vec<PendingEntry>, LedgerError> {
+    async fn claim(&mut self, records: &[Record]) -> Result<Claimed, LedgerError> {
+        let one_step = self.stores.index.commits_batches();
         let started = Instant::now();
         let mut attempt: u32 = 0;
         loop {
@@ -153,16 +170,29 @@ impl Committer {
                 return Err(LedgerError::LedgerFull);
             }
             let (new, entries) = build_batch(&self.ledger, &head, records, now());
-            match self
-                .stores
-                .index
-                .compare_and_set_head(&self.ledger, head.seq_counter, &new)
-                .await
-            {
+            let (stored, outcome) = if one_step {
+                self.commit_in_one_step(head.seq_counter, &new, &entries)
+                    .await
+            } else {
+                let outcome = self
+                    .stores
+                    .index
+                    .compare_and_set_head(&self.ledger, head.seq_counter, &new)
+                    .await;
+                (new.clone(), outcome)
+            };
+            let claimed = Claimed {
+                entries,
+                written_out: one_step,
+            };
+            match outcome {
                 Ok(CasOutcome::Applied) => {
-                    self.trusted_seq = Some(new.seq_counter);
-                    self.head = Some(new);
-                    return Ok(entries);
+                    self.trusted_seq = Some(stored.seq_counter);
+                    if one_step {
+                        self.complete_through = stored.seq_counter;
+                    }
+                    self.head = Some(stored);
+                    return Ok(claimed);
                 }
                 Ok(CasOutcome::Conflict(current)) => {
                     self.metrics.conflicts.inc();
@@ -174,8 +204,18 @@ impl Committer {
                         .is_some_and(|c| c.seq_counter >= new.seq_counter);
                     self.head = current;
                     if maybe_ours && self.was_applied(&new).await? {
-                        return Ok(entries);
+                        return Ok(claimed);
                     }
+                }
+                Err(StoreError::Corrupt(detail)) => {
+                    // Nothing was written: the store refused what it could not apply whole.
+                    self.head = None;
+                    let e = LedgerError::Corrupt {
+                        seq: claimed.entries[0].seq,
+                        detail,
+                    };
+                    self.integrity_error(&e);
+                    return Err(e);
                 }
                 Err(e) if breaker::never_sent(&e) => {
                     // Refused by an open circuit: nothing was sent, nothing committed.
@@ -186,7 +226,7 @@ impl Committer {
                     // out here can land later): look for it, and say "unknown" unless found.
                     self.head = None;
                     return match self.was_applied(&new).await {
-                        Ok(true) => Ok(entries),
+                        Ok(true) => Ok(claimed),
                         Ok(false) | Err(_) => Err(LedgerError::OutcomeUnknown(e.to_string())),
                     };
                 }
@@ -199,6 +239,35 @@ impl Committer {
             }
             tokio::time::sleep(backoff(attempt)).await;
         }
+    }
+
+    /// The claim and the write-out as one step ([`crate::store::IndexStore::commit_batch`]):
+    /// `META` then needs no pending batch. Returns the `META` stored and what the store did,
+    /// as a compare-and-set outcome.
+    async fn commit_in_one_step(
+        &self,
+        expected_seq: u64,
+        new: &Meta,
+        entries: &[PendingEntry],
+    ) -> (Meta, StoreResult<CasOutcome>) {
+        let stored = Meta {
+            pending: None,
+            ..new.clone()
+        };
+        let (objects, items) = write_out(entries);
+        let outcome = self
+            .stores
+            .index
+            .commit_batch(&self.ledger, expected_seq, &stored, &objects, &items)
+            .await
+            .and_then(|outcome| match outcome {
+                BatchCommit::Applied => Ok(CasOutcome::Applied),
+                BatchCommit::Conflict(current) => Ok(CasOutcome::Conflict(current)),
+                BatchCommit::Occupied(what) => Err(StoreError::Corrupt(format!(
+                    "{what} is already stored, past the head; the batch was not written"
+                ))),
+            });
+        (stored, outcome)
     }
 
     /// After a failed compare-and-set call: is `new`'s batch the one now committed?

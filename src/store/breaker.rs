@@ -18,8 +18,8 @@ use prometheus::{IntGaugeVec, Opts, Registry};
 use tokio::time::Instant;
 
 use super::{
-    CasOutcome, IndexStore, Meta, NewObject, ObjectStore, PutOutcome, ScannedObject, SeqItem,
-    SeqPut, StoreError, StoreResult, StoredObject, Stores,
+    BatchCommit, CasOutcome, IndexStore, Meta, NewObject, ObjectStore, PutOutcome, ScannedObject,
+    SeqItem, SeqPut, StoreError, StoreResult, StoredObject, Stores,
 };
 use crate::chain::entry::LedgerId;
 
@@ -329,6 +329,24 @@ impl IndexStore for Guarded<dyn IndexStore> {
     ) -> StoreResult<CasOutcome> {
         self.breaker
             .call(self.inner.compare_and_set_head(ledger, expected_seq, new))
+            .await
+    }
+    fn commits_batches(&self) -> bool {
+        self.inner.commits_batches()
+    }
+    async fn commit_batch(
+        &self,
+        ledger: &LedgerId,
+        expected_seq: u64,
+        new: &Meta,
+        objects: &[NewObject],
+        items: &[SeqItem],
+    ) -> StoreResult<BatchCommit> {
+        self.breaker
+            .call(
+                self.inner
+                    .commit_batch(ledger, expected_seq, new, objects, items),
+            )
             .await
     }
     async fn put_seq_items(

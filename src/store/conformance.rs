@@ -13,7 +13,9 @@
 
 use bytes::Bytes;
 
-use super::{CasOutcome, Meta, NewObject, PendingBatch, PutOutcome, SeqItem, SeqPut, Stores};
+use super::{
+    BatchCommit, CasOutcome, Meta, NewObject, PendingBatch, PutOutcome, SeqItem, SeqPut, Stores,
+};
 use crate::chain::entry::{LedgerId, Timestamp};
 use crate::chain::hash::Hash;
 
@@ -318,6 +320,147 @@ pub async fn a_pending_batch_round_trips_byte_for_byte(s: &Stores) {
     assert_eq!(s.index.head(&l).await.unwrap(), Some(meta));
 }
 
+/// Whether each object's key holds exactly that object.
+async fn stored(s: &Stores, objects: &[NewObject]) -> Vec<bool> {
+    let mut out = Vec::new();
+    for o in objects {
+        let current = s.objects.get(&o.key, None).await.unwrap();
+        out.push(current.is_some_and(|c| c.body == o.body));
+    }
+    out
+}
+
+pub async fn a_batch_commit_writes_all_of_it_or_none_of_it(s: &Stores) {
+    let l = unique_ledger();
+    s.index.create_ledger(&l).await.unwrap();
+    let batch = [object(&l, "1", "one"), object(&l, "2", "two")];
+    let items = [seq_item(1, 1), seq_item(2, 2)];
+    let meta = Meta {
+        seq_counter: 2,
+        last_hash: Hash([2; 32]),
+        pending: None,
+    };
+    if !s.index.commits_batches() {
+        assert!(
+            s.index
+                .commit_batch(&l, 0, &meta, &batch, &items)
+                .await
+                .is_err(),
+            "a store that does not commit batches refuses"
+        );
+        assert_eq!(s.index.head(&l).await.unwrap(), Some(Meta::empty()));
+        assert_eq!(stored(s, &batch).await, [false, false], "nothing written");
+        return;
+    }
+    assert_eq!(
+        s.index
+            .commit_batch(&l, 0, &meta, &batch, &items)
+            .await
+            .unwrap(),
+        BatchCommit::Applied
+    );
+    assert_eq!(s.index.head(&l).await.unwrap(), Some(meta.clone()));
+    assert_eq!(stored(s, &batch).await, [true, true]);
+    assert_eq!(s.index.seq_items(&l, 1, 2, 10).await.unwrap(), items);
+
+    // A stale claim: nothing of it is written.
+    let stale = [object(&l, "3", "three")];
+    assert_eq!(
+        s.index
+            .commit_batch(&l, 0, &meta, &stale, &[seq_item(3, 3)])
+            .await
+            .unwrap(),
+        BatchCommit::Conflict(Some(meta.clone()))
+    );
+    assert_eq!(stored(s, &stale).await, [false]);
+
+    // Something already stored under one key or seq of the batch: nothing of it is written.
+    let next = Meta {
+        seq_counter: 4,
+        last_hash: Hash([4; 32]),
+        pending: None,
+    };
+    let planted = object(&l, "4", "planted");
+    s.objects
+        .put_new(std::slice::from_ref(&planted))
+        .await
+        .unwrap();
+    let clashing = [object(&l, "3", "three"), object(&l, "4", "four")];
+    let next_items = [seq_item(3, 3), seq_item(4, 4)];
+    assert_eq!(
+        s.index
+            .commit_batch(&l, 2, &next, &clashing, &next_items)
+            .await
+            .unwrap(),
+        BatchCommit::Occupied(planted.key.clone())
+    );
+    s.index.put_seq_items(&l, &[seq_item(4, 9)]).await.unwrap();
+    let fresh = [object(&l, "3", "three"), object(&l, "5", "five")];
+    assert!(matches!(
+        s.index
+            .commit_batch(&l, 2, &next, &fresh, &next_items)
+            .await
+            .unwrap(),
+        BatchCommit::Occupied(_)
+    ));
+    assert_eq!(s.index.head(&l).await.unwrap(), Some(meta));
+    assert_eq!(stored(s, &fresh).await, [false, false]);
+    assert_eq!(
+        s.index.seq_items(&l, 3, 4, 10).await.unwrap(),
+        [seq_item(4, 9)]
+    );
+}
+
+pub async fn racing_batch_commits_have_one_winner(s: &Stores) {
+    let l = unique_ledger();
+    s.index.create_ledger(&l).await.unwrap();
+    let batches: Vec<Vec<NewObject>> = (0..8u8)
+        .map(|i| vec![object(&l, &format!("{i}"), &format!("batch {i}"))])
+        .collect();
+    let tasks: Vec<_> = batches
+        .iter()
+        .enumerate()
+        .map(|(i, objects)| {
+            let (index, l, objects) = (s.index.clone(), l.clone(), objects.clone());
+            let meta = Meta {
+                seq_counter: 1,
+                last_hash: Hash([i as u8; 32]),
+                pending: None,
+            };
+            tokio::spawn(async move {
+                index
+                    .commit_batch(&l, 0, &meta, &objects, &[seq_item(1, i as u8)])
+                    .await
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for (i, t) in tasks.into_iter().enumerate() {
+        match t.await.unwrap() {
+            Ok(BatchCommit::Applied) => winners.push(i),
+            Ok(_) => {}
+            Err(e) => assert!(!s.index.commits_batches(), "{e}"),
+        }
+    }
+    if !s.index.commits_batches() {
+        assert!(winners.is_empty());
+        for objects in &batches {
+            assert_eq!(stored(s, objects).await, [false], "nothing written");
+        }
+        return;
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    for (i, objects) in batches.iter().enumerate() {
+        assert_eq!(
+            stored(s, objects).await,
+            [i == winners[0]],
+            "only the winner's objects exist"
+        );
+    }
+    let items = s.index.seq_items(&l, 1, 1, 10).await.unwrap();
+    assert_eq!(items, [seq_item(1, winners[0] as u8)]);
+}
+
 pub async fn seq_items_are_written_once_and_returned_when_present(s: &Stores) {
     let l = unique_ledger();
     let mut with_version = seq_item(2, 2);
@@ -416,6 +559,8 @@ macro_rules! store_conformance_tests {
                 compare_and_set_applies_only_at_the_expected_seq,
                 racing_compare_and_set_has_one_winner,
                 a_pending_batch_round_trips_byte_for_byte,
+                a_batch_commit_writes_all_of_it_or_none_of_it,
+                racing_batch_commits_have_one_winner,
                 seq_items_are_written_once_and_returned_when_present,
                 seq_items_query_is_ascending_bounded_and_per_ledger,
                 ledgers_are_listed_in_order_and_paged,

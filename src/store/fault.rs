@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use super::{
-    CasOutcome, IndexStore, Meta, NewObject, ObjectStore, PutOutcome, ScannedObject, SeqItem,
-    SeqPut, StoreError, StoreResult, StoredObject, Stores,
+    BatchCommit, CasOutcome, IndexStore, Meta, NewObject, ObjectStore, PutOutcome, ScannedObject,
+    SeqItem, SeqPut, StoreError, StoreResult, StoredObject, Stores,
 };
 use crate::chain::entry::LedgerId;
 
@@ -75,10 +75,22 @@ fn injected() -> StoreError {
 
 /// Wraps `inner`; returns the wrapped stores and the handle that plans faults.
 pub fn wrap(inner: &Stores) -> (Stores, FaultHandle) {
+    wrap_with(inner, true)
+}
+
+/// Like [`wrap`], but the wrapped stores do not offer [`IndexStore::commit_batch`]: over the
+/// embedded store, the service then commits in the protocol's separate steps (claim, objects,
+/// items), as it does for S3 + DynamoDB and to finish a batch an earlier version left pending.
+pub fn wrap_in_steps(inner: &Stores) -> (Stores, FaultHandle) {
+    wrap_with(inner, false)
+}
+
+fn wrap_with(inner: &Stores, one_step: bool) -> (Stores, FaultHandle) {
     let plan = Arc::new(Plan::default());
     let wrapper = Arc::new(Faulty {
         inner: inner.clone(),
         plan: plan.clone(),
+        one_step,
     });
     let stores = Stores {
         backend: inner.backend,
@@ -115,6 +127,8 @@ impl FaultHandle {
 struct Faulty {
     inner: Stores,
     plan: Arc<Plan>,
+    /// Offer [`IndexStore::commit_batch`] when the inner store does.
+    one_step: bool,
 }
 
 impl Faulty {
@@ -236,6 +250,26 @@ impl IndexStore for Faulty {
             self.inner
                 .index
                 .compare_and_set_head(ledger, expected_seq, new),
+        )
+        .await
+    }
+    fn commits_batches(&self) -> bool {
+        self.one_step && self.inner.index.commits_batches()
+    }
+    /// A crash "halfway" is a crash after: the step is atomic.
+    async fn commit_batch(
+        &self,
+        ledger: &LedgerId,
+        expected_seq: u64,
+        new: &Meta,
+        objects: &[NewObject],
+        items: &[SeqItem],
+    ) -> StoreResult<BatchCommit> {
+        self.single(
+            "commit_batch",
+            self.inner
+                .index
+                .commit_batch(ledger, expected_seq, new, objects, items),
         )
         .await
     }

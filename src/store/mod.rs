@@ -200,7 +200,8 @@ pub struct Meta {
     /// Hash of entry `seq_counter` ([`Hash::GENESIS`] for an empty ledger).
     pub last_hash: Hash,
     /// The most recently claimed batch. It ends at `seq_counter`. It stays here after it is
-    /// written out, until the next claim replaces it.
+    /// written out, until the next claim replaces it. `None` for an empty ledger, and when the
+    /// batch was written out in the same step as its claim ([`IndexStore::commit_batch`]).
     pub pending: Option<PendingBatch>,
 }
 
@@ -221,6 +222,19 @@ pub enum CasOutcome {
     /// `META` did not have the expected `seq_counter`; this is what it holds now
     /// (`None` if the ledger does not exist).
     Conflict(Option<Meta>),
+}
+
+/// What [`IndexStore::commit_batch`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchCommit {
+    /// `META`, every object and every item were written, in one durable step.
+    Applied,
+    /// `META` did not have the expected `seq_counter`; this is what it holds now (`None` if
+    /// the ledger does not exist). Nothing was written.
+    Conflict(Option<Meta>),
+    /// Something is already stored under this object key or seq, past the head `META` states
+    /// (no writer of this protocol puts it there). Nothing was written.
+    Occupied(String),
 }
 
 /// One `SEQ#` index item: where entry `seq` is stored and what it hashes to.
@@ -265,6 +279,33 @@ pub trait IndexStore: Send + Sync + 'static {
         expected_seq: u64,
         new: &Meta,
     ) -> StoreResult<CasOutcome>;
+
+    /// Whether this store also holds the entry objects in the same transactional engine, so
+    /// that [`commit_batch`](Self::commit_batch) is available (the embedded store). Default: no.
+    fn commits_batches(&self) -> bool {
+        false
+    }
+
+    /// Claims a batch and writes it out in one atomic, durable step, for stores that
+    /// [`commits_batches`](Self::commits_batches): if and only if `META`'s `seq_counter` equals
+    /// `expected_seq` and no object key of `objects` and no seq of `items` is taken, replaces
+    /// `META` with `new` and creates every object (with no version) and item. A crash leaves
+    /// all of it or none of it, so `new` needs no pending batch. Stores that cannot answer
+    /// [`StoreError::Unavailable`] without writing anything (the default).
+    async fn commit_batch(
+        &self,
+        ledger: &LedgerId,
+        expected_seq: u64,
+        new: &Meta,
+        objects: &[NewObject],
+        items: &[SeqItem],
+    ) -> StoreResult<BatchCommit> {
+        let _ = (ledger, expected_seq, new, objects, items);
+        Err(StoreError::Unavailable {
+            dependency: "index",
+            detail: "this store cannot commit a batch in one step".into(),
+        })
+    }
 
     /// Writes each `SEQ#` item whose seq has no item yet; never changes an existing item
     /// (returns it in [`SeqPut::AlreadyExists`] instead). Outcomes are in input order. Items

@@ -127,3 +127,39 @@ async fn a_verify_range_starting_after_seq_1_anchors_on_the_stored_entry_before_
         assert!(clean.ok, "{query}: {:?}", clean.failures);
     }
 }
+
+#[tokio::test]
+async fn an_object_planted_past_the_head_stops_appends_with_500_integrity_error_and_commits_nothing()
+ {
+    const PLANTED: &str = "planted";
+    let app = spawn_app().await;
+    for n in 1..=3u64 {
+        app.append_ok(PLANTED, &format!(r#"{{"n":{n}}}"#)).await;
+    }
+    let data_dir = app.stop().await;
+    {
+        let path = data_dir.path().join(eleanor_ledger::store::local::DB_FILE);
+        let db = redb::Database::open(path).expect("open ledger.redb");
+        let txn = db.begin_write().unwrap();
+        txn.open_table(redb::TableDefinition::<&str, &[u8]>::new("objects"))
+            .unwrap()
+            .insert(
+                format!("{PLANTED}/entries/{:018}.json", 4).as_str(),
+                b"not the entry".as_slice(),
+            )
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let app = spawn_app_in(data_dir, &[]).await;
+
+    let body = expect_error(
+        app.append(PLANTED, r#"{"n":4}"#).await,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "integrity_error",
+    )
+    .await;
+    assert!(!body.contains("not the entry"), "{body}");
+    assert_eq!(app.head_ok(PLANTED).await.seq, 3, "nothing was committed");
+    let (record, _) = app.get_record_ok(PLANTED, 3).await;
+    assert_eq!(record.record["n"], 3);
+}
