@@ -609,7 +609,7 @@ impl IndexStore for LocalStore {
 }
 
 /// The writes of [`IndexStore::commit_batch`] inside `txn`, which the caller commits only if
-/// they were all made.
+/// they were all made (and aborts otherwise).
 fn write_batch(
     txn: &WriteTransaction,
     ledger: &LedgerId,
@@ -627,20 +627,25 @@ fn write_batch(
         Some(current) if current.seq_counter == expected_seq => {}
         other => return Ok(BatchCommit::Conflict(other)),
     }
+    // An insert that replaced something is undone with the rest: the caller aborts.
     let mut table = txn.open_table(OBJECTS)?;
     for object in objects {
-        if table.get(object.key.as_str())?.is_some() {
+        if table
+            .insert(object.key.as_str(), object.body.as_ref())?
+            .is_some()
+        {
             return Ok(BatchCommit::Occupied(object.key.clone()));
         }
-        table.insert(object.key.as_str(), object.body.as_ref())?;
     }
     let mut table = txn.open_table(SEQ)?;
     for item in items {
         let key = (ledger.as_str(), item.seq);
-        if table.get(key)?.is_some() {
+        if table
+            .insert(key, encode_seq_item(item).as_slice())?
+            .is_some()
+        {
             return Ok(BatchCommit::Occupied(format!("SEQ#{:018}", item.seq)));
         }
-        table.insert(key, encode_seq_item(item).as_slice())?;
     }
     heads.insert(ledger.as_str(), meta)?;
     Ok(BatchCommit::Applied)
