@@ -196,6 +196,47 @@ async fn every_crash_point(make: impl AsyncFn() -> Stores, wrap: Wrap, one_step:
     eprintln!("calls per batch: {calls:?}\n{}", outcomes.join("\n"));
 }
 
+/// The claim is applied but its answer is lost (a timeout after the request landed): the
+/// writer must find its batch and acknowledge it, once, without appending it again.
+async fn a_claim_whose_answer_was_lost(make: impl AsyncFn() -> Stores, wrap: Wrap) {
+    let claim = calls_per_batch(&make, wrap)
+        .await
+        .iter()
+        .position(|op| *op == "commit_batch" || *op == "compare_and_set_head")
+        .expect("a batch has a claim");
+    let base = make().await;
+    let id = LedgerId::parse(&format!("lost-answer-{:08x}", fastrand::u32(..))).unwrap();
+    let seed = service(&base);
+    append_batch(&seed, &id, "seed").await;
+    seed.shutdown().await;
+    let (faulty, handle) = wrap(&base);
+    let writer = service(&faulty);
+    handle.plan(claim, Fault::LoseAnswer);
+    let receipts: Vec<Receipt> = append_batch(&writer, &id, "victim")
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert!(receipts.iter().all(|r| r.materialized), "{receipts:?}");
+    let mut seqs: Vec<u64> = receipts.iter().map(|r| r.seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(
+        seqs,
+        (BATCH as u64 + 1..=2 * BATCH as u64).collect::<Vec<_>>()
+    );
+    writer.shutdown().await;
+
+    let reader = service(&base);
+    let report = reader.verify(&id, VerifyRange::default()).await.unwrap();
+    assert!(report.ok, "{:?}", report.failures);
+    let page = reader.records(&id, 0, 100).await.unwrap();
+    assert_eq!(page.records.len(), 2 * BATCH, "the batch is there once");
+    for receipt in &receipts {
+        let stored = reader.record(&id, receipt.seq).await.unwrap();
+        assert_eq!(stored.entry_hash, receipt.entry_hash);
+    }
+}
+
 async fn embedded() -> Stores {
     let dir = tempfile::tempdir().unwrap().keep();
     LocalStore::open(&dir, BackendMetrics::unregistered())
@@ -223,4 +264,17 @@ async fn every_crash_point_of_a_batch_heals_on_the_emulator() {
     let settings = aws_support::fresh_settings().await;
     let stores = aws_support::connect_with(&settings, BackendMetrics::unregistered()).await;
     every_crash_point(async || stores.clone(), fault::wrap, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_claim_answer_was_lost_is_acknowledged_once_on_the_embedded_backend() {
+    a_claim_whose_answer_was_lost(embedded, fault::wrap).await;
+    a_claim_whose_answer_was_lost(embedded, fault::wrap_in_steps).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_claim_answer_was_lost_is_acknowledged_once_on_the_emulator() {
+    let settings = aws_support::fresh_settings().await;
+    let stores = aws_support::connect_with(&settings, BackendMetrics::unregistered()).await;
+    a_claim_whose_answer_was_lost(async || stores.clone(), fault::wrap).await;
 }

@@ -2,9 +2,11 @@
 //!
 //! Appends queue on a bounded channel. The task takes everything queued (up to the batch's
 //! record and byte bounds, optionally lingering a moment for more), claims the whole batch with
-//! one `META` compare-and-set, rolls it forward, and answers every request. While it works, new
-//! appends queue up and form the next batch, so batches grow with load and a lone append is a
-//! batch of one with no added wait.
+//! one `META` compare-and-set, rolls it forward, and answers every request. On a store that
+//! commits batches in one step (the embedded store), the claim and the write-out are one call
+//! ([`crate::store::IndexStore::commit_batch`]). While it works, new appends queue up and form
+//! the next batch, so batches grow with load and a lone append is a batch of one with no added
+//! wait.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,7 +21,7 @@ use super::commit::{
 };
 use super::{LedgerError, LedgerMetrics, Options, Receipt};
 use crate::chain::entry::{LedgerId, MAX_SEQ, Record, Timestamp};
-use crate::store::{BatchCommit, CasOutcome, Meta, StoreError, StoreResult, Stores, breaker};
+use crate::store::{BatchCommit, CasOutcome, Meta, StoreResult, Stores, Taken, breaker};
 
 /// A batch whose claim is committed.
 struct Claimed {
@@ -170,16 +172,14 @@ impl Committer {
                 return Err(LedgerError::LedgerFull);
             }
             let (new, entries) = build_batch(&self.ledger, &head, records, now());
-            let (stored, outcome) = if one_step {
+            let outcome = if one_step {
                 self.commit_in_one_step(head.seq_counter, &new, &entries)
-                    .await
+                    .await?
             } else {
-                let outcome = self
-                    .stores
+                self.stores
                     .index
                     .compare_and_set_head(&self.ledger, head.seq_counter, &new)
-                    .await;
-                (new.clone(), outcome)
+                    .await
             };
             let claimed = Claimed {
                 entries,
@@ -187,11 +187,12 @@ impl Committer {
             };
             match outcome {
                 Ok(CasOutcome::Applied) => {
-                    self.trusted_seq = Some(stored.seq_counter);
+                    let mut new = new;
                     if one_step {
-                        self.complete_through = stored.seq_counter;
+                        new.pending = None; // as stored
                     }
-                    self.head = Some(stored);
+                    self.trusted_seq = Some(new.seq_counter);
+                    self.head = Some(new);
                     return Ok(claimed);
                 }
                 Ok(CasOutcome::Conflict(current)) => {
@@ -206,16 +207,6 @@ impl Committer {
                     if maybe_ours && self.was_applied(&new).await? {
                         return Ok(claimed);
                     }
-                }
-                Err(StoreError::Corrupt(detail)) => {
-                    // Nothing was written: the store refused what it could not apply whole.
-                    self.head = None;
-                    let e = LedgerError::Corrupt {
-                        seq: claimed.entries[0].seq,
-                        detail,
-                    };
-                    self.integrity_error(&e);
-                    return Err(e);
                 }
                 Err(e) if breaker::never_sent(&e) => {
                     // Refused by an open circuit: nothing was sent, nothing committed.
@@ -241,33 +232,43 @@ impl Committer {
         }
     }
 
-    /// The claim and the write-out as one step ([`crate::store::IndexStore::commit_batch`]):
-    /// `META` then needs no pending batch. Returns the `META` stored and what the store did,
-    /// as a compare-and-set outcome.
+    /// The claim and the write-out as one step ([`crate::store::IndexStore::commit_batch`]),
+    /// with `new` stored without its pending batch. What the store did, as a compare-and-set
+    /// outcome; a batch refused because something is stored where it would go is corruption.
     async fn commit_in_one_step(
-        &self,
+        &mut self,
         expected_seq: u64,
         new: &Meta,
         entries: &[PendingEntry],
-    ) -> (Meta, StoreResult<CasOutcome>) {
+    ) -> Result<StoreResult<CasOutcome>, LedgerError> {
         let stored = Meta {
+            seq_counter: new.seq_counter,
+            last_hash: new.last_hash,
             pending: None,
-            ..new.clone()
         };
         let (objects, items) = write_out(entries);
         let outcome = self
             .stores
             .index
             .commit_batch(&self.ledger, expected_seq, &stored, &objects, &items)
-            .await
-            .and_then(|outcome| match outcome {
-                BatchCommit::Applied => Ok(CasOutcome::Applied),
-                BatchCommit::Conflict(current) => Ok(CasOutcome::Conflict(current)),
-                BatchCommit::Occupied(what) => Err(StoreError::Corrupt(format!(
-                    "{what} is already stored, past the head; the batch was not written"
-                ))),
-            });
-        (stored, outcome)
+            .await;
+        let (seq, what) = match outcome {
+            Ok(BatchCommit::Applied) => return Ok(Ok(CasOutcome::Applied)),
+            Ok(BatchCommit::Conflict(current)) => return Ok(Ok(CasOutcome::Conflict(current))),
+            Err(e) => return Ok(Err(e)),
+            Ok(BatchCommit::Occupied(Taken::Seq(seq))) => (seq, "a SEQ# item".to_owned()),
+            Ok(BatchCommit::Occupied(Taken::Object(key))) => (
+                entries.iter().find(|e| e.key == key).map_or(0, |e| e.seq),
+                format!("object {key}"),
+            ),
+        };
+        self.head = None;
+        let e = LedgerError::Corrupt {
+            seq,
+            detail: format!("{what} is already stored past the head; the batch was not written"),
+        };
+        self.integrity_error(&e);
+        Err(e)
     }
 
     /// After a failed compare-and-set call: is `new`'s batch the one now committed?

@@ -15,6 +15,7 @@ use bytes::Bytes;
 
 use super::{
     BatchCommit, CasOutcome, Meta, NewObject, PendingBatch, PutOutcome, SeqItem, SeqPut, Stores,
+    Taken,
 };
 use crate::chain::entry::{LedgerId, Timestamp};
 use crate::chain::hash::Hash;
@@ -392,17 +393,22 @@ pub async fn a_batch_commit_writes_all_of_it_or_none_of_it(s: &Stores) {
             .commit_batch(&l, 2, &next, &clashing, &next_items)
             .await
             .unwrap(),
-        BatchCommit::Occupied(planted.key.clone())
+        BatchCommit::Occupied(Taken::Object(planted.key.clone()))
+    );
+    assert_eq!(
+        stored(s, std::slice::from_ref(&planted)).await,
+        [true],
+        "the object found in the way is left as it was"
     );
     s.index.put_seq_items(&l, &[seq_item(4, 9)]).await.unwrap();
     let fresh = [object(&l, "3", "three"), object(&l, "5", "five")];
-    assert!(matches!(
+    assert_eq!(
         s.index
             .commit_batch(&l, 2, &next, &fresh, &next_items)
             .await
             .unwrap(),
-        BatchCommit::Occupied(_)
-    ));
+        BatchCommit::Occupied(Taken::Seq(4))
+    );
     assert_eq!(s.index.head(&l).await.unwrap(), Some(meta));
     assert_eq!(stored(s, &fresh).await, [false, false]);
     assert_eq!(
@@ -459,6 +465,12 @@ pub async fn racing_batch_commits_have_one_winner(s: &Stores) {
     }
     let items = s.index.seq_items(&l, 1, 1, 10).await.unwrap();
     assert_eq!(items, [seq_item(1, winners[0] as u8)]);
+    let head = s.index.head(&l).await.unwrap().unwrap();
+    assert_eq!(
+        head.last_hash,
+        Hash([winners[0] as u8; 32]),
+        "META is the winner's"
+    );
 }
 
 pub async fn seq_items_are_written_once_and_returned_when_present(s: &Stores) {

@@ -27,6 +27,9 @@ pub enum Fault {
     /// A batch call writes only its first half, then the writer dies (single calls: as
     /// [`Fault::CrashAfter`]).
     CrashHalfway,
+    /// The call takes full effect, but its answer is lost: the caller gets an error and the
+    /// writer lives on (a timeout after the request was applied).
+    LoseAnswer,
 }
 
 #[derive(Default)]
@@ -42,6 +45,7 @@ enum Step {
     Run,
     Fail,
     RunThenCrash { halfway: bool },
+    RunThenFail,
 }
 
 impl Plan {
@@ -56,6 +60,7 @@ impl Plan {
             Some((at, Fault::FailBefore)) if at == n => Step::Fail,
             Some((at, Fault::CrashAfter)) if at == n => Step::RunThenCrash { halfway: false },
             Some((at, Fault::CrashHalfway)) if at == n => Step::RunThenCrash { halfway: true },
+            Some((at, Fault::LoseAnswer)) if at == n => Step::RunThenFail,
             _ => Step::Run,
         }
     }
@@ -145,33 +150,47 @@ impl Faulty {
                 let _ = call.await;
                 Err(self.plan.crash())
             }
+            Step::RunThenFail => {
+                let _ = call.await;
+                Err(injected())
+            }
         }
     }
 
-    /// Decides a batch call: which items to pass on, and whether to crash afterwards.
-    fn batch<'a, T>(&self, op: &'static str, items: &'a [T]) -> StoreResult<(&'a [T], bool)> {
+    /// Decides a batch call: which items to pass on, and what the caller hears afterwards.
+    fn batch<'a, T>(&self, op: &'static str, items: &'a [T]) -> StoreResult<(&'a [T], After)> {
         match self.plan.step(op) {
             Step::Fail => Err(injected()),
-            Step::Run => Ok((items, false)),
+            Step::Run => Ok((items, After::Answer)),
+            Step::RunThenFail => Ok((items, After::LoseAnswer)),
             Step::RunThenCrash { halfway } => Ok((
                 if halfway {
                     &items[..items.len() / 2]
                 } else {
                     items
                 },
-                true,
+                After::Crash,
             )),
         }
     }
 
-    /// Finishes a batch call: after a planned crash the caller sees only the error.
-    fn after<R>(&self, result: StoreResult<R>, crash: bool) -> StoreResult<R> {
-        if crash {
-            Err(self.plan.crash())
-        } else {
-            result
+    /// Finishes a batch call: after a planned crash or a lost answer the caller sees only the
+    /// error.
+    fn after<R>(&self, result: StoreResult<R>, after: After) -> StoreResult<R> {
+        match after {
+            After::Answer => result,
+            After::Crash => Err(self.plan.crash()),
+            After::LoseAnswer => Err(injected()),
         }
     }
+}
+
+/// What the caller of a batch call hears once the call has run.
+#[derive(Clone, Copy)]
+enum After {
+    Answer,
+    Crash,
+    LoseAnswer,
 }
 
 #[async_trait]
@@ -180,9 +199,9 @@ impl ObjectStore for Faulty {
         self.inner.objects.close().await
     }
     async fn put_new(&self, objects: &[NewObject]) -> StoreResult<Vec<PutOutcome>> {
-        let (part, crash) = self.batch("put_new", objects)?;
+        let (part, after) = self.batch("put_new", objects)?;
         let result = self.inner.objects.put_new(part).await;
-        self.after(result, crash)
+        self.after(result, after)
     }
     async fn get(&self, key: &str, version: Option<&str>) -> StoreResult<Option<StoredObject>> {
         self.single("get", self.inner.objects.get(key, version))
@@ -278,9 +297,9 @@ impl IndexStore for Faulty {
         ledger: &LedgerId,
         items: &[SeqItem],
     ) -> StoreResult<Vec<SeqPut>> {
-        let (part, crash) = self.batch("put_seq_items", items)?;
+        let (part, after) = self.batch("put_seq_items", items)?;
         let result = self.inner.index.put_seq_items(ledger, part).await;
-        self.after(result, crash)
+        self.after(result, after)
     }
     async fn seq_items(
         &self,

@@ -232,9 +232,18 @@ pub enum BatchCommit {
     /// `META` did not have the expected `seq_counter`; this is what it holds now (`None` if
     /// the ledger does not exist). Nothing was written.
     Conflict(Option<Meta>),
-    /// Something is already stored under this object key or seq, past the head `META` states
-    /// (no writer of this protocol puts it there). Nothing was written.
-    Occupied(String),
+    /// Something is already stored where the batch writes, past the head `META` states (no
+    /// writer of this protocol puts it there). Nothing was written.
+    Occupied(Taken),
+}
+
+/// Where [`IndexStore::commit_batch`] found something already stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Taken {
+    /// An object under this key.
+    Object(String),
+    /// A `SEQ#` item for this seq.
+    Seq(u64),
 }
 
 /// One `SEQ#` index item: where entry `seq` is stored and what it hashes to.

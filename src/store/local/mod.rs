@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     BackendMetrics, BatchCommit, CasOutcome, IndexStore, Meta, NewObject, ObjectStore,
     PendingBatch, PutOutcome, Retention, ScannedObject, SeqItem, SeqPut, StoreError, StoreResult,
-    StoredObject, Stores,
+    StoredObject, Stores, Taken,
 };
 use crate::chain::entry::{LedgerId, Timestamp};
 use crate::chain::hash::Hash;
@@ -512,13 +512,12 @@ impl IndexStore for LocalStore {
                 let outcome = write_batch(&txn, &ledger, expected_seq, &meta, &objects, &items)?;
                 if outcome == BatchCommit::Applied {
                     txn.commit()?;
-                } else {
-                    txn.abort()?;
                 }
+                // Otherwise dropped: the transaction aborts, and whatever it wrote with it.
                 Ok(outcome)
             })
             .await;
-        if let Ok(BatchCommit::Conflict(_)) = result {
+        if let Ok(BatchCommit::Conflict(_) | BatchCommit::Occupied(_)) = result {
             self.metrics.record("commit_batch", "conflict", 1);
         }
         result
@@ -609,7 +608,7 @@ impl IndexStore for LocalStore {
 }
 
 /// The writes of [`IndexStore::commit_batch`] inside `txn`, which the caller commits only if
-/// they were all made (and aborts otherwise).
+/// they were all made.
 fn write_batch(
     txn: &WriteTransaction,
     ledger: &LedgerId,
@@ -634,7 +633,7 @@ fn write_batch(
             .insert(object.key.as_str(), object.body.as_ref())?
             .is_some()
         {
-            return Ok(BatchCommit::Occupied(object.key.clone()));
+            return Ok(BatchCommit::Occupied(Taken::Object(object.key.clone())));
         }
     }
     let mut table = txn.open_table(SEQ)?;
@@ -644,7 +643,7 @@ fn write_batch(
             .insert(key, encode_seq_item(item).as_slice())?
             .is_some()
         {
-            return Ok(BatchCommit::Occupied(format!("SEQ#{:018}", item.seq)));
+            return Ok(BatchCommit::Occupied(Taken::Seq(item.seq)));
         }
     }
     heads.insert(ledger.as_str(), meta)?;
