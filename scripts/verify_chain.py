@@ -294,19 +294,35 @@ def check_checkpoints(ledger_id, checkpoints, hashes, last, keys, failures):
             )
 
 
+def missing_run(first, last):
+    """One missing_entry failure for seqs first..=last, none of them stored."""
+    if first == last:
+        return (first, "missing_entry", f"no entry is stored for seq {first}")
+    return (first, "missing_entry", f"no entry is stored for seqs {first}..={last} ({last - first + 1} seqs)")
+
+
 def verify(ledger_id, stored, claims, head, checkpoints=(), keys=None):
-    """Walks seqs 1..M. stored: {seq: bytes}; claims: {seq: {field: value}}; head: (seq, hash)."""
+    """Walks seqs 1..M (a run with nothing stored or claimed in one step). stored: {seq: bytes};
+    claims: {seq: {field: value}}; head: (seq, hash)."""
     failures = []
     checkpoint_seqs = {cp["seq"] for cp in checkpoints if "seq" in cp}
     hashes = {}
     verified = 0
     last = max([0, *stored.keys(), *claims.keys(), head[0] if head else 0])
     prev = GENESIS  # the hash entry `seq` must link to; None when unknown
-    for seq in range(1, last + 1):
+    # Only seqs with something stored or claimed are visited; a run of seqs with nothing at all
+    # is one failure (one stray file at seq 10**12 must not make the walk count to it).
+    known = sorted(seq for seq in set(stored) | set(claims) if seq >= 1)
+    expected = 1
+    for seq in known:
+        if seq > expected:
+            failures.append(missing_run(expected, seq - 1))
+            prev = None
+        expected = seq + 1
         data = stored.get(seq)
         claim = claims.get(seq, {})
         if data is None:
-            failures.append((seq, "missing_entry", f"no entry is stored for seq {seq}"))
+            failures.append(missing_run(seq, seq))
             prev = claim.get("entry_hash")
             continue
         digest = entry_hash(data)
@@ -336,6 +352,9 @@ def verify(ledger_id, stored, claims, head, checkpoints=(), keys=None):
         if differs:
             failures.append((seq, "index_mismatch", f"the index's {' and '.join(differs)} differ from the stored entry"))
         prev = digest
+    if expected <= last:  # the head claims seqs past everything stored
+        failures.append(missing_run(expected, last))
+        prev = None
     if head is not None:
         head_seq, head_hash = head
         if head_seq != last:

@@ -116,10 +116,19 @@ fn rust_verify(ledger: &str, chain: &Chain) -> (bool, Failures) {
     .max()
     .unwrap_or(0);
     let mut verifier = ChainVerifier::new(1, Some(Hash::GENESIS), 10_000);
-    for seq in 1..=last {
+    // As the service walks: a run of seqs with nothing stored or claimed is skipped in one step.
+    let known: BTreeSet<u64> = chain
+        .stored
+        .keys()
+        .chain(chain.claims.keys())
+        .copied()
+        .collect();
+    for &seq in &known {
+        verifier.skip_missing(seq - 1);
         let evidence = check_entry(&id, seq, chain.stored.get(&seq).map(Vec::as_slice));
         verifier.push(evidence, chain.claims.get(&seq));
     }
+    verifier.skip_missing(last);
     let outcome = verifier.finish(chain.head);
     let failures = outcome
         .failures
@@ -423,6 +432,45 @@ fn a_missing_entry_is_reported_at_its_seq_by_both() {
         "entry 3 removed",
     );
     assert_eq!(failures, BTreeSet::from([(3, "missing_entry".to_owned())]));
+}
+
+#[test]
+fn a_stray_entry_far_past_the_end_is_one_missing_run_for_both_not_a_walk_to_it() {
+    const FAR: u64 = 1_000_000_000_000;
+    let mut chain = vectors_chain();
+    let last = chain.stored[&5].clone();
+    chain.stored.insert(FAR, last);
+    chain.stored.remove(&3);
+    for (mode, chain) in [
+        (Mode::Jsonl, chain.clone()),
+        (Mode::Dir, without_claims(&chain)),
+    ] {
+        let failures = both_agree(LEDGER, &chain, mode, "a stray entry at 10^12");
+        let expected = BTreeSet::from([
+            (3, "missing_entry".to_owned()),
+            (5, "head_mismatch".to_owned()),
+            (6, "missing_entry".to_owned()),
+            (FAR, "malformed_entry".to_owned()),
+        ]);
+        assert_eq!(failures, expected, "{mode:?}");
+    }
+    let beyond = Chain {
+        head: Some(Head {
+            seq: 9,
+            last_hash: Hash::GENESIS,
+        }),
+        ..without_claims(&vectors_chain())
+    };
+    assert_eq!(
+        both_agree(
+            LEDGER,
+            &beyond,
+            Mode::Dir,
+            "a head four past the last entry"
+        ),
+        BTreeSet::from([(6, "missing_entry".to_owned())]),
+        "one run for seqs 6..=9"
+    );
 }
 
 #[test]
