@@ -63,3 +63,65 @@ async fn two_writers_on_one_store_make_one_linear_chain() {
         "the two writers never raced, so this proved nothing about conflicts"
     );
 }
+
+fn committers(registry: &prometheus::Registry) -> i64 {
+    registry
+        .gather()
+        .iter()
+        .find(|f| f.name() == "ledger_committers")
+        .map(|f| f.get_metric()[0].get_gauge().value() as i64)
+        .expect("the gauge is registered")
+}
+
+/// A ledger's committer ends after `committer_idle` without appends, and the next append
+/// starts another, including appends that race the moment it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_committers_end_and_the_next_append_starts_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let stores = LocalStore::open(dir.path(), BackendMetrics::unregistered())
+        .unwrap()
+        .into_stores();
+    let registry = prometheus::Registry::new();
+    let idle = std::time::Duration::from_millis(200);
+    let writer = Ledger::new(
+        stores,
+        Options {
+            committer_idle: idle,
+            ..Options::default()
+        },
+        LedgerMetrics::new(&registry).unwrap(),
+    );
+    let record = |i: usize| Record::parse(format!(r#"{{"i":{i}}}"#).as_bytes()).unwrap();
+    let (a, b) = (LedgerId::parse("a").unwrap(), LedgerId::parse("b").unwrap());
+    writer.append(&a, record(0)).await.unwrap();
+    writer.append(&b, record(0)).await.unwrap();
+    assert_eq!(committers(&registry), 2);
+    tokio::time::sleep(idle * 5).await;
+    assert_eq!(committers(&registry), 0, "both ended, idle");
+
+    // Rounds of appends sent around the moment the committer goes idle.
+    let mut sent = 1;
+    for round in 0..12u32 {
+        tokio::time::sleep(
+            idle - std::time::Duration::from_millis(12)
+                + round * std::time::Duration::from_millis(2),
+        )
+        .await;
+        let tasks: Vec<_> = (0..4)
+            .map(|i| {
+                let (writer, a) = (writer.clone(), a.clone());
+                let record = record(sent + i);
+                tokio::spawn(async move { writer.append(&a, record).await.unwrap() })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        sent += 4;
+    }
+    let report = writer.verify(&a, VerifyRange::default()).await.unwrap();
+    assert!(report.ok, "{:?}", report.failures);
+    assert_eq!(report.verified, sent as u64, "every append once, no gap");
+    writer.shutdown().await;
+    assert_eq!(committers(&registry), 0);
+}

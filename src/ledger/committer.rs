@@ -74,15 +74,21 @@ impl Committer {
         }
     }
 
-    /// Serves the queue until every sender is gone and the queue is empty.
+    /// Serves the queue until every sender is gone and the queue is empty, or until no append
+    /// came for [`Options::committer_idle`]: then it closes the queue (appends that find it
+    /// closed start a new committer), finishes what is already queued, and ends.
     pub async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
         let mut carried: Option<Request> = None;
         loop {
             let first = match carried.take() {
                 Some(r) => r,
-                None => match rx.recv().await {
-                    Some(r) => r,
-                    None => break,
+                None => match tokio::time::timeout(self.options.committer_idle, rx.recv()).await {
+                    Ok(Some(r)) => r,
+                    Ok(None) => break,
+                    Err(_idle) => {
+                        rx.close();
+                        continue;
+                    }
                 },
             };
             let mut bytes = first.size();

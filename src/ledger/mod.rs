@@ -97,6 +97,9 @@ pub struct Options {
     /// How often moved ledgers are checkpointed (`ELEANOR_LEDGER_CHECKPOINT_INTERVAL`);
     /// zero: only on request.
     pub checkpoint_interval: Duration,
+    /// A ledger's committer task ends after this long without an append (the next append
+    /// starts a new one), so memory follows the ledgers in use, not every ledger ever written.
+    pub committer_idle: Duration,
 }
 
 impl Default for Options {
@@ -112,6 +115,7 @@ impl Default for Options {
             max_verify_failures: 1000,
             signer: None,
             checkpoint_interval: Duration::ZERO,
+            committer_idle: Duration::from_secs(60),
         }
     }
 }
@@ -127,6 +131,7 @@ pub struct LedgerMetrics {
     verify_last_timestamp: prometheus::GaugeVec,
     verify_entries: IntCounter,
     verify_running: prometheus::IntGauge,
+    committers: prometheus::IntGauge,
 }
 
 impl LedgerMetrics {
@@ -206,6 +211,10 @@ impl LedgerMetrics {
                 "ledger_verifications_running",
                 "Verifications through the service in progress.",
             )?,
+            committers: prometheus::IntGauge::new(
+                "ledger_committers",
+                "Committer tasks running: ledgers appended to within the idle time.",
+            )?,
         };
         registry.register(Box::new(m.batch_size.clone()))?;
         registry.register(Box::new(m.conflicts.clone()))?;
@@ -215,6 +224,7 @@ impl LedgerMetrics {
         registry.register(Box::new(m.verify_last_timestamp.clone()))?;
         registry.register(Box::new(m.verify_entries.clone()))?;
         registry.register(Box::new(m.verify_running.clone()))?;
+        registry.register(Box::new(m.committers.clone()))?;
         Ok(m)
     }
 }
@@ -315,13 +325,22 @@ impl Ledger {
     /// Appends one record; resolves once its batch is committed.
     pub async fn append(&self, ledger: &LedgerId, record: Record) -> Result<Receipt, LedgerError> {
         let (reply, answer) = oneshot::channel();
-        let queue = self.queue(ledger)?;
-        queue
-            .try_send(Request { record, reply })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => LedgerError::Overloaded,
-                mpsc::error::TrySendError::Closed(_) => LedgerError::ShuttingDown,
-            })?;
+        let queue = self.queue(ledger, None)?;
+        let request = match queue.try_send(Request { record, reply }) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(_)) => return Err(LedgerError::Overloaded),
+            Err(mpsc::error::TrySendError::Closed(request)) => Some(request),
+        };
+        if let Some(request) = request {
+            // The ledger's committer ended, idle: start another (once; closed again means
+            // the service is shutting down).
+            self.queue(ledger, Some(&queue))?
+                .try_send(request)
+                .map_err(|e| match e {
+                    mpsc::error::TrySendError::Full(_) => LedgerError::Overloaded,
+                    mpsc::error::TrySendError::Closed(_) => LedgerError::ShuttingDown,
+                })?;
+        }
         let mut receipt = answer.await.map_err(|_| LedgerError::ShuttingDown)??;
         if let Some(signer) = &self.inner.options.signer {
             receipt.receipt = Some(signer.sign_receipt(&receipt.body()));
@@ -329,7 +348,13 @@ impl Ledger {
         Ok(receipt)
     }
 
-    fn queue(&self, ledger: &LedgerId) -> Result<mpsc::Sender<Request>, LedgerError> {
+    /// The ledger's queue, starting its committer if it has none; `ended`: a queue found
+    /// closed (its committer ended, idle), to be replaced.
+    fn queue(
+        &self,
+        ledger: &LedgerId,
+        ended: Option<&mpsc::Sender<Request>>,
+    ) -> Result<mpsc::Sender<Request>, LedgerError> {
         let mut committers = self
             .inner
             .committers
@@ -338,8 +363,10 @@ impl Ledger {
         if committers.closed {
             return Err(LedgerError::ShuttingDown);
         }
-        if let Some(queue) = committers.queues.get(ledger) {
-            return Ok(queue.clone());
+        match committers.queues.get(ledger) {
+            Some(queue) if ended.is_some_and(|e| e.same_channel(queue)) => {}
+            Some(queue) => return Ok(queue.clone()),
+            None => {}
         }
         let (tx, rx) = mpsc::channel(self.inner.options.queue_depth);
         let committer = Committer::new(
@@ -348,7 +375,13 @@ impl Ledger {
             self.inner.options.clone(),
             self.inner.metrics.clone(),
         );
-        committers.tasks.push(tokio::spawn(committer.run(rx)));
+        let gauge = self.inner.metrics.committers.clone();
+        gauge.inc();
+        committers.tasks.retain(|task| !task.is_finished());
+        committers.tasks.push(tokio::spawn(async move {
+            committer.run(rx).await;
+            gauge.dec();
+        }));
         committers.queues.insert(ledger.clone(), tx.clone());
         Ok(tx)
     }
