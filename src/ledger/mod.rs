@@ -325,21 +325,20 @@ impl Ledger {
     /// Appends one record; resolves once its batch is committed.
     pub async fn append(&self, ledger: &LedgerId, record: Record) -> Result<Receipt, LedgerError> {
         let (reply, answer) = oneshot::channel();
-        let queue = self.queue(ledger, None)?;
-        let request = match queue.try_send(Request { record, reply }) {
-            Ok(()) => None,
-            Err(mpsc::error::TrySendError::Full(_)) => return Err(LedgerError::Overloaded),
-            Err(mpsc::error::TrySendError::Closed(request)) => Some(request),
+        let refused = |e| match e {
+            mpsc::error::TrySendError::Full(_) => LedgerError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => LedgerError::ShuttingDown,
         };
-        if let Some(request) = request {
-            // The ledger's committer ended, idle: start another (once; closed again means
-            // the service is shutting down).
-            self.queue(ledger, Some(&queue))?
-                .try_send(request)
-                .map_err(|e| match e {
-                    mpsc::error::TrySendError::Full(_) => LedgerError::Overloaded,
-                    mpsc::error::TrySendError::Closed(_) => LedgerError::ShuttingDown,
-                })?;
+        let queue = self.queue(ledger, None)?;
+        match queue.try_send(Request { record, reply }) {
+            Err(mpsc::error::TrySendError::Closed(request)) => {
+                // The ledger's committer ended, idle: start another (once; closed again means
+                // the service is shutting down).
+                self.queue(ledger, Some(&queue))?
+                    .try_send(request)
+                    .map_err(refused)?;
+            }
+            sent => sent.map_err(refused)?,
         }
         let mut receipt = answer.await.map_err(|_| LedgerError::ShuttingDown)??;
         if let Some(signer) = &self.inner.options.signer {
