@@ -7,13 +7,12 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-use crate::config::{BackendConfig, Config};
+use crate::config::Config;
 use crate::http::auth::Authenticator;
 use crate::http::metrics::HttpMetrics;
 use crate::http::{AppState, Shared, router};
 use crate::ledger::{Ledger, LedgerMetrics};
-use crate::store::local::{LocalStore, OpenError};
-use crate::store::{BackendMetrics, Stores, aws, breaker};
+use crate::store::{self, Access, Backend, BackendMetrics, breaker};
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -45,19 +44,18 @@ impl Application {
             ))
             .map_err(failed)?;
         let backend_metrics = BackendMetrics::new(&registry).map_err(failed)?;
-        let stores = open_backend(&config.backend, backend_metrics).await?;
-        let (objects_dependency, index_dependency) = match &config.backend {
-            BackendConfig::Local { .. } => ("local", "local"),
-            BackendConfig::Aws(_) => ("s3", "dynamodb"),
-        };
-        let (stores, circuits) = breaker::guard(
-            &stores,
-            objects_dependency,
-            index_dependency,
-            config.breaker,
-            &registry,
-        )
-        .map_err(failed)?;
+        let stores = store::open(&config.backend, Access::ReadWrite, backend_metrics)
+            .await
+            .map_err(|e| StartError::Config(e.to_string()))?;
+        if config.backend.backend() == Backend::Aws {
+            // Fail at startup, in one sentence, if the bucket or table cannot be reached.
+            let (objects, index) = tokio::join!(stores.objects.check(), stores.index.check());
+            for (what, result) in [("bucket", objects), ("table", index)] {
+                result.map_err(|e| StartError::Failed(format!("the {what} is not usable: {e}")))?;
+            }
+        }
+        let (stores, circuits) =
+            breaker::guard(&stores, config.breaker, &registry).map_err(failed)?;
         match &config.ledger.signer {
             None => tracing::info!(
                 "signing is off: ELEANOR_LEDGER_SIGNING_KEY_FILE is unset, so checkpoints and receipts are not signed"
@@ -132,7 +130,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let ledger = self.state.ledger.clone();
-        tracing::info!(addr = %self.local_addr(), backend = ledger.stores().backend, "serving");
+        tracing::info!(addr = %self.local_addr(), backend = %ledger.stores().backend, "serving");
         let interval = ledger.options().checkpoint_interval;
         let checkpoints = tokio::spawn(
             ledger
@@ -149,30 +147,6 @@ impl Application {
         ledger.stores().objects.close().await;
         tracing::info!("stopped");
         Ok(())
-    }
-}
-
-async fn open_backend(
-    backend: &BackendConfig,
-    metrics: BackendMetrics,
-) -> Result<Stores, StartError> {
-    match backend {
-        BackendConfig::Local { data_dir } => match LocalStore::open(data_dir, metrics) {
-            Ok(store) => Ok(store.into_stores()),
-            Err(e @ OpenError::InUse(_)) => Err(StartError::Config(e.to_string())),
-            Err(e @ OpenError::Io { .. }) => Err(StartError::Config(e.to_string())),
-        },
-        BackendConfig::Aws(settings) => {
-            let stores = aws::connect(settings, metrics)
-                .await
-                .map_err(|e| StartError::Config(e.to_string()))?;
-            // Fail at startup, in one sentence, if the bucket or table cannot be reached.
-            let (objects, index) = tokio::join!(stores.objects.check(), stores.index.check());
-            for (what, result) in [("bucket", objects), ("table", index)] {
-                result.map_err(|e| StartError::Failed(format!("the {what} is not usable: {e}")))?;
-            }
-            Ok(stores)
-        }
     }
 }
 

@@ -30,10 +30,9 @@ use crate::chain::hash::Hash;
 use crate::chain::verify::{
     ChainVerifier, Evidence, Failure, FailureKind, Head, IndexClaim, check_entry,
 };
-use crate::config::{BackendConfig, StorageArgs};
+use crate::config::StorageArgs;
 use crate::ledger::{LedgerError, VerifyOptions, VerifyRange, stored_entry, verify_stores};
-use crate::store::local::{LocalStore, OpenError};
-use crate::store::{BackendMetrics, Stores, aws};
+use crate::store::{self, Access, Backend, BackendMetrics, OpenError, Stores};
 
 /// Flags and environment variables of `ledger-verify`.
 #[derive(Debug, Clone, Parser)]
@@ -289,23 +288,18 @@ async fn open_storage(storage: &StorageArgs) -> Result<(Stores, &'static str), A
     let config = storage
         .backend_config(Duration::from_secs(30))
         .map_err(usage)?;
-    match config {
-        BackendConfig::Local { data_dir } => {
-            match LocalStore::open_read_only(&data_dir, BackendMetrics::unregistered()) {
-                Ok(store) => Ok((store.into_stores(), "storage:local")),
-                Err(OpenError::InUse(dir)) => Err(AuditError::Unreachable(format!(
-                    "the embedded store in {} is open in a running ledger-server, and redb admits no reader beside it: stop the server, verify a copy of the directory, or use an export bundle (--bundle)",
-                    dir.display()
-                ))),
-                Err(e @ OpenError::Io { .. }) => Err(AuditError::Unreachable(e.to_string())),
-            }
-        }
-        BackendConfig::Aws(settings) => {
-            let stores = aws::connect(&settings, BackendMetrics::unregistered())
-                .await
-                .map_err(usage)?;
-            Ok((stores, "storage:aws"))
-        }
+    let source = match config.backend() {
+        Backend::Local => "storage:local",
+        Backend::Aws => "storage:aws",
+    };
+    match store::open(&config, Access::ReadOnly, BackendMetrics::unregistered()).await {
+        Ok(stores) => Ok((stores, source)),
+        Err(OpenError::InUse(dir)) => Err(AuditError::Unreachable(format!(
+            "the embedded store in {} is open in a running ledger-server, and redb admits no reader beside it: stop the server, verify a copy of the directory, or use an export bundle (--bundle)",
+            dir.display()
+        ))),
+        Err(e @ OpenError::Io { .. }) => Err(AuditError::Unreachable(e.to_string())),
+        Err(e @ OpenError::InvalidSettings(_)) => Err(usage(e)),
     }
 }
 
@@ -361,6 +355,23 @@ async fn verify_storage(
         Ok(r) => r,
         // Undecodable index data is itself an integrity failure.
         Err(LedgerError::Corrupt { seq, detail }) => {
+            // A failure that names no seq is told in a note (no seq stands for "unknown").
+            let (failures, notes) = match seq {
+                Some(seq) => (
+                    vec![Failure {
+                        seq,
+                        kind: FailureKind::IndexMismatch,
+                        detail,
+                    }],
+                    Vec::new(),
+                ),
+                None => (
+                    Vec::new(),
+                    vec![format!(
+                        "index data cannot be decoded (seq unknown): {detail}"
+                    )],
+                ),
+            };
             return Ok(Report {
                 ledger_id: ledger.to_string(),
                 source,
@@ -369,17 +380,13 @@ async fn verify_storage(
                 to: args.to.unwrap_or(0),
                 verified: 0,
                 head: None,
-                failures: vec![Failure {
-                    seq,
-                    kind: FailureKind::IndexMismatch,
-                    detail,
-                }],
+                failures,
                 failures_total: 1,
                 checkpoints_checked: 0,
                 signatures_checked: !options.trusted_keys.is_empty(),
                 elapsed_seconds: 0.0,
                 entries_per_second: 0.0,
-                notes: Vec::new(),
+                notes,
             });
         }
         Err(e) => return Err(ledger_error(e, ledger)),

@@ -7,20 +7,13 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser, ValueEnum};
 
+use crate::chain::entry::ENTRY_OVERHEAD;
 use crate::chain::entry::LedgerId;
 use crate::http::Limits;
 use crate::ledger::Options;
-use crate::store::aws::{self, AwsSettings};
+use crate::store::aws::AwsSettings;
 use crate::store::breaker::BreakerSettings;
-
-/// Which storage backend to run on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum BackendKind {
-    /// The embedded store under the data directory.
-    Local,
-    /// S3 (Object Lock) for entries, DynamoDB for the index.
-    Aws,
-}
+use crate::store::{Backend, BackendConfig, LockMode};
 
 /// Who may call the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -38,15 +31,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// Object Lock retention mode for entry objects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LockMode {
-    #[value(name = "COMPLIANCE", alias = "compliance")]
-    Compliance,
-    #[value(name = "GOVERNANCE", alias = "governance")]
-    Governance,
-}
-
 /// Where the ledger is stored: flags and environment shared by every binary.
 #[derive(Debug, Clone, clap::Args)]
 pub struct StorageArgs {
@@ -57,7 +41,7 @@ pub struct StorageArgs {
         value_enum,
         default_value = "local"
     )]
-    pub backend: BackendKind,
+    pub backend: Backend,
     /// Directory of the embedded store (local backend).
     #[arg(long, env = "ELEANOR_LEDGER_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
@@ -186,13 +170,6 @@ pub struct ServerArgs {
     pub log_format: LogFormat,
 }
 
-/// The validated backend choice.
-#[derive(Debug, Clone)]
-pub enum BackendConfig {
-    Local { data_dir: PathBuf },
-    Aws(AwsSettings),
-}
-
 /// Everything the server needs, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -213,9 +190,6 @@ pub struct ConfigError(pub String);
 
 /// DynamoDB items hold at most 400 KiB and a batch's entries ride in the `META` item.
 const AWS_MAX_BATCH_BYTES: usize = 380_000;
-/// Room for an entry's header fields beyond its record. Worst case: the header fields (with a 64-character ledger id and an 18-digit seq) take 242
-/// bytes, and DynamoDB adds a few per list element.
-pub const ENTRY_OVERHEAD: usize = 300;
 
 fn bounded<T: PartialOrd + std::fmt::Display + Copy>(
     name: &str,
@@ -294,7 +268,7 @@ impl ServerArgs {
         let signer = match &self.signing_key_file {
             None => None,
             Some(path) => Some(std::sync::Arc::new(
-                crate::ledger::checkpoint::load_signing_key(path).map_err(|e| ConfigError(e.0))?,
+                crate::keyfile::load_signing_key(path).map_err(|e| ConfigError(e.0))?,
             )),
         };
         bounded(
@@ -354,13 +328,13 @@ impl StorageArgs {
     /// The backend these settings name, validated; `request_timeout` bounds each AWS call.
     pub fn backend_config(&self, request_timeout: Duration) -> Result<BackendConfig, ConfigError> {
         match self.backend {
-            BackendKind::Local if self.data_dir.as_os_str().is_empty() => Err(ConfigError(
+            Backend::Local if self.data_dir.as_os_str().is_empty() => Err(ConfigError(
                 "ELEANOR_LEDGER_DATA_DIR must not be empty".into(),
             )),
-            BackendKind::Local => Ok(BackendConfig::Local {
+            Backend::Local => Ok(BackendConfig::Local {
                 data_dir: self.data_dir.clone(),
             }),
-            BackendKind::Aws => self.aws_settings(request_timeout).map(BackendConfig::Aws),
+            Backend::Aws => self.aws_settings(request_timeout).map(BackendConfig::Aws),
         }
     }
 
@@ -406,10 +380,7 @@ impl StorageArgs {
         let mut settings = AwsSettings::new(bucket, table, region);
         settings.prefix = prefix;
         settings.endpoint_url = self.aws_endpoint_url.clone();
-        settings.lock_mode = match self.s3_lock_mode {
-            LockMode::Compliance => aws::LockMode::Compliance,
-            LockMode::Governance => aws::LockMode::Governance,
-        };
+        settings.lock_mode = self.s3_lock_mode;
         settings.retention_days = self.retention_days;
         settings.request_timeout = request_timeout;
         Ok(settings)

@@ -12,10 +12,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::config::{BackendConfig, ConfigError, StorageArgs};
+use crate::config::{ConfigError, StorageArgs};
 use crate::store::aws::admin::{AwsAdmin, Provisioned, TableState};
-use crate::store::local::LocalStore;
-use crate::store::{BackendMetrics, Stores, aws};
+use crate::store::{self, Access, BackendConfig, BackendMetrics, OpenError, Stores};
 
 /// Stands in for a bucket name that was not given; never contacted.
 const UNSET_BUCKET: &str = "unset-bucket";
@@ -72,8 +71,7 @@ impl InitError {
 /// Runs `ledger-init`; returns the report to print (one line per step).
 pub async fn run(args: InitArgs) -> Result<String, InitError> {
     if let Some(path) = &args.gen_key {
-        let public = crate::ledger::checkpoint::write_new_key(path)
-            .map_err(|e| InitError::NotUsable(e.0))?;
+        let public = crate::keyfile::write_new_key(path).map_err(|e| InitError::NotUsable(e.0))?;
         let mut report = String::new();
         line(
             &mut report,
@@ -96,16 +94,9 @@ pub async fn run(args: InitArgs) -> Result<String, InitError> {
     if bucket_unset {
         storage.s3_bucket = Some(UNSET_BUCKET.into());
     }
-    let stores = match storage.backend_config(Duration::from_secs(30))? {
-        BackendConfig::Local { data_dir } => {
-            let store = LocalStore::open(&data_dir, BackendMetrics::unregistered())
-                .map_err(|e| InitError::NotUsable(e.to_string()))?;
-            line(
-                &mut report,
-                format!("embedded store at {}: ready", data_dir.display()),
-            );
-            store.into_stores()
-        }
+    let config = storage.backend_config(Duration::from_secs(30))?;
+    match &config {
+        BackendConfig::Local { .. } => {}
         BackendConfig::Aws(settings) => {
             let admin = AwsAdmin::connect(&settings, BackendMetrics::unregistered())
                 .await
@@ -121,11 +112,20 @@ pub async fn run(args: InitArgs) -> Result<String, InitError> {
                         .await?;
             }
             changed |= provision_table(&admin, &args, &settings.table, &mut report).await?;
-            aws::connect(&settings, BackendMetrics::unregistered())
-                .await
-                .map_err(|e| InitError::Config(ConfigError(e.to_string())))?
         }
-    };
+    }
+    let stores = store::open(&config, Access::ReadWrite, BackendMetrics::unregistered())
+        .await
+        .map_err(|e| match e {
+            e @ OpenError::InvalidSettings(_) => InitError::Config(ConfigError(e.to_string())),
+            e @ (OpenError::InUse(_) | OpenError::Io { .. }) => InitError::NotUsable(e.to_string()),
+        })?;
+    if let BackendConfig::Local { data_dir } = &config {
+        line(
+            &mut report,
+            format!("embedded store at {}: ready", data_dir.display()),
+        );
+    }
     if args.init_meta {
         changed |= init_meta(&stores, &ledger, &mut report).await?;
     }

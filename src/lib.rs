@@ -11,7 +11,7 @@
 //! - [`http`]: the axum API, its one error mapping, health and metrics.
 //! - [`config`], [`telemetry`], [`app`]: settings, logging, startup and shutdown;
 //!   [`init`]: one-time provisioning (`ledger-init`); [`audit`]: offline verification
-//!   (`ledger-verify`).
+//!   (`ledger-verify`); [`keyfile`]: the signing key file.
 //!
 //! The binaries in `src/bin/` only parse arguments and call [`app`].
 
@@ -23,6 +23,7 @@ pub mod chain;
 pub mod config;
 pub mod http;
 pub mod init;
+pub mod keyfile;
 pub mod ledger;
 pub mod store;
 pub mod telemetry;

@@ -96,9 +96,8 @@ impl App {
 
 fn key_file(dir: &Path) -> (PathBuf, Signer) {
     let path = dir.join("signing.key");
-    let public = eleanor_ledger::ledger::checkpoint::write_new_key(&path).unwrap();
-    let signer =
-        eleanor_ledger::ledger::checkpoint::load_signing_key(&path).expect("its own key loads");
+    let public = eleanor_ledger::keyfile::write_new_key(&path).unwrap();
+    let signer = eleanor_ledger::keyfile::load_signing_key(&path).expect("its own key loads");
     assert_eq!(signer.public_key(), &public);
     (path, signer)
 }
@@ -177,7 +176,7 @@ fn a_key_file_readable_by_others_is_refused_and_gen_key_never_overwrites() {
     let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let err = eleanor_ledger::ledger::checkpoint::load_signing_key(&key).unwrap_err();
+    let err = eleanor_ledger::keyfile::load_signing_key(&key).unwrap_err();
     assert!(err.0.contains("0644") && err.0.contains("0600"), "{err}");
     let out = Command::new(env!("CARGO_BIN_EXE_ledger-init"))
         .args(["--gen-key", key.to_str().unwrap()])

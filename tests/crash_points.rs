@@ -217,7 +217,7 @@ async fn a_claim_whose_answer_was_lost(make: impl AsyncFn() -> Stores, wrap: Wra
         .into_iter()
         .map(Result::unwrap)
         .collect();
-    assert!(receipts.iter().all(|r| r.materialized), "{receipts:?}");
+    assert!(receipts.iter().all(|r| r.written_out), "{receipts:?}");
     let mut seqs: Vec<u64> = receipts.iter().map(|r| r.seq).collect();
     seqs.sort_unstable();
     assert_eq!(

@@ -12,9 +12,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use eleanor_ledger::chain::entry::{
-    EntryHeader, InvalidRecord, LedgerId, MAX_SEQ, Record, Timestamp, decode, encode, entry_key,
+    EntryHeader, InvalidRecord, LedgerId, MAX_SEQ, Record, Timestamp, decode, encode,
 };
 use eleanor_ledger::chain::hash::{ENTRY_HASH_DOMAIN, Hash};
+use eleanor_ledger::chain::keys::entry_key;
 use eleanor_ledger::chain::verify::{ChainVerifier, Evidence, Head, IndexClaim, check_entry};
 use serde::{Deserialize, Serialize};
 
@@ -406,7 +407,7 @@ fn generate() -> BTreeMap<String, Vec<u8>> {
             stored: String::from_utf8(stored.clone()).expect("entries are UTF-8"),
             stored_hex: hex::encode(&stored),
             entry_hash: hash.to_hex(),
-            object_key: entry_key("", &header.ledger_id, case.seq),
+            object_key: entry_key(&header.ledger_id, case.seq),
         });
     }
 
@@ -559,7 +560,7 @@ fn every_vector_re_derives_from_its_inputs() {
             v.name
         );
         assert_eq!(
-            entry_key("", &header.ledger_id, v.seq),
+            entry_key(&header.ledger_id, v.seq),
             v.object_key,
             "{}: object key",
             v.name

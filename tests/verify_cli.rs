@@ -10,7 +10,7 @@ use std::sync::Arc;
 use eleanor_ledger::chain::checkpoint::{CheckpointBody, Signer};
 use eleanor_ledger::chain::entry::{LedgerId, Record, Timestamp};
 use eleanor_ledger::chain::hash::Hash;
-use eleanor_ledger::ledger::checkpoint::checkpoint_key;
+use eleanor_ledger::chain::keys::checkpoint_key;
 use eleanor_ledger::ledger::{Ledger, LedgerMetrics, Options, Receipt, VerifyRange};
 use eleanor_ledger::store::fault;
 use eleanor_ledger::store::local::{DB_FILE, LocalStore};

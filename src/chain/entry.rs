@@ -502,17 +502,10 @@ pub fn decode(bytes: &[u8]) -> Result<DecodedEntry<'_>, MalformedEntry> {
     })
 }
 
-/// The object key of an entry: `{prefix}{ledger_id}/entries/{seq:018}.json`, sortable by seq.
-/// The service's keys are relative to its storage root (on S3, `ELEANOR_LEDGER_S3_PREFIX`),
-/// so it passes an empty `prefix`.
-pub fn entry_key(prefix: &str, ledger_id: &LedgerId, seq: u64) -> String {
-    format!("{}{seq:018}.json", entries_prefix(prefix, ledger_id))
-}
-
-/// The common prefix of a ledger's entry keys: `{prefix}{ledger_id}/entries/`.
-pub fn entries_prefix(prefix: &str, ledger_id: &LedgerId) -> String {
-    format!("{prefix}{ledger_id}/entries/")
-}
+/// Room for an entry's header fields beyond its record, for bounding batches by bytes. Worst
+/// case: the header fields (with a 64-character ledger id and an 18-digit seq) take 242 bytes,
+/// and DynamoDB adds a few per list element.
+pub const ENTRY_OVERHEAD: usize = 300;
 
 #[cfg(test)]
 mod tests {
@@ -705,15 +698,5 @@ mod tests {
         for v in variants {
             assert!(decode(v.as_bytes()).is_err(), "{v}");
         }
-    }
-
-    #[test]
-    fn keys_sort_by_seq() {
-        let id = LedgerId::parse("l").unwrap();
-        assert_eq!(
-            entry_key("p/", &id, 1),
-            "p/l/entries/000000000000000001.json"
-        );
-        assert!(entry_key("", &id, 9) < entry_key("", &id, 10));
     }
 }

@@ -130,7 +130,8 @@ impl ApiError {
             }
             ApiError::Ledger(L::Overloaded) => "too many appends are waiting for this ledger; retry later".into(),
             ApiError::Ledger(L::Corrupt { seq, .. }) => format!(
-                "stored data failed an integrity check (seq {seq}); nothing was changed; an operator must run verification"
+                "stored data failed an integrity check ({}); nothing was changed; an operator must run verification",
+                seq.map_or_else(|| "seq unknown".to_owned(), |s| format!("seq {s}"))
             ),
             other => other.to_string(),
         }

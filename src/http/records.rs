@@ -18,7 +18,7 @@ pub async fn append(
     RecordBody(record): RecordBody,
 ) -> Result<impl IntoResponse, ApiError> {
     let receipt = state.ledger.append(&path.ledger, record).await?;
-    let status = if receipt.materialized {
+    let status = if receipt.written_out {
         StatusCode::CREATED
     } else {
         StatusCode::ACCEPTED

@@ -1,4 +1,4 @@
-//! Signed checkpoints over storage, and the signing key file.
+//! Signed checkpoints over storage.
 //!
 //! A checkpoint is one write-once object at `{ledger_id}/checkpoints/{seq:018}.json` holding a
 //! [`Checkpoint`] as compact JSON. At most one checkpoint exists per (ledger, seq): asking for
@@ -10,106 +10,14 @@
 //! "is there a checkpoint after seq x?" (one list call with limit 1 each) for the others. It is
 //! cached per ledger after that.
 
-use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use super::commit::now;
 use super::{Ledger, LedgerError};
-use crate::chain::checkpoint::{Checkpoint, CheckpointBody, PublicKey, Signer};
-use crate::chain::entry::{LedgerId, MAX_SEQ, Timestamp};
+use crate::chain::checkpoint::{Checkpoint, CheckpointBody};
+use crate::chain::entry::{LedgerId, MAX_SEQ};
+use crate::chain::keys::{checkpoint_key, checkpoints_prefix, seq_of_checkpoint_key};
 use crate::store::{NewObject, ObjectStore, PutOutcome};
-
-/// The object key of a ledger's checkpoint at `seq`.
-pub fn checkpoint_key(ledger: &LedgerId, seq: u64) -> String {
-    format!("{}{seq:018}.json", checkpoints_prefix(ledger))
-}
-
-/// The key prefix under which a ledger's checkpoints are stored.
-pub fn checkpoints_prefix(ledger: &LedgerId) -> String {
-    format!("{ledger}/checkpoints/")
-}
-
-/// The seq a checkpoint key names, if it is one.
-pub fn seq_of_checkpoint_key(key: &str) -> Option<u64> {
-    let name = key.rsplit('/').next()?.strip_suffix(".json")?;
-    (name.len() == 18 && name.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| name.parse().ok())
-        .flatten()
-}
-
-/// A signing key file that cannot be used, in one sentence naming the file.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct KeyFileError(pub String);
-
-/// Reads an Ed25519 seed (32 raw bytes or 64 hex characters) from `path`, refusing a file
-/// that anyone but its owner may read or write (mode must be 0600 or stricter).
-pub fn load_signing_key(path: &Path) -> Result<Signer, KeyFileError> {
-    let shown = path.display();
-    let meta = std::fs::metadata(path).map_err(|e| {
-        KeyFileError(format!(
-            "ELEANOR_LEDGER_SIGNING_KEY_FILE {shown} cannot be read: {e}"
-        ))
-    })?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(KeyFileError(format!(
-                "ELEANOR_LEDGER_SIGNING_KEY_FILE {shown} has mode {mode:04o}; a private key file must be 0600 or stricter (chmod 600 {shown})"
-            )));
-        }
-    }
-    if !meta.is_file() {
-        return Err(KeyFileError(format!(
-            "ELEANOR_LEDGER_SIGNING_KEY_FILE {shown} is not a file"
-        )));
-    }
-    let bytes = std::fs::read(path).map_err(|e| {
-        KeyFileError(format!(
-            "ELEANOR_LEDGER_SIGNING_KEY_FILE {shown} cannot be read: {e}"
-        ))
-    })?;
-    Signer::from_key_file_bytes(&bytes)
-        .map_err(|e| KeyFileError(format!("ELEANOR_LEDGER_SIGNING_KEY_FILE {shown}: {e}")))
-}
-
-/// Writes a new random Ed25519 seed to `path` as 64 hex characters and a newline, creating the
-/// file with mode 0600. Refuses to replace an existing file. Returns the new public key.
-pub fn write_new_key(path: &Path) -> Result<PublicKey, KeyFileError> {
-    use std::io::Write;
-    let shown = path.display();
-    let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed)
-        .map_err(|e| KeyFileError(format!("no randomness for a new key: {e}")))?;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
-            KeyFileError(format!(
-                "{shown} already exists; a key file is never overwritten (remove it or choose another path)"
-            ))
-        } else {
-            KeyFileError(format!("cannot create {shown}: {e}"))
-        }
-    })?;
-    file.write_all(format!("{}\n", hex::encode(seed)).as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(|e| KeyFileError(format!("cannot write {shown}: {e}")))?;
-    Ok(Signer::from_seed(&seed).public_key().clone())
-}
-
-fn now() -> Timestamp {
-    let micros = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64);
-    Timestamp::from_unix_micros(micros).expect("the system clock is between years 1 and 9999")
-}
 
 /// Ledgers listed per index query by a periodic round.
 const ROUND_PAGE: usize = 500;
@@ -162,7 +70,7 @@ impl Ledger {
                     || existing.last_hash != head.last_hash
                 {
                     return Err(LedgerError::Corrupt {
-                        seq: head.seq,
+                        seq: Some(head.seq),
                         detail: format!(
                             "the stored checkpoint {key} disagrees with the head (last_hash {})",
                             head.last_hash
@@ -203,7 +111,7 @@ impl Ledger {
         Checkpoint::from_json(&object.body)
             .map(Some)
             .map_err(|e| LedgerError::Corrupt {
-                seq,
+                seq: Some(seq),
                 detail: format!("{key}: {e}"),
             })
     }

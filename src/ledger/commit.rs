@@ -1,28 +1,335 @@
-//! The commit protocol (`docs/PROTOCOL.md`), written once over the two storage traits.
+//! The commit protocol (`docs/PROTOCOL.md`), the whole of it, written once over the two storage
+//! traits. It reads top to bottom as the doc's table of steps:
 //!
-//! 1. **Claim**: one compare-and-set of `META` moves `seq_counter` past the batch and stores
-//!    the batch's entries (their full stored bytes) as `META.pending`. This is the commit
-//!    point: the content is durable atomically with the claim, so nothing can ever be
-//!    claimed without its bytes.
-//! 2. **Roll forward**: write every entry object (write-once), then every `SEQ#` item
-//!    (write-once). Both steps are idempotent and derive only from `META.pending`, so any
-//!    writer, in any process, can redo them after a crash, and concurrent redos are harmless.
-//! 3. The next claim replaces `pending`, but only after the pending batch it finds has been
-//!    rolled forward.
+//! 0. **Head**: read `META` (or use the cached head this writer last wrote or read).
+//! 1. **Previous batch**: if `META.pending` is not known to be written out, check it
+//!    ([`check_head`]) and roll it forward (steps 3-4 for that batch) first.
+//! 2. **Claim** (the commit point): one compare-and-set of `META` moves `seq_counter` past the
+//!    batch and stores the batch's entries (their full stored bytes) as `META.pending`, so the
+//!    content is durable atomically with the claim. On a store with an [`AtomicBatchStore`]
+//!    (the embedded store), steps 2-4 are this one call.
+//! 3. **Objects**: write every entry object (write-once).
+//! 4. **Index**: write every `SEQ#` item (write-once).
+//!
+//! Steps 3 and 4 are the **roll-forward**: idempotent, derived only from `META.pending`, safe to
+//! run concurrently by any writer in any process. A batch whose objects and `SEQ#` items all
+//! exist is **written out**; that is the one word for that state here and in the docs.
+//!
+//! [`Writer`] owns what one writer knows (the head it last saw, which head it checked, how far
+//! batches are written out); [`Writer::commit`] runs a batch through every step and
+//! [`Writer::finish_pending`] (startup, reads, verification) runs steps 0-1 alone.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::future::try_join_all;
+use tokio::time::Instant;
+use tracing::{error, warn};
 
-use super::LedgerError;
-use crate::chain::entry::{EntryHeader, LedgerId, Record, Timestamp, encode, entry_key};
+use super::{LedgerError, LedgerMetrics, Options};
+use crate::chain::entry::{EntryHeader, LedgerId, MAX_SEQ, Record, Timestamp, encode};
 use crate::chain::hash::Hash;
+use crate::chain::keys::entry_key;
 use crate::chain::verify::{Evidence, check_entry};
-use crate::store::{Meta, NewObject, PendingBatch, PutOutcome, SeqItem, SeqPut, Stores};
+use crate::store::{
+    AtomicBatchStore, BatchCommit, CasOutcome, Meta, NewObject, PendingBatch, PutOutcome, SeqItem,
+    SeqPut, StoreError, Stores, Taken,
+};
+
+/// What [`Writer::commit`] achieved for a batch. Either way its seqs and hashes are final.
+pub(crate) enum Committed {
+    /// Claimed and written out (objects and `SEQ#` items exist): `201`.
+    WrittenOut(Vec<PendingEntry>),
+    /// Claimed (durable in `META`), but writing it out failed: the next claim, a read or
+    /// startup finishes it (`202`).
+    ClaimedOnly(Vec<PendingEntry>),
+}
+
+/// One writer of one ledger.
+pub(crate) struct Writer {
+    ledger: LedgerId,
+    stores: Stores,
+    options: Arc<Options>,
+    metrics: LedgerMetrics,
+    /// The last `META` seen; `None` means read it before the next claim.
+    head: Option<Meta>,
+    /// Every seq up to this one is written out.
+    written_out_through: u64,
+    /// The `seq_counter` of the last head this writer wrote or checked ([`check_head`]).
+    trusted_seq: Option<u64>,
+}
+
+/// What one claim attempt (step 2) did.
+enum Attempt {
+    Applied,
+    /// `META` had moved; this is what it holds now.
+    Conflict(Option<Meta>),
+    /// The call failed; whether it took effect is not known (unless it was
+    /// [`StoreError::Refused`]).
+    Failed(StoreError),
+}
+
+impl Writer {
+    pub fn new(
+        ledger: LedgerId,
+        stores: Stores,
+        options: Arc<Options>,
+        metrics: LedgerMetrics,
+    ) -> Writer {
+        Writer {
+            ledger,
+            stores,
+            options,
+            metrics,
+            head: None,
+            written_out_through: 0,
+            trusted_seq: None,
+        }
+    }
+
+    /// Runs `records` through every step as one batch. On an error nothing of the batch is
+    /// committed, except [`LedgerError::OutcomeUnknown`] (it may be) and
+    /// [`LedgerError::Corrupt`] raised while writing it out (it is, but storage disagrees).
+    pub async fn commit(&mut self, records: &[Record]) -> Result<Committed, LedgerError> {
+        let (entries, written_out) = self.claim(records).await?;
+        if written_out {
+            return Ok(self.written_out(entries));
+        }
+        match roll_forward(&self.stores, &self.ledger, &entries).await {
+            Ok(()) => Ok(self.written_out(entries)),
+            Err(e @ LedgerError::Corrupt { .. }) => {
+                self.head = None;
+                Err(self.integrity_error(e))
+            }
+            Err(e) => {
+                // Committed (durable in META) but not yet written out: the next claim, a read
+                // or startup recovery finishes it. Clients get 202, not an error, so that they
+                // do not append the same event twice.
+                warn!(error = %e, "batch committed; writing it out failed and will be retried");
+                Ok(Committed::ClaimedOnly(entries))
+            }
+        }
+    }
+
+    /// Steps 0 and 1 alone, on `META` read afresh: rolls forward the ledger's pending batch if
+    /// it is not written out. `true` if it rolled one forward. For startup, and for reads and
+    /// verification that must not see a claimed batch as missing entries.
+    pub async fn finish_pending(&mut self) -> Result<bool, LedgerError> {
+        let Some(head) = self.stores.index.head(&self.ledger).await? else {
+            return Ok(false);
+        };
+        if head.pending.is_none() {
+            return Ok(false);
+        }
+        let rolled = self.ensure_written_out(&head).await?;
+        self.head = Some(head);
+        Ok(rolled)
+    }
+
+    fn written_out(&mut self, entries: Vec<PendingEntry>) -> Committed {
+        if let Some(last) = entries.last() {
+            self.written_out_through = last.seq;
+        }
+        Committed::WrittenOut(entries)
+    }
+
+    /// Steps 0 to 2, retried on conflicts: returns the claimed entries, and whether they were
+    /// written out with the claim (one step).
+    async fn claim(
+        &mut self,
+        records: &[Record],
+    ) -> Result<(Vec<PendingEntry>, bool), LedgerError> {
+        let one_step = self.stores.batches.clone();
+        let started = Instant::now();
+        let mut attempt: u32 = 0;
+        loop {
+            // Step 0.
+            let head = self.current_head().await?;
+            // Step 1.
+            self.ensure_written_out(&head).await?;
+            if head.seq_counter + records.len() as u64 > MAX_SEQ {
+                return Err(LedgerError::LedgerFull);
+            }
+            // Step 2.
+            let (new, entries) = build_batch(&self.ledger, &head, records, now());
+            let outcome = match &one_step {
+                Some(batches) => {
+                    self.claim_in_one_step(batches.as_ref(), head.seq_counter, &new, &entries)
+                        .await?
+                }
+                None => match self
+                    .stores
+                    .index
+                    .compare_and_set_head(&self.ledger, head.seq_counter, &new)
+                    .await
+                {
+                    Ok(CasOutcome::Applied) => Attempt::Applied,
+                    Ok(CasOutcome::Conflict(current)) => Attempt::Conflict(current),
+                    Err(e) => Attempt::Failed(e),
+                },
+            };
+            match outcome {
+                Attempt::Applied => {
+                    let mut new = new;
+                    if one_step.is_some() {
+                        new.pending = None; // as stored
+                    }
+                    self.trusted_seq = Some(new.seq_counter);
+                    self.head = Some(new);
+                    return Ok((entries, one_step.is_some()));
+                }
+                Attempt::Conflict(current) => {
+                    self.metrics.conflicts.inc();
+                    // A conflict can also be our own update, applied by an attempt whose answer
+                    // was lost and then refused on the SDK's retry, with others claiming after
+                    // it. Rebuilding then would append the same records twice.
+                    let maybe_ours = current
+                        .as_ref()
+                        .is_some_and(|c| c.seq_counter >= new.seq_counter);
+                    self.head = current;
+                    if maybe_ours && self.was_applied(&new).await? {
+                        return Ok((entries, false));
+                    }
+                }
+                Attempt::Failed(e @ StoreError::Refused { .. }) => {
+                    // Refused by an open circuit: nothing was sent, nothing committed.
+                    return Err(e.into());
+                }
+                Attempt::Failed(e) => {
+                    // The update may have been applied, or may still be (a request that timed
+                    // out here can land later): look for it, and say "unknown" unless found.
+                    self.head = None;
+                    return match self.was_applied(&new).await {
+                        Ok(true) => Ok((entries, false)),
+                        Ok(false) | Err(_) => Err(LedgerError::OutcomeUnknown(e.to_string())),
+                    };
+                }
+            }
+            attempt += 1;
+            if attempt >= self.options.max_claim_attempts
+                || started.elapsed() > self.options.claim_deadline
+            {
+                return Err(LedgerError::Contention);
+            }
+            tokio::time::sleep(backoff(attempt)).await;
+        }
+    }
+
+    /// Steps 2-4 as one call ([`AtomicBatchStore::commit_batch`]), with `new` stored without
+    /// its pending batch. A batch refused because something is stored where it would go is
+    /// corruption. A failed call is atomic: not applied, or applied whole.
+    async fn claim_in_one_step(
+        &mut self,
+        batches: &dyn AtomicBatchStore,
+        expected_seq: u64,
+        new: &Meta,
+        entries: &[PendingEntry],
+    ) -> Result<Attempt, LedgerError> {
+        let stored = Meta {
+            seq_counter: new.seq_counter,
+            last_hash: new.last_hash,
+            pending: None,
+        };
+        let (objects, items) = objects_and_items(entries);
+        let taken = match batches
+            .commit_batch(&self.ledger, expected_seq, &stored, &objects, &items)
+            .await
+        {
+            Ok(BatchCommit::Applied) => return Ok(Attempt::Applied),
+            Ok(BatchCommit::Conflict(current)) => return Ok(Attempt::Conflict(current)),
+            Err(e) => return Ok(Attempt::Failed(e)),
+            Ok(BatchCommit::Occupied(taken)) => taken,
+        };
+        let (seq, what) = match taken {
+            Taken::Seq(seq) => (Some(seq), "a SEQ# item".to_owned()),
+            Taken::Object(key) => (
+                entries.iter().find(|e| e.key == key).map(|e| e.seq),
+                format!("object {key}"),
+            ),
+        };
+        self.head = None;
+        Err(self.integrity_error(LedgerError::Corrupt {
+            seq,
+            detail: format!("{what} is already stored past the head; the batch was not written"),
+        }))
+    }
+
+    /// After a failed or lost compare-and-set: is `new`'s batch the one now committed?
+    async fn was_applied(&mut self, new: &Meta) -> Result<bool, LedgerError> {
+        let pending = new.pending.as_ref().expect("claims carry a pending batch");
+        let head = self.current_head().await?;
+        if head.pending.as_ref() == Some(pending) {
+            return Ok(true);
+        }
+        if head.seq_counter < pending.last_seq() {
+            return Ok(false);
+        }
+        // Someone claimed after us or instead of us: our first entry's object tells which.
+        self.ensure_written_out(&head).await?;
+        let key = entry_key(&self.ledger, pending.first_seq);
+        let object = self.stores.objects.get(&key, None).await?;
+        Ok(object.is_some_and(|o| o.body == pending.entries[0]))
+    }
+
+    /// The cached head, or `META` read afresh (creating the ledger if allowed).
+    async fn current_head(&mut self) -> Result<Meta, LedgerError> {
+        if let Some(head) = &self.head {
+            return Ok(head.clone());
+        }
+        let head = match self.stores.index.head(&self.ledger).await? {
+            Some(head) => head,
+            None if self.options.auto_create => {
+                self.stores.index.create_ledger(&self.ledger).await?
+            }
+            None => return Err(LedgerError::LedgerNotFound),
+        };
+        self.head = Some(head.clone());
+        Ok(head)
+    }
+
+    /// Step 1: rolls forward the head's pending batch unless it is known to be written out. A
+    /// head this writer did not write is checked first ([`check_head`]). `true` if it rolled
+    /// a batch forward.
+    async fn ensure_written_out(&mut self, head: &Meta) -> Result<bool, LedgerError> {
+        if self.trusted_seq != Some(head.seq_counter) {
+            check_head(&self.stores, &self.ledger, head)
+                .await
+                .map_err(|e| self.integrity_error(e))?;
+            self.trusted_seq = Some(head.seq_counter);
+        }
+        let Some(pending) = &head.pending else {
+            return Ok(false);
+        };
+        if pending.last_seq() <= self.written_out_through {
+            return Ok(false);
+        }
+        let entries = decode_pending(&self.ledger, pending)?;
+        let rolled = !is_written_out(&self.stores, &self.ledger, &entries).await?;
+        if rolled {
+            roll_forward(&self.stores, &self.ledger, &entries)
+                .await
+                .map_err(|e| self.integrity_error(e))?;
+            self.metrics.roll_forwards.inc();
+        }
+        self.written_out_through = pending.last_seq();
+        Ok(rolled)
+    }
+
+    /// Counts and logs an integrity failure (other errors pass silently); returns it.
+    fn integrity_error(&self, e: LedgerError) -> LedgerError {
+        if matches!(e, LedgerError::Corrupt { .. }) {
+            self.metrics.corruption.inc();
+            error!(ledger_id = %self.ledger, error = %e, "INTEGRITY: refusing to append on a corrupt ledger");
+        }
+        e
+    }
+}
 
 /// Builds the entries of a batch on top of `head`: seqs `head.seq_counter + 1 ..`, chained
 /// from `head.last_hash`, all stamped `timestamp`. Returns the `META` that claims them and the
 /// entries as roll-forward needs them (what [`decode_pending`] would give, without decoding).
-pub(crate) fn build_batch(
+fn build_batch(
     ledger: &LedgerId,
     head: &Meta,
     records: &[Record],
@@ -49,7 +356,7 @@ pub(crate) fn build_batch(
                 hash,
                 prev_hash,
                 timestamp,
-                key: entry_key("", ledger, seq),
+                key: entry_key(ledger, seq),
             };
             prev_hash = hash;
             entry
@@ -66,7 +373,7 @@ pub(crate) fn build_batch(
     (meta, entries)
 }
 
-/// One entry of a pending batch, decoded for roll-forward.
+/// One entry of a batch, as the write-out needs it.
 pub(crate) struct PendingEntry {
     pub seq: u64,
     pub bytes: Bytes,
@@ -99,8 +406,8 @@ impl PendingEntry {
 }
 
 /// The objects and `SEQ#` items of a batch written out in the same step as its claim
-/// ([`crate::store::IndexStore::commit_batch`]; such stores have no object versions).
-pub(crate) fn write_out(entries: &[PendingEntry]) -> (Vec<NewObject>, Vec<SeqItem>) {
+/// ([`AtomicBatchStore::commit_batch`]; such stores have no object versions).
+fn objects_and_items(entries: &[PendingEntry]) -> (Vec<NewObject>, Vec<SeqItem>) {
     entries
         .iter()
         .map(|e| (e.object(), e.seq_item(None)))
@@ -115,14 +422,17 @@ pub(crate) fn decode_pending(
 ) -> Result<Vec<PendingEntry>, LedgerError> {
     if pending.entries.is_empty() {
         return Err(LedgerError::Corrupt {
-            seq: pending.first_seq,
+            seq: Some(pending.first_seq),
             detail: "a pending batch with no entries".into(),
         });
     }
     let mut out: Vec<PendingEntry> = Vec::with_capacity(pending.entries.len());
     for (i, bytes) in pending.entries.iter().enumerate() {
         let seq = pending.first_seq + i as u64;
-        let corrupt = |detail: String| LedgerError::Corrupt { seq, detail };
+        let corrupt = |detail: String| LedgerError::Corrupt {
+            seq: Some(seq),
+            detail,
+        };
         let entry = match check_entry(ledger, seq, Some(bytes)) {
             Evidence::Entry(entry) => entry,
             Evidence::Malformed { reason, .. } => {
@@ -143,16 +453,15 @@ pub(crate) fn decode_pending(
             hash: entry.hash,
             prev_hash: entry.prev_hash,
             timestamp: entry.timestamp,
-            key: entry_key("", ledger, seq),
+            key: entry_key(ledger, seq),
         });
     }
     Ok(out)
 }
 
-/// Whether every entry of `pending` already has its `SEQ#` item (the last step of roll-forward),
-/// each agreeing with the entry. One index query; used before redoing a batch someone else
-/// (or an earlier run of this process) claimed.
-pub(crate) async fn is_rolled_forward(
+/// Whether every entry of a pending batch already has its `SEQ#` item (the last step of the
+/// write-out), each agreeing with the entry. One index query.
+async fn is_written_out(
     stores: &Stores,
     ledger: &LedgerId,
     entries: &[PendingEntry],
@@ -171,10 +480,10 @@ pub(crate) async fn is_rolled_forward(
             .all(|(item, e)| item.entry_hash == e.hash))
 }
 
-/// Writes a claimed batch out: entry objects, then `SEQ#` items. Idempotent; safe to run
-/// concurrently with other writers doing the same. Existing objects or items that differ from
-/// what the batch says are corruption: reported, never overwritten.
-pub(crate) async fn roll_forward(
+/// Steps 3 and 4 for a claimed batch: entry objects, then `SEQ#` items. Idempotent; safe to
+/// run concurrently with other writers doing the same. Existing objects or items that differ
+/// from what the batch says are corruption: reported, never overwritten.
+async fn roll_forward(
     stores: &Stores,
     ledger: &LedgerId,
     entries: &[PendingEntry],
@@ -204,7 +513,7 @@ pub(crate) async fn roll_forward(
             && existing != *item
         {
             return Err(LedgerError::Corrupt {
-                seq: item.seq,
+                seq: Some(item.seq),
                 detail: format!(
                     "the SEQ# item already stored disagrees with the committed entry ({existing:?})"
                 ),
@@ -220,22 +529,20 @@ async fn existing_version(
     stores: &Stores,
     entry: &PendingEntry,
 ) -> Result<Option<String>, LedgerError> {
+    let corrupt = |detail: String| LedgerError::Corrupt {
+        seq: Some(entry.seq),
+        detail,
+    };
     match stores.objects.get(&entry.key, None).await? {
         Some(object) if object.body == entry.bytes => Ok(object.version),
-        Some(_) => Err(LedgerError::Corrupt {
-            seq: entry.seq,
-            detail: format!(
-                "object {} holds different bytes than the committed entry",
-                entry.key
-            ),
-        }),
-        None => Err(LedgerError::Corrupt {
-            seq: entry.seq,
-            detail: format!(
-                "object {} was reported to exist but cannot be read",
-                entry.key
-            ),
-        }),
+        Some(_) => Err(corrupt(format!(
+            "object {} holds different bytes than the committed entry",
+            entry.key
+        ))),
+        None => Err(corrupt(format!(
+            "object {} was reported to exist but cannot be read",
+            entry.key
+        ))),
     }
 }
 
@@ -244,13 +551,12 @@ async fn existing_version(
 /// hash `last_hash` and links to the stored entry before it (or to genesis), and a head without
 /// a pending batch names the hash of the entry stored at `seq_counter`. A head that fails is
 /// corruption (an edited `META`): writing on it would lock a broken link into WORM storage.
-pub(crate) async fn check_head(
-    stores: &Stores,
-    ledger: &LedgerId,
-    head: &Meta,
-) -> Result<(), LedgerError> {
+async fn check_head(stores: &Stores, ledger: &LedgerId, head: &Meta) -> Result<(), LedgerError> {
     let seq = head.seq_counter;
-    let corrupt = |detail: String| LedgerError::Corrupt { seq, detail };
+    let corrupt = |detail: String| LedgerError::Corrupt {
+        seq: Some(seq),
+        detail,
+    };
     let (linked_seq, expected_hash) = match &head.pending {
         None if seq == 0 => {
             return if head.last_hash == Hash::GENESIS {
@@ -283,8 +589,11 @@ pub(crate) async fn check_head(
             (first.seq - 1, first.prev_hash)
         }
     };
-    let key = entry_key("", ledger, linked_seq);
-    match stores.objects.get(&key, None).await? {
+    match stores
+        .objects
+        .get(&entry_key(ledger, linked_seq), None)
+        .await?
+    {
         Some(object) if Hash::of_entry(&object.body) == expected_hash => Ok(()),
         Some(_) => Err(corrupt(format!(
             "META does not link to the entry stored at seq {linked_seq}"
@@ -293,4 +602,18 @@ pub(crate) async fn check_head(
             "META links to seq {linked_seq}, which has no stored entry"
         ))),
     }
+}
+
+/// Exponential backoff with full jitter: 1 ms doubling to 64 ms.
+fn backoff(attempt: u32) -> Duration {
+    let cap_us = 1_000u64 << attempt.min(6);
+    Duration::from_micros(fastrand::u64(cap_us / 2..=cap_us))
+}
+
+/// The server's clock, as entries are stamped.
+pub(crate) fn now() -> Timestamp {
+    let micros = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    Timestamp::from_unix_micros(micros).expect("the system clock is between years 1 and 9999")
 }

@@ -1,8 +1,9 @@
 //! The ledger service: appends (group commit over the commit protocol), reads, verification
 //! and crash recovery, over any pair of stores.
 //!
-//! - [`commit`]: the protocol itself (claim with content, idempotent roll-forward).
-//! - [`committer`]: one group-commit task per ledger.
+//! - [`commit`]: the protocol itself, all of it (claim with content, idempotent
+//!   roll-forward, recovery).
+//! - [`committer`]: one group-commit task per ledger: queueing, batching, replies.
 //! - [`read`]: records, heads and ledger listings.
 //! - [`verify`]: re-reads and re-hashes stored entries with the pure verifier; the one
 //!   verification engine of the API and `ledger-verify`.
@@ -26,7 +27,7 @@ use tokio::task::JoinHandle;
 use crate::chain::checkpoint::{Checkpoint, ReceiptBody, ReceiptSignature, Signer};
 use crate::chain::entry::{LedgerId, Record, Timestamp};
 use crate::chain::hash::Hash;
-use crate::store::{StoreError, Stores};
+use crate::store::{Backend, StoreError, Stores};
 use commit::PendingEntry;
 use committer::{Committer, Request};
 
@@ -57,8 +58,12 @@ pub enum LedgerError {
     },
     #[error("storage failed mid-commit and the outcome is unknown: {0}")]
     OutcomeUnknown(String),
-    #[error("integrity failure at seq {seq}: {detail}")]
-    Corrupt { seq: u64, detail: String },
+    #[error("integrity failure at {}: {detail}", seq.map_or_else(|| "an unknown seq".to_owned(), |s| format!("seq {s}")))]
+    Corrupt {
+        /// The seq whose data failed, when the failure names one.
+        seq: Option<u64>,
+        detail: String,
+    },
     #[error("no signing key is configured (ELEANOR_LEDGER_SIGNING_KEY_FILE)")]
     SigningDisabled,
     #[error("the ledger has no checkpoint yet")]
@@ -71,7 +76,11 @@ impl From<StoreError> for LedgerError {
             StoreError::Unavailable { dependency, detail } => {
                 LedgerError::Unavailable { dependency, detail }
             }
-            StoreError::Corrupt(detail) => LedgerError::Corrupt { seq: 0, detail },
+            e @ StoreError::Refused { dependency } => LedgerError::Unavailable {
+                dependency,
+                detail: e.to_string(),
+            },
+            StoreError::Corrupt(detail) => LedgerError::Corrupt { seq: None, detail },
         }
     }
 }
@@ -239,10 +248,10 @@ pub struct Receipt {
     pub timestamp: Timestamp,
     pub object_key: String,
     /// `false` when the record is committed (durable in `META`, its seq and hash final) but
-    /// its object and index item are not written yet; they will be, by the next append,
-    /// a read or startup recovery.
+    /// not written out yet (its object and index item); it will be, by the next append, a read
+    /// or startup recovery.
     #[serde(skip)]
-    pub materialized: bool,
+    pub written_out: bool,
     /// The signature over `(ledger_id, seq, entry_hash, prev_hash, timestamp)` when the
     /// service has a signing key (`docs/FORMAT.md`, "Receipts").
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -250,7 +259,7 @@ pub struct Receipt {
 }
 
 impl Receipt {
-    fn new(ledger: &LedgerId, e: &PendingEntry, materialized: bool) -> Receipt {
+    fn new(ledger: &LedgerId, e: &PendingEntry, written_out: bool) -> Receipt {
         Receipt {
             ledger_id: ledger.clone(),
             seq: e.seq,
@@ -258,7 +267,7 @@ impl Receipt {
             prev_hash: e.prev_hash,
             timestamp: e.timestamp,
             object_key: e.key.clone(),
-            materialized,
+            written_out,
             receipt: None,
         }
     }
@@ -273,6 +282,38 @@ impl Receipt {
             timestamp: self.timestamp,
         }
     }
+}
+
+/// What a check of one store found, as `/health` names it (the cause goes to the log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreCheck {
+    Ok,
+    /// The store did not answer, or refused service.
+    Unavailable,
+    /// Not called: its circuit is open.
+    CircuitOpen,
+    /// It answered with data that cannot be read.
+    Corrupt,
+}
+
+impl StoreCheck {
+    /// A stable code.
+    pub fn code(self) -> &'static str {
+        match self {
+            StoreCheck::Ok => "ok",
+            StoreCheck::Unavailable => "unavailable",
+            StoreCheck::CircuitOpen => "circuit_open",
+            StoreCheck::Corrupt => "corrupt",
+        }
+    }
+}
+
+/// What [`Ledger::check_storage`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StorageHealth {
+    pub backend: Backend,
+    pub objects: StoreCheck,
+    pub index: StoreCheck,
 }
 
 /// The service. Cheap to clone.
@@ -307,6 +348,29 @@ impl Ledger {
                 committers: Mutex::new(Committers::default()),
                 latest_checkpoints: Mutex::new(HashMap::new()),
             }),
+        }
+    }
+
+    /// One cheap round trip to each store, for `/health`. A failure's cause is logged here;
+    /// the answer only names it.
+    pub async fn check_storage(&self) -> StorageHealth {
+        let stores = &self.inner.stores;
+        let (objects, index) = tokio::join!(stores.objects.check(), stores.index.check());
+        let check = |store: &'static str, result: Result<(), StoreError>| match result {
+            Ok(()) => StoreCheck::Ok,
+            Err(e) => {
+                tracing::warn!(store, error = %e, "health check failed");
+                match e {
+                    StoreError::Unavailable { .. } => StoreCheck::Unavailable,
+                    StoreError::Refused { .. } => StoreCheck::CircuitOpen,
+                    StoreError::Corrupt(_) => StoreCheck::Corrupt,
+                }
+            }
+        };
+        StorageHealth {
+            backend: stores.backend,
+            objects: check("objects", objects),
+            index: check("index", index),
         }
     }
 
@@ -419,9 +483,6 @@ impl Ledger {
                     Ok(true) => finished += 1,
                     Ok(false) => {}
                     Err(e) => {
-                        if matches!(e, LedgerError::Corrupt { .. }) {
-                            self.inner.metrics.corruption.inc();
-                        }
                         tracing::error!(ledger_id = %ledger, error = %e, "cannot finish this ledger's pending batch");
                     }
                 }
@@ -433,21 +494,16 @@ impl Ledger {
         }
     }
 
-    /// Rolls forward the ledger's pending batch if it is unfinished. `true` if it was.
+    /// Rolls forward the ledger's pending batch if it is not written out (the protocol's
+    /// [`commit::Writer::finish_pending`]). `true` if it was.
     pub(crate) async fn finish_pending(&self, ledger: &LedgerId) -> Result<bool, LedgerError> {
-        let Some(head) = self.inner.stores.index.head(ledger).await? else {
-            return Ok(false);
-        };
-        let Some(pending) = &head.pending else {
-            return Ok(false);
-        };
-        commit::check_head(&self.inner.stores, ledger, &head).await?;
-        let entries = commit::decode_pending(ledger, pending)?;
-        if commit::is_rolled_forward(&self.inner.stores, ledger, &entries).await? {
-            return Ok(false);
-        }
-        commit::roll_forward(&self.inner.stores, ledger, &entries).await?;
-        self.inner.metrics.roll_forwards.inc();
-        Ok(true)
+        commit::Writer::new(
+            ledger.clone(),
+            self.inner.stores.clone(),
+            self.inner.options.clone(),
+            self.inner.metrics.clone(),
+        )
+        .finish_pending()
+        .await
     }
 }

@@ -8,8 +8,9 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::{Ledger, LedgerError};
-use crate::chain::entry::{LedgerId, MAX_SEQ, Timestamp, decode, entry_key};
+use crate::chain::entry::{LedgerId, MAX_SEQ, Timestamp, decode};
 use crate::chain::hash::Hash;
+use crate::chain::keys::entry_key;
 use crate::chain::verify::Head;
 use crate::store::SeqItem;
 
@@ -152,14 +153,14 @@ impl Ledger {
         ledger: &LedgerId,
         seq: u64,
     ) -> Result<StoredRecord, LedgerError> {
-        let key = entry_key("", ledger, seq);
+        let key = entry_key(ledger, seq);
         let object = self
             .stores()
             .objects
             .get(&key, None)
             .await?
             .ok_or_else(|| LedgerError::Corrupt {
-                seq,
+                seq: Some(seq),
                 detail:
                     "the head covers this seq but it has neither an index item nor a stored entry"
                         .into(),
@@ -197,7 +198,7 @@ impl Ledger {
             .get(&item.object_key, item.version_id.as_deref())
             .await?
             .ok_or_else(|| LedgerError::Corrupt {
-                seq: item.seq,
+                seq: Some(item.seq),
                 detail: format!("indexed object {} is missing", item.object_key),
             })?;
         to_record(
@@ -219,7 +220,10 @@ fn to_record(
     body: &[u8],
     indexed_hash: Option<Hash>,
 ) -> Result<StoredRecord, LedgerError> {
-    let corrupt = |detail: String| LedgerError::Corrupt { seq, detail };
+    let corrupt = |detail: String| LedgerError::Corrupt {
+        seq: Some(seq),
+        detail,
+    };
     let hash = Hash::of_entry(body);
     if let Some(indexed) = indexed_hash
         && hash != indexed

@@ -28,16 +28,19 @@ use futures::{StreamExt, TryStreamExt, stream};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::checkpoint::{checkpoint_key, checkpoints_prefix, seq_of_checkpoint_key};
 use super::commit::{PendingEntry, decode_pending};
 use super::{Ledger, LedgerError};
 use crate::chain::checkpoint::{Checkpoint, PublicKey};
-use crate::chain::entry::{LedgerId, MAX_SEQ, entries_prefix, entry_key};
+use crate::chain::entry::{LedgerId, MAX_SEQ};
 use crate::chain::hash::Hash;
+use crate::chain::keys::{
+    checkpoint_key, checkpoints_prefix, entries_prefix, entry_key, seq_of_checkpoint_key,
+    seq_of_entry_key,
+};
 use crate::chain::verify::{
     ChainVerifier, Evidence, Failure, FailureKind, Head, IndexClaim, check_entry,
 };
-use crate::store::{Retention, ScannedObject, SeqItem, Stores};
+use crate::store::{LockMode, Retention, ScannedObject, SeqItem, Stores};
 
 /// Seqs verified per page (one bulk read, one index query).
 const PAGE: u64 = 4096;
@@ -374,7 +377,7 @@ struct Walk<'a> {
     /// The decoded entries of `META`'s pending batch.
     pending: Arc<Vec<PendingEntry>>,
     /// The Object Lock mode every entry object must carry, when the store has Object Lock.
-    lock_mode: Option<&'static str>,
+    lock_mode: Option<LockMode>,
     verifier: ChainVerifier,
     checkpoints_checked: u64,
     /// Seqs of the pending batch with no object yet.
@@ -619,7 +622,7 @@ impl Walk<'_> {
     fn check_fetched(&mut self, f: &Fetched, evidence: Evidence) {
         let ledger = self.ledger;
         let verifier = &mut self.verifier;
-        let key = || entry_key("", ledger, f.seq);
+        let key = || entry_key(ledger, f.seq);
         if f.pending == Some(PendingCheck::Unwritten) {
             self.unwritten.push(f.seq);
         }
@@ -686,7 +689,7 @@ impl Walk<'_> {
 }
 
 /// An entry object must be locked, in the mode the store writes, until a time still ahead.
-fn check_lock(verifier: &mut ChainVerifier, f: &Fetched, expected: Option<&str>, key: &str) {
+fn check_lock(verifier: &mut ChainVerifier, f: &Fetched, expected: Option<LockMode>, key: &str) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
@@ -698,20 +701,20 @@ fn check_lock(verifier: &mut ChainVerifier, f: &Fetched, expected: Option<&str>,
         Retention::Locked { mode, until_unix } if *until_unix <= now => Some(format!(
             "object {key}'s {mode} lock expired at unix time {until_unix}"
         )),
-        Retention::Locked { mode, .. }
-            if expected.is_some_and(|e| !e.eq_ignore_ascii_case(mode)) =>
-        {
-            let lifted = if mode.eq_ignore_ascii_case("GOVERNANCE") {
-                " (a GOVERNANCE lock can be lifted by anyone allowed s3:BypassGovernanceRetention)"
-            } else {
-                ""
-            };
-            Some(format!(
-                "object {key} is locked in {mode} mode, not the configured {}{lifted}",
-                expected.unwrap_or_default()
-            ))
-        }
-        Retention::Locked { .. } => None,
+        Retention::Locked { mode, .. } => match expected {
+            Some(expected) if expected != *mode => {
+                let lifted = match mode {
+                    LockMode::Governance => {
+                        " (a GOVERNANCE lock can be lifted by anyone allowed s3:BypassGovernanceRetention)"
+                    }
+                    LockMode::Compliance => "",
+                };
+                Some(format!(
+                    "object {key} is locked in {mode} mode, not the configured {expected}{lifted}"
+                ))
+            }
+            _ => None,
+        },
     };
     if let Some(detail) = problem {
         verifier.report(f.seq, FailureKind::NotLocked, detail);
@@ -746,7 +749,7 @@ pub async fn stored_entry(
     seq: u64,
     use_index: bool,
 ) -> Result<Option<bytes::Bytes>, LedgerError> {
-    let key = entry_key("", ledger, seq);
+    let key = entry_key(ledger, seq);
     let version = if use_index {
         stores
             .index
@@ -769,8 +772,8 @@ async fn first_entry_after(
     seq: u64,
 ) -> Result<Option<u64>, LedgerError> {
     const LIST_PAGE: usize = 16;
-    let prefix = entries_prefix("", ledger);
-    let mut after = (seq > 0).then(|| entry_key("", ledger, seq));
+    let prefix = entries_prefix(ledger);
+    let mut after = (seq > 0).then(|| entry_key(ledger, seq));
     // Bounded: each round either ends or moves `after` forward past LIST_PAGE keys.
     loop {
         let keys = stores
@@ -862,7 +865,7 @@ async fn read_page(
         {
             let pinned = stores
                 .objects
-                .get(&entry_key("", ledger, seq), Some(wanted))
+                .get(&entry_key(ledger, seq), Some(wanted))
                 .await?;
             retention = pinned
                 .as_ref()
@@ -922,18 +925,6 @@ async fn read_page(
     Ok(checked)
 }
 
-/// The seq of an entry key of `ledger` (`{ledger}/entries/{seq:018}.json`), if it is one.
-fn seq_of_entry_key(key: &str, ledger: &LedgerId) -> Option<u64> {
-    let digits = key
-        .strip_prefix(ledger.as_str())?
-        .strip_prefix("/entries/")?
-        .strip_suffix(".json")?;
-    if digits.len() != 18 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
-}
-
 /// The objects stored under the entry keys from `from` to `to`, in key order, in as few bulk
 /// reads as the keys allow (a stray key under the entries prefix only costs another read).
 async fn scan_entries(
@@ -942,9 +933,9 @@ async fn scan_entries(
     from: u64,
     to: u64,
 ) -> Result<Vec<ScannedObject>, LedgerError> {
-    let prefix = entries_prefix("", ledger);
-    let last = entry_key("", ledger, to);
-    let mut after = (from > 1).then(|| entry_key("", ledger, from - 1));
+    let prefix = entries_prefix(ledger);
+    let last = entry_key(ledger, to);
+    let mut after = (from > 1).then(|| entry_key(ledger, from - 1));
     let want = (to - from + 1) as usize;
     let mut out = Vec::with_capacity(want);
     // Bounded: each round either ends or moves `after` forward past at least one key.

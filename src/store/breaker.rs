@@ -18,18 +18,10 @@ use prometheus::{IntGaugeVec, Opts, Registry};
 use tokio::time::Instant;
 
 use super::{
-    BatchCommit, CasOutcome, IndexStore, Meta, NewObject, ObjectStore, PutOutcome, ScannedObject,
-    SeqItem, SeqPut, StoreError, StoreResult, StoredObject, Stores,
+    AtomicBatchStore, BatchCommit, CasOutcome, IndexStore, Meta, NewObject, ObjectStore,
+    PutOutcome, ScannedObject, SeqItem, SeqPut, StoreError, StoreResult, StoredObject, Stores,
 };
 use crate::chain::entry::LedgerId;
-
-/// The detail of a call refused by an open circuit.
-const CIRCUIT_OPEN: &str = "circuit open after repeated failures; failing fast until it recovers";
-
-/// Whether `e` is a refusal by an open circuit: the call was never sent to the dependency.
-pub fn never_sent(e: &StoreError) -> bool {
-    matches!(e, StoreError::Unavailable { detail, .. } if detail == CIRCUIT_OPEN)
-}
 
 /// A circuit's state, as `/health` and the metric show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,9 +140,8 @@ impl CircuitBreaker {
                 self.set(&mut inner, Inner::HalfOpen);
                 Ok(())
             }
-            Inner::Open { .. } | Inner::HalfOpen => Err(StoreError::Unavailable {
+            Inner::Open { .. } | Inner::HalfOpen => Err(StoreError::Refused {
                 dependency: self.dependency,
-                detail: CIRCUIT_OPEN.into(),
             }),
         }
     }
@@ -216,13 +207,11 @@ impl Drop for Unfinished<'_> {
     }
 }
 
-/// Wraps both stores of `stores` in circuit breakers, one per dependency name (`objects` and
-/// `index` names may be the same dependency, as for the embedded store). Returns the guarded
-/// stores and the breakers, for `/health`.
+/// Wraps both stores of `stores` in circuit breakers, one per dependency
+/// ([`Backend::dependencies`](super::Backend::dependencies): one for both stores of the embedded
+/// backend). Returns the guarded stores and the breakers, for `/health`.
 pub fn guard(
     stores: &Stores,
-    objects_dependency: &'static str,
-    index_dependency: &'static str,
     settings: BreakerSettings,
     registry: &Registry,
 ) -> prometheus::Result<(Stores, Vec<Arc<CircuitBreaker>>)> {
@@ -234,6 +223,7 @@ pub fn guard(
         &["dependency"],
     )?;
     registry.register(Box::new(gauges.clone()))?;
+    let (objects_dependency, index_dependency) = stores.backend.dependencies();
     let objects_breaker = Arc::new(CircuitBreaker::new(objects_dependency, settings, &gauges));
     let index_breaker = if index_dependency == objects_dependency {
         objects_breaker.clone()
@@ -253,7 +243,13 @@ pub fn guard(
         }),
         index: Arc::new(Guarded {
             inner: stores.index.clone(),
-            breaker: index_breaker,
+            breaker: index_breaker.clone(),
+        }),
+        batches: stores.batches.clone().map(|inner| {
+            Arc::new(Guarded {
+                inner,
+                breaker: index_breaker,
+            }) as Arc<dyn AtomicBatchStore>
         }),
     };
     Ok((guarded, breakers))
@@ -331,24 +327,6 @@ impl IndexStore for Guarded<dyn IndexStore> {
             .call(self.inner.compare_and_set_head(ledger, expected_seq, new))
             .await
     }
-    fn commits_batches(&self) -> bool {
-        self.inner.commits_batches()
-    }
-    async fn commit_batch(
-        &self,
-        ledger: &LedgerId,
-        expected_seq: u64,
-        new: &Meta,
-        objects: &[NewObject],
-        items: &[SeqItem],
-    ) -> StoreResult<BatchCommit> {
-        self.breaker
-            .call(
-                self.inner
-                    .commit_batch(ledger, expected_seq, new, objects, items),
-            )
-            .await
-    }
     async fn put_seq_items(
         &self,
         ledger: &LedgerId,
@@ -374,6 +352,25 @@ impl IndexStore for Guarded<dyn IndexStore> {
     }
     async fn check(&self) -> StoreResult<()> {
         self.breaker.call(self.inner.check()).await
+    }
+}
+
+#[async_trait]
+impl AtomicBatchStore for Guarded<dyn AtomicBatchStore> {
+    async fn commit_batch(
+        &self,
+        ledger: &LedgerId,
+        expected_seq: u64,
+        new: &Meta,
+        objects: &[NewObject],
+        items: &[SeqItem],
+    ) -> StoreResult<BatchCommit> {
+        self.breaker
+            .call(
+                self.inner
+                    .commit_batch(ledger, expected_seq, new, objects, items),
+            )
+            .await
     }
 }
 

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use super::{
-    BatchCommit, CasOutcome, IndexStore, Meta, NewObject, ObjectStore, PutOutcome, ScannedObject,
-    SeqItem, SeqPut, StoreError, StoreResult, StoredObject, Stores,
+    AtomicBatchStore, BatchCommit, CasOutcome, IndexStore, Meta, NewObject, ObjectStore,
+    PutOutcome, ScannedObject, SeqItem, SeqPut, StoreError, StoreResult, StoredObject, Stores,
 };
 use crate::chain::entry::LedgerId;
 
@@ -83,7 +83,7 @@ pub fn wrap(inner: &Stores) -> (Stores, FaultHandle) {
     wrap_with(inner, true)
 }
 
-/// Like [`wrap`], but the wrapped stores do not offer [`IndexStore::commit_batch`]: over the
+/// Like [`wrap`], but the wrapped stores do not offer [`AtomicBatchStore`]: over the
 /// embedded store, the service then commits in the protocol's separate steps (claim, objects,
 /// items), as it does for S3 + DynamoDB and to finish a batch an earlier version left pending.
 pub fn wrap_in_steps(inner: &Stores) -> (Stores, FaultHandle) {
@@ -95,13 +95,15 @@ fn wrap_with(inner: &Stores, one_step: bool) -> (Stores, FaultHandle) {
     let wrapper = Arc::new(Faulty {
         inner: inner.clone(),
         plan: plan.clone(),
-        one_step,
     });
+    let batches =
+        (one_step && inner.batches.is_some()).then(|| wrapper.clone() as Arc<dyn AtomicBatchStore>);
     let stores = Stores {
         backend: inner.backend,
         lock_mode: inner.lock_mode,
         objects: wrapper.clone(),
         index: wrapper,
+        batches,
     };
     (stores, FaultHandle { plan })
 }
@@ -132,8 +134,6 @@ impl FaultHandle {
 struct Faulty {
     inner: Stores,
     plan: Arc<Plan>,
-    /// Offer [`IndexStore::commit_batch`] when the inner store does.
-    one_step: bool,
 }
 
 impl Faulty {
@@ -272,26 +272,6 @@ impl IndexStore for Faulty {
         )
         .await
     }
-    fn commits_batches(&self) -> bool {
-        self.one_step && self.inner.index.commits_batches()
-    }
-    /// A crash "halfway" is a crash after: the step is atomic.
-    async fn commit_batch(
-        &self,
-        ledger: &LedgerId,
-        expected_seq: u64,
-        new: &Meta,
-        objects: &[NewObject],
-        items: &[SeqItem],
-    ) -> StoreResult<BatchCommit> {
-        self.single(
-            "commit_batch",
-            self.inner
-                .index
-                .commit_batch(ledger, expected_seq, new, objects, items),
-        )
-        .await
-    }
     async fn put_seq_items(
         &self,
         ledger: &LedgerId,
@@ -320,5 +300,27 @@ impl IndexStore for Faulty {
     }
     async fn check(&self) -> StoreResult<()> {
         self.single("check_index", self.inner.index.check()).await
+    }
+}
+
+#[async_trait]
+impl AtomicBatchStore for Faulty {
+    /// A crash "halfway" is a crash after: the step is atomic.
+    async fn commit_batch(
+        &self,
+        ledger: &LedgerId,
+        expected_seq: u64,
+        new: &Meta,
+        objects: &[NewObject],
+        items: &[SeqItem],
+    ) -> StoreResult<BatchCommit> {
+        let Some(batches) = &self.inner.batches else {
+            unreachable!("offered only over stores that commit batches in one step")
+        };
+        self.single(
+            "commit_batch",
+            batches.commit_batch(ledger, expected_seq, new, objects, items),
+        )
+        .await
     }
 }

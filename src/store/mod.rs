@@ -14,6 +14,9 @@ pub mod breaker;
 pub mod conformance;
 pub mod fault;
 pub mod local;
+mod open;
+
+pub use open::{Access, BackendConfig, OpenError, open};
 
 use std::sync::Arc;
 
@@ -34,9 +37,78 @@ pub enum StoreError {
         dependency: &'static str,
         detail: String,
     },
+    /// The call was refused before it was sent (an open circuit breaker): it had no effect.
+    #[error(
+        "{dependency} is unavailable: circuit open after repeated failures; failing fast until it recovers"
+    )]
+    Refused { dependency: &'static str },
     /// Stored data cannot be read back as what was written (undecodable item or object).
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+}
+
+/// Which storage backend a [`Stores`] runs on (`ELEANOR_LEDGER_BACKEND`).
+///
+/// It derives `clap::ValueEnum` so that configuration parses this one enum rather than a copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// The embedded store under the data directory.
+    Local,
+    /// S3 (Object Lock) for entries, DynamoDB for the index.
+    Aws,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Local => "local",
+            Backend::Aws => "aws",
+        }
+    }
+
+    /// The dependencies its objects and index stores call, as errors, metrics and `/health`
+    /// name them (one engine for both on the embedded backend).
+    pub const fn dependencies(self) -> (&'static str, &'static str) {
+        match self {
+            Backend::Local => ("local", "local"),
+            Backend::Aws => ("s3", "dynamodb"),
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An S3 Object Lock retention mode (`ELEANOR_LEDGER_S3_LOCK_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LockMode {
+    /// Nobody, not even the root account, can delete or shorten the retention of a version.
+    #[default]
+    #[value(name = "COMPLIANCE", alias = "compliance")]
+    Compliance,
+    /// Principals with `s3:BypassGovernanceRetention` can remove a version (for test
+    /// environments; audit ledgers in production use [`LockMode::Compliance`]).
+    #[value(name = "GOVERNANCE", alias = "governance")]
+    Governance,
+}
+
+impl LockMode {
+    /// The mode's name in the S3 API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockMode::Compliance => "COMPLIANCE",
+            LockMode::Governance => "GOVERNANCE",
+        }
+    }
+}
+
+impl std::fmt::Display for LockMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -65,9 +137,8 @@ pub enum Retention {
     /// The store has no object locks (the embedded store enforces write-once by refusing
     /// overwrites).
     NotSupported,
-    /// Under a lock in `mode` (S3 Object Lock: `COMPLIANCE` or `GOVERNANCE`) until
-    /// `until_unix` (seconds).
-    Locked { mode: String, until_unix: i64 },
+    /// Under a lock in `mode` until `until_unix` (seconds).
+    Locked { mode: LockMode, until_unix: i64 },
     /// The store supports locks, but this object has none.
     Unlocked,
 }
@@ -201,7 +272,7 @@ pub struct Meta {
     pub last_hash: Hash,
     /// The most recently claimed batch. It ends at `seq_counter`. It stays here after it is
     /// written out, until the next claim replaces it. `None` for an empty ledger, and when the
-    /// batch was written out in the same step as its claim ([`IndexStore::commit_batch`]).
+    /// batch was written out in the same step as its claim ([`AtomicBatchStore::commit_batch`]).
     pub pending: Option<PendingBatch>,
 }
 
@@ -224,7 +295,7 @@ pub enum CasOutcome {
     Conflict(Option<Meta>),
 }
 
-/// What [`IndexStore::commit_batch`] did.
+/// What [`AtomicBatchStore::commit_batch`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BatchCommit {
     /// `META`, every object and every item were written, in one durable step.
@@ -237,7 +308,7 @@ pub enum BatchCommit {
     Occupied(Taken),
 }
 
-/// Where [`IndexStore::commit_batch`] found something already stored.
+/// Where [`AtomicBatchStore::commit_batch`] found something already stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Taken {
     /// An object under this key.
@@ -289,33 +360,6 @@ pub trait IndexStore: Send + Sync + 'static {
         new: &Meta,
     ) -> StoreResult<CasOutcome>;
 
-    /// Whether this store also holds the entry objects in the same transactional engine, so
-    /// that [`commit_batch`](Self::commit_batch) is available (the embedded store). Default: no.
-    fn commits_batches(&self) -> bool {
-        false
-    }
-
-    /// Claims a batch and writes it out in one atomic, durable step, for stores that
-    /// [`commits_batches`](Self::commits_batches): if and only if `META`'s `seq_counter` equals
-    /// `expected_seq` and no object key of `objects` and no seq of `items` is taken, replaces
-    /// `META` with `new` and creates every object (with no version) and item. A crash leaves
-    /// all of it or none of it, so `new` needs no pending batch. Stores that cannot answer
-    /// [`StoreError::Unavailable`] without writing anything (the default).
-    async fn commit_batch(
-        &self,
-        ledger: &LedgerId,
-        expected_seq: u64,
-        new: &Meta,
-        objects: &[NewObject],
-        items: &[SeqItem],
-    ) -> StoreResult<BatchCommit> {
-        let _ = (ledger, expected_seq, new, objects, items);
-        Err(StoreError::Unavailable {
-            dependency: "index",
-            detail: "this store cannot commit a batch in one step".into(),
-        })
-    }
-
     /// Writes each `SEQ#` item whose seq has no item yet; never changes an existing item
     /// (returns it in [`SeqPut::AlreadyExists`] instead). Outcomes are in input order. Items
     /// are independent: a crash or error halfway leaves any subset written, each whole.
@@ -338,17 +382,38 @@ pub trait IndexStore: Send + Sync + 'static {
     async fn check(&self) -> StoreResult<()>;
 }
 
+/// A capability only a backend that keeps entry objects, `SEQ#` items and `META` in one
+/// transactional engine has (the embedded store): a batch's claim and its write-out in one
+/// step. Held as [`Stores::batches`]; backends without it leave that `None`.
+#[async_trait]
+pub trait AtomicBatchStore: Send + Sync + 'static {
+    /// If and only if `META`'s `seq_counter` equals `expected_seq` and no object key of
+    /// `objects` and no seq of `items` is taken, replaces `META` with `new` and creates every
+    /// object (with no version) and item, in one atomic, durable step. A crash leaves all of it
+    /// or none of it, so `new` needs no pending batch.
+    async fn commit_batch(
+        &self,
+        ledger: &LedgerId,
+        expected_seq: u64,
+        new: &Meta,
+        objects: &[NewObject],
+        items: &[SeqItem],
+    ) -> StoreResult<BatchCommit>;
+}
+
 /// The two stores of one backend, as the service holds them.
 #[derive(Clone)]
 pub struct Stores {
-    /// `"local"` or `"aws"`, for `/health` and logs.
-    pub backend: &'static str,
-    /// The Object Lock mode the objects store writes entries with (`"COMPLIANCE"` or
-    /// `"GOVERNANCE"`); `None` for a store without Object Lock. Verification holds every
-    /// entry object to it.
-    pub lock_mode: Option<&'static str>,
+    /// For `/health` and logs.
+    pub backend: Backend,
+    /// The Object Lock mode the objects store writes entries with; `None` for a store without
+    /// Object Lock. Verification holds every entry object to it.
+    pub lock_mode: Option<LockMode>,
     pub objects: Arc<dyn ObjectStore>,
     pub index: Arc<dyn IndexStore>,
+    /// The same engine as `objects` and `index`, for a batch in one step; `None` on backends
+    /// that take the protocol's separate steps (S3 + DynamoDB).
+    pub batches: Option<Arc<dyn AtomicBatchStore>>,
 }
 
 /// Counts backend requests as `ledger_backend_requests_total{op, outcome}`. Backends count

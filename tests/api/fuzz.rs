@@ -324,7 +324,7 @@ async fn requests_generated_from_the_openapi_document_get_no_5xx_and_well_formed
     // A signing key, so that checkpoints are made rather than refused with 503.
     let keys = tempfile::tempdir().unwrap();
     let key = keys.path().join("signing.key");
-    eleanor_ledger::ledger::checkpoint::write_new_key(&key).unwrap();
+    eleanor_ledger::keyfile::write_new_key(&key).unwrap();
     let key = key.display().to_string();
     let app = spawn_app_with(&["--signing-key-file", &key, "--checkpoint-interval", "0"]).await;
     for n in 1..=3 {

@@ -48,7 +48,7 @@ use crate::store::{
     StoreResult,
 };
 
-const DEPENDENCY: &str = "dynamodb";
+const DEPENDENCY: &str = crate::store::Backend::Aws.dependencies().1;
 /// The partition that lists ledgers (not a valid ledger id).
 const REGISTRY: &str = "#ledgers";
 const REGISTRY_PREFIX: &str = "LEDGER#";

@@ -37,31 +37,10 @@ use aws_smithy_runtime_api::client::retries::RequestAttempts;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 
-use super::{BackendMetrics, Stores};
+use super::{Backend, BackendMetrics, LockMode, Stores};
 
 /// How many attempts the SDK makes for one call before giving up.
 const MAX_ATTEMPTS: u32 = 3;
-
-/// The Object Lock mode entry objects are written with (`ELEANOR_LEDGER_S3_LOCK_MODE`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum LockMode {
-    /// Nobody, not even the root account, can delete or shorten the retention of a version.
-    #[default]
-    Compliance,
-    /// Principals with `s3:BypassGovernanceRetention` can remove a version (for test
-    /// environments; audit ledgers in production use [`LockMode::Compliance`]).
-    Governance,
-}
-
-impl LockMode {
-    /// The mode's name in the S3 API.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LockMode::Compliance => "COMPLIANCE",
-            LockMode::Governance => "GOVERNANCE",
-        }
-    }
-}
 
 /// Called with `(service, operation)` (for example `("DynamoDB", "PutItem")`) for every
 /// HTTP request the backend sends, retries included. For tests and diagnostics.
@@ -99,6 +78,7 @@ pub struct AwsSettings {
     /// Emulators only (`ELEANOR_LEDGER_AWS_ENDPOINT_URL`): send every request there, with
     /// path-style S3 addressing. Production leaves it unset.
     pub endpoint_url: Option<String>,
+    /// The Object Lock mode entry objects are written with (`ELEANOR_LEDGER_S3_LOCK_MODE`).
     pub lock_mode: LockMode,
     /// Entry objects are locked until now + this many days (`ELEANOR_LEDGER_RETENTION_DAYS`).
     pub retention_days: u32,
@@ -170,10 +150,11 @@ pub async fn connect(
         metrics,
     );
     Ok(Stores {
-        backend: "aws",
-        lock_mode: Some(settings.lock_mode.as_str()),
+        backend: Backend::Aws,
+        lock_mode: Some(settings.lock_mode),
         objects: Arc::new(objects),
         index: Arc::new(index),
+        batches: None,
     })
 }
 

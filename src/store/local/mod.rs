@@ -9,10 +9,10 @@
 //! refused at startup with a clear message instead of sharing (and corrupting) it.
 //!
 //! Each trait call is one write transaction. A batch of appends is one of them
-//! ([`IndexStore::commit_batch`]: the claim, the entry objects and the `SEQ#` items), so one
+//! ([`AtomicBatchStore::commit_batch`]: the claim, the entry objects and the `SEQ#` items), so one
 //! commit and one fsync cover the whole batch: group commit at the storage level.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -24,9 +24,9 @@ use redb::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    BackendMetrics, BatchCommit, CasOutcome, IndexStore, Meta, NewObject, ObjectStore,
-    PendingBatch, PutOutcome, Retention, ScannedObject, SeqItem, SeqPut, StoreError, StoreResult,
-    StoredObject, Stores, Taken,
+    AtomicBatchStore, Backend, BackendMetrics, BatchCommit, CasOutcome, IndexStore, Meta,
+    NewObject, ObjectStore, OpenError, PendingBatch, PutOutcome, Retention, ScannedObject, SeqItem,
+    SeqPut, StoreError, StoreResult, StoredObject, Stores, Taken,
 };
 use crate::chain::entry::{LedgerId, Timestamp};
 use crate::chain::hash::Hash;
@@ -38,7 +38,7 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// `SEQ#` items: (ledger id, seq) -> encoded [`SeqItem`].
 const SEQ: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("seq");
 
-const DEPENDENCY: &str = "local";
+const DEPENDENCY: &str = crate::store::Backend::Local.dependencies().0;
 /// redb's page cache.
 const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
@@ -46,17 +46,6 @@ const CACHE_BYTES: usize = 32 * 1024 * 1024;
 pub const DB_FILE: &str = "ledger.redb";
 /// Page cache of a read-only open ([`LocalStore::open_read_only`]).
 const READ_ONLY_CACHE_BYTES: usize = 64 * 1024 * 1024;
-
-/// Why the embedded store could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum OpenError {
-    #[error(
-        "the data directory {0} is in use by another ledger process; stop it or choose another ELEANOR_LEDGER_DATA_DIR"
-    )]
-    InUse(PathBuf),
-    #[error("cannot open the embedded store at {path}: {detail}")]
-    Io { path: PathBuf, detail: String },
-}
 
 /// The embedded backend. Cheap to clone; all clones share one database handle, which
 /// [`close`](ObjectStore::close) releases (and with it the file lock) for all of them.
@@ -191,10 +180,11 @@ impl LocalStore {
     pub fn into_stores(self) -> Stores {
         let this = Arc::new(self);
         Stores {
-            backend: "local",
+            backend: Backend::Local,
             lock_mode: None,
             objects: this.clone(),
-            index: this,
+            index: this.clone(),
+            batches: Some(this),
         }
     }
 
@@ -489,40 +479,6 @@ impl IndexStore for LocalStore {
         result
     }
 
-    fn commits_batches(&self) -> bool {
-        true
-    }
-
-    /// One write transaction, fsync'd: `META`, the objects and the items together. Nothing of
-    /// the batch is written twice (no pending batch in `META`), and one commit per batch
-    /// instead of three.
-    async fn commit_batch(
-        &self,
-        ledger: &LedgerId,
-        expected_seq: u64,
-        new: &Meta,
-        objects: &[NewObject],
-        items: &[SeqItem],
-    ) -> StoreResult<BatchCommit> {
-        let (ledger, meta) = (ledger.clone(), encode_meta(new));
-        let (objects, items) = (objects.to_vec(), items.to_vec());
-        let result = self
-            .run("commit_batch", move |db| {
-                let txn = db.begin_write()?;
-                let outcome = write_batch(&txn, &ledger, expected_seq, &meta, &objects, &items)?;
-                if outcome == BatchCommit::Applied {
-                    txn.commit()?;
-                }
-                // Otherwise dropped: the transaction aborts, and whatever it wrote with it.
-                Ok(outcome)
-            })
-            .await;
-        if let Ok(BatchCommit::Conflict(_) | BatchCommit::Occupied(_)) = result {
-            self.metrics.record("commit_batch", "conflict", 1);
-        }
-        result
-    }
-
     async fn put_seq_items(
         &self,
         ledger: &LedgerId,
@@ -607,7 +563,40 @@ impl IndexStore for LocalStore {
     }
 }
 
-/// The writes of [`IndexStore::commit_batch`] inside `txn`, which the caller commits only if
+#[async_trait]
+impl AtomicBatchStore for LocalStore {
+    /// One write transaction, fsync'd: `META`, the objects and the items together. Nothing of
+    /// the batch is written twice (no pending batch in `META`), and one commit per batch
+    /// instead of three.
+    async fn commit_batch(
+        &self,
+        ledger: &LedgerId,
+        expected_seq: u64,
+        new: &Meta,
+        objects: &[NewObject],
+        items: &[SeqItem],
+    ) -> StoreResult<BatchCommit> {
+        let (ledger, meta) = (ledger.clone(), encode_meta(new));
+        let (objects, items) = (objects.to_vec(), items.to_vec());
+        let result = self
+            .run("commit_batch", move |db| {
+                let txn = db.begin_write()?;
+                let outcome = write_batch(&txn, &ledger, expected_seq, &meta, &objects, &items)?;
+                if outcome == BatchCommit::Applied {
+                    txn.commit()?;
+                }
+                // Otherwise dropped: the transaction aborts, and whatever it wrote with it.
+                Ok(outcome)
+            })
+            .await;
+        if let Ok(BatchCommit::Conflict(_) | BatchCommit::Occupied(_)) = result {
+            self.metrics.record("commit_batch", "conflict", 1);
+        }
+        result
+    }
+}
+
+/// The writes of [`AtomicBatchStore::commit_batch`] inside `txn`, which the caller commits only if
 /// they were all made.
 fn write_batch(
     txn: &WriteTransaction,
