@@ -272,13 +272,7 @@ fn read_checkpoint(path: &Path, keys: &[PublicKey]) -> Result<Checkpoint, AuditE
     let cp = cp.map_err(|e| usage(format!("--checkpoint {shown}: {e}")))?;
     // A trusted starting point must be proven when a key is given.
     if !keys.is_empty() {
-        let key = keys.iter().find(|k| k.id() == cp.key_id).ok_or_else(|| {
-            usage(format!(
-                "--checkpoint {shown} is signed by key {}, which no --public-key names",
-                cp.key_id
-            ))
-        })?;
-        cp.verify(key)
+        cp.verify_trusted(keys)
             .map_err(|e| usage(format!("--checkpoint {shown} is not trustworthy: {e}")))?;
     }
     Ok(cp)
@@ -636,14 +630,7 @@ fn verify_bundle(
             continue;
         }
         if signatures_checked {
-            let verdict = match keys.iter().find(|k| k.id() == cp.key_id) {
-                Some(k) => cp.verify(k).map_err(|e| e.to_string()),
-                None => Err(format!(
-                    "signed with key {}, which is not a trusted key",
-                    cp.key_id
-                )),
-            };
-            if let Err(e) = verdict {
+            if let Err(e) = cp.verify_trusted(&keys) {
                 verifier.report(
                     cp.seq,
                     FailureKind::BadSignature,

@@ -186,6 +186,21 @@ impl Checkpoint {
     pub fn verify(&self, key: &PublicKey) -> Result<(), KeyError> {
         key.verify(&self.key_id, &self.body().signed_bytes(), &self.signature)
     }
+
+    /// Checks the signature with whichever of `trusted` the checkpoint names; an error when
+    /// none does or the signature fails.
+    pub fn verify_trusted(&self, trusted: &[PublicKey]) -> Result<(), KeyError> {
+        let key = trusted
+            .iter()
+            .find(|k| k.id() == self.key_id)
+            .ok_or_else(|| {
+                KeyError(format!(
+                    "signed with key {}, which is not a trusted key",
+                    self.key_id
+                ))
+            })?;
+        self.verify(key)
+    }
 }
 
 /// The fields a receipt signature covers.

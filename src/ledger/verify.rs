@@ -1006,13 +1006,7 @@ fn check_signature(seq: u64, key: String, bytes: &[u8], keys: &[PublicKey]) -> C
     let signature = match &parsed {
         Err(_) => Ok(()),
         Ok(_) if keys.is_empty() => Ok(()),
-        Ok(cp) => match keys.iter().find(|k| k.id() == cp.key_id) {
-            Some(k) => cp.verify(k).map_err(|e| e.to_string()),
-            None => Err(format!(
-                "signed with key {}, which is not a trusted key",
-                cp.key_id
-            )),
-        },
+        Ok(cp) => cp.verify_trusted(keys).map_err(|e| e.to_string()),
     };
     CheckedCheckpoint {
         seq,
