@@ -7,6 +7,7 @@
 //! specifies the same rules for auditors who re-implement them.
 
 pub mod checkpoint;
+pub mod compact;
 pub mod entry;
 pub mod hash;
 pub mod keys;

@@ -7,7 +7,7 @@
 //!     `pending_records` (L of B, in seq order: each entry's 27-byte timestamp followed by its
 //!     record's compact JSON). The rest of each entry follows from the key and the chain
 //!     (ledger id, `pending_first_seq + i`, and each `prev_hash` the hash of the entry before),
-//!     so the entries' stored bytes are rebuilt exactly. DynamoDB bills an update by the item's
+//!     so the entries' stored bytes are rebuilt exactly ([`crate::chain::compact`]). DynamoDB bills an update by the item's
 //!     size: this saves each entry's ~170-byte header (about 0.15 write units per 1 KiB record);
 //!   - or `pending_entries` (L of B: the entries' stored bytes), for bytes that are not such a
 //!     chain (never written by the service, but the store keeps whatever it is given).
@@ -41,7 +41,8 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
 use super::unavailable;
-use crate::chain::entry::{self, EntryHeader, LedgerId, MAX_SEQ, Record, Timestamp};
+use crate::chain::compact;
+use crate::chain::entry::{LedgerId, MAX_SEQ, Timestamp};
 use crate::chain::hash::Hash;
 use crate::store::{
     BackendMetrics, CasOutcome, IndexStore, Meta, PendingBatch, SeqItem, SeqPut, StoreError,
@@ -443,11 +444,19 @@ fn encode_pending(
     pending: &PendingBatch,
 ) -> Vec<(&'static str, AttributeValue)> {
     let first = ("pending_first_seq", n(pending.first_seq));
-    match compact_records(ledger, pending) {
-        Some((base, records)) => vec![
+    match compact::compact(ledger, pending.first_seq, &pending.entries) {
+        Some(run) => vec![
             first,
-            ("pending_base", s(base.to_hex())),
-            ("pending_records", AttributeValue::L(records)),
+            ("pending_base", s(run.base.to_hex())),
+            (
+                "pending_records",
+                AttributeValue::L(
+                    run.records
+                        .into_iter()
+                        .map(|r| AttributeValue::B(Blob::new(r)))
+                        .collect(),
+                ),
+            ),
         ],
         None => vec![
             first,
@@ -463,68 +472,6 @@ fn encode_pending(
             ),
         ],
     }
-}
-
-/// `(base, records)` of the compact form, if the batch's bytes can be rebuilt from them.
-fn compact_records(
-    ledger: &LedgerId,
-    pending: &PendingBatch,
-) -> Option<(Hash, Vec<AttributeValue>)> {
-    let mut base = None;
-    let mut prev: Option<Hash> = None;
-    let mut records = Vec::with_capacity(pending.entries.len());
-    for (i, bytes) in pending.entries.iter().enumerate() {
-        let entry = entry::decode(bytes).ok()?;
-        let header = &entry.header;
-        let links = prev.is_none_or(|p| p == header.prev_hash);
-        if header.ledger_id != *ledger || header.seq != pending.first_seq + i as u64 || !links {
-            return None;
-        }
-        base.get_or_insert(header.prev_hash);
-        prev = Some(Hash::of_entry(bytes));
-        let mut record = header.timestamp.to_string().into_bytes();
-        record.extend_from_slice(entry.record.get().as_bytes());
-        records.push(AttributeValue::B(Blob::new(record)));
-    }
-    Some((base?, records))
-}
-
-/// Rebuilds the entries' stored bytes from the compact form.
-fn rebuild_entries(
-    ledger: &LedgerId,
-    first_seq: u64,
-    base: Hash,
-    records: &[AttributeValue],
-) -> Result<Vec<Bytes>, String> {
-    let mut prev_hash = base;
-    let mut entries = Vec::with_capacity(records.len());
-    for (i, value) in records.iter().enumerate() {
-        let AttributeValue::B(blob) = value else {
-            return Err("pending_records holds something other than binary".into());
-        };
-        let (timestamp, record) = blob
-            .as_ref()
-            .split_at_checked(entry::TIMESTAMP_LEN)
-            .ok_or("a pending record is shorter than its timestamp")?;
-        let timestamp = std::str::from_utf8(timestamp)
-            .ok()
-            .and_then(|t| Timestamp::parse(t).ok())
-            .ok_or("a pending record does not start with a timestamp")?;
-        let record = Record::parse(record)
-            .ok()
-            .filter(|r| r.as_str().as_bytes() == record)
-            .ok_or("a pending record is not a compact JSON object")?;
-        let header = EntryHeader {
-            ledger_id: ledger.clone(),
-            seq: first_seq + i as u64,
-            prev_hash,
-            timestamp,
-        };
-        let bytes = Bytes::from(entry::encode(&header, &record));
-        prev_hash = Hash::of_entry(&bytes);
-        entries.push(bytes);
-    }
-    Ok(entries)
 }
 
 /// `META`'s attributes other than its key.
@@ -560,7 +507,20 @@ fn decode_meta(ledger: &LedgerId, item: &Item) -> StoreResult<Meta> {
                     "a pending batch holds no entries or starts at seq 0".to_owned(),
                 ));
             }
-            let entries = rebuild_entries(ledger, first_seq, base, records).map_err(corrupt)?;
+            let records = records
+                .iter()
+                .map(|r| match r {
+                    AttributeValue::B(blob) => Ok(blob.as_ref()),
+                    _ => Err(corrupt(
+                        "pending_records holds something other than binary".to_owned(),
+                    )),
+                })
+                .collect::<StoreResult<Vec<_>>>()?;
+            let entries = compact::rebuild(ledger, first_seq, base, records)
+                .map_err(|e| corrupt(e.to_string()))?
+                .into_iter()
+                .map(Bytes::from)
+                .collect();
             Some(PendingBatch { first_seq, entries })
         }
         (Some(_), Some(AttributeValue::L(entries)), None) if !item.contains_key("pending_base") => {
@@ -673,6 +633,7 @@ fn hash(item: &Item, name: &str) -> StoreResult<Hash> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chain::entry::{self, EntryHeader, Record};
 
     fn ledger() -> LedgerId {
         LedgerId::parse("unit").unwrap()
