@@ -617,3 +617,191 @@ pub(crate) fn now() -> Timestamp {
         .map_or(0, |d| d.as_micros() as i64);
     Timestamp::from_unix_micros(micros).expect("the system clock is between years 1 and 9999")
 }
+
+/// The protocol driven directly, without queues, over the embedded store wrapped in the fault
+/// injector (`tests/crash_points.rs` runs the whole matrix through the service).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::BackendMetrics;
+    use crate::store::fault::{self, Fault, FaultHandle};
+    use crate::store::local::LocalStore;
+
+    fn ledger() -> LedgerId {
+        LedgerId::parse("protocol").unwrap()
+    }
+
+    fn records(n: usize) -> Vec<Record> {
+        (0..n)
+            .map(|i| Record::parse(format!(r#"{{"n":{i}}}"#).as_bytes()).unwrap())
+            .collect()
+    }
+
+    fn writer(stores: &Stores) -> Writer {
+        let registry = prometheus::Registry::new();
+        Writer::new(
+            ledger(),
+            stores.clone(),
+            Arc::new(Options::default()),
+            LedgerMetrics::new(&registry).unwrap(),
+        )
+    }
+
+    /// The embedded store, and the same store taken in the protocol's separate steps under
+    /// the fault injector.
+    fn stores_in_steps(dir: &std::path::Path) -> (Stores, Stores, FaultHandle) {
+        let stores = LocalStore::open(dir, BackendMetrics::unregistered())
+            .unwrap()
+            .into_stores();
+        let (faulty, handle) = fault::wrap_in_steps(&stores);
+        (stores, faulty, handle)
+    }
+
+    fn entries(committed: Committed) -> (Vec<PendingEntry>, bool) {
+        match committed {
+            Committed::WrittenOut(e) => (e, true),
+            Committed::ClaimedOnly(e) => (e, false),
+        }
+    }
+
+    async fn stored_seqs(stores: &Stores) -> Vec<u64> {
+        let items = stores
+            .index
+            .seq_items(&ledger(), 1, 100, 100)
+            .await
+            .unwrap();
+        items.iter().map(|i| i.seq).collect()
+    }
+
+    #[tokio::test]
+    async fn a_batch_in_steps_is_claimed_then_written_out_and_the_next_chains_on_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (stores, faulty, handle) = stores_in_steps(dir.path());
+        let mut w = writer(&faulty);
+        let (first, written) = entries(w.commit(&records(2)).await.unwrap());
+        assert!(written);
+        assert_eq!(
+            handle.calls(),
+            [
+                "head",
+                "create_ledger",
+                "compare_and_set_head",
+                "put_new",
+                "put_seq_items"
+            ]
+        );
+        let (second, _) = entries(w.commit(&records(1)).await.unwrap());
+        assert_eq!(second[0].seq, 3);
+        assert_eq!(
+            second[0].prev_hash, first[1].hash,
+            "chained on the cached head"
+        );
+        assert_eq!(stored_seqs(&stores).await, [1, 2, 3]);
+        let head = stores.index.head(&ledger()).await.unwrap().unwrap();
+        assert_eq!((head.seq_counter, head.last_hash), (3, second[0].hash));
+    }
+
+    #[tokio::test]
+    async fn a_batch_in_one_step_leaves_no_pending_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let stores = LocalStore::open(dir.path(), BackendMetrics::unregistered())
+            .unwrap()
+            .into_stores();
+        let (faulty, handle) = fault::wrap(&stores);
+        let (written, ok) = entries(writer(&faulty).commit(&records(3)).await.unwrap());
+        assert!(ok);
+        assert_eq!(written.len(), 3);
+        assert_eq!(handle.calls(), ["head", "create_ledger", "commit_batch"]);
+        let head = stores.index.head(&ledger()).await.unwrap().unwrap();
+        assert_eq!(head.pending, None);
+        assert_eq!(stored_seqs(&stores).await, [1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_claim_whose_answer_was_lost_is_found_and_not_claimed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (stores, faulty, handle) = stores_in_steps(dir.path());
+        handle.plan(2, Fault::LoseAnswer); // compare_and_set_head
+        let (got, written) = entries(writer(&faulty).commit(&records(2)).await.unwrap());
+        assert!(written);
+        assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+        let head = stores.index.head(&ledger()).await.unwrap().unwrap();
+        assert_eq!(head.seq_counter, 2, "applied once");
+        assert_eq!(stored_seqs(&stores).await, [1, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_claim_that_failed_unapplied_is_an_unknown_outcome_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (stores, faulty, handle) = stores_in_steps(dir.path());
+        handle.plan(2, Fault::FailBefore);
+        let err = writer(&faulty).commit(&records(1)).await.err().unwrap();
+        assert!(matches!(err, LedgerError::OutcomeUnknown(_)), "{err}");
+        let head = stores.index.head(&ledger()).await.unwrap().unwrap();
+        assert_eq!(head.seq_counter, 0);
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_died_after_its_claim_is_finished_by_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (stores, faulty, handle) = stores_in_steps(dir.path());
+        handle.plan(2, Fault::CrashAfter);
+        assert!(writer(&faulty).commit(&records(2)).await.is_err());
+        assert!(handle.crashed());
+        assert_eq!(stored_seqs(&stores).await, Vec::<u64>::new());
+
+        let mut next = writer(&stores);
+        assert!(next.finish_pending().await.unwrap(), "rolled forward");
+        assert_eq!(stored_seqs(&stores).await, [1, 2]);
+        assert!(!next.finish_pending().await.unwrap(), "nothing left to do");
+    }
+
+    #[tokio::test]
+    async fn a_writer_with_a_stale_head_loses_the_race_and_rebuilds_on_the_winner() {
+        let dir = tempfile::tempdir().unwrap();
+        let stores = LocalStore::open(dir.path(), BackendMetrics::unregistered())
+            .unwrap()
+            .into_stores();
+        let (in_steps, _) = fault::wrap_in_steps(&stores);
+        let (mut a, mut b) = (writer(&in_steps), writer(&in_steps));
+        a.commit(&records(1)).await.unwrap();
+        b.commit(&records(1)).await.unwrap(); // b caches the head at seq 2
+        let (won, _) = entries(a.commit(&records(1)).await.unwrap());
+        let (rebuilt, _) = entries(b.commit(&records(2)).await.unwrap());
+        assert_eq!(won[0].seq, 3);
+        assert_eq!(rebuilt[0].seq, 4);
+        assert_eq!(rebuilt[0].prev_hash, won[0].hash);
+        assert_eq!(stored_seqs(&stores).await, [1, 2, 3, 4, 5]);
+    }
+
+    #[tokio::test]
+    async fn an_edited_head_is_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let stores = LocalStore::open(dir.path(), BackendMetrics::unregistered())
+            .unwrap()
+            .into_stores();
+        writer(&stores).commit(&records(1)).await.unwrap();
+        let mut head = stores.index.head(&ledger()).await.unwrap().unwrap();
+        let edited = Meta {
+            last_hash: Hash([9; 32]),
+            ..head.clone()
+        };
+        stores
+            .index
+            .compare_and_set_head(&ledger(), 1, &edited)
+            .await
+            .unwrap();
+        head = edited;
+        let err = writer(&stores).commit(&records(1)).await.err().unwrap();
+        assert!(
+            matches!(err, LedgerError::Corrupt { seq: Some(1), .. }),
+            "{err}"
+        );
+        assert_eq!(
+            stores.index.head(&ledger()).await.unwrap(),
+            Some(head),
+            "nothing built on it"
+        );
+        assert_eq!(stored_seqs(&stores).await, [1]);
+    }
+}
