@@ -13,15 +13,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
+use futures::future::BoxFuture;
 use prometheus::{IntGaugeVec, Opts, Registry};
 use tokio::time::Instant;
 
-use super::{
-    AtomicBatchStore, BatchCommit, CasOutcome, IndexStore, Meta, NewObject, ObjectStore,
-    PutOutcome, ScannedObject, SeqItem, SeqPut, StoreError, StoreResult, StoredObject, Stores,
-};
-use crate::chain::entry::LedgerId;
+use super::around::{self, Around, Call, Part, Side};
+use super::{StoreError, StoreResult, Stores};
 
 /// A circuit's state, as `/health` and the metric show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,143 +231,30 @@ pub fn guard(
     if !Arc::ptr_eq(&objects_breaker, &index_breaker) {
         breakers.push(index_breaker.clone());
     }
-    let guarded = Stores {
-        backend: stores.backend,
-        lock_mode: stores.lock_mode,
-        objects: Arc::new(Guarded {
-            inner: stores.objects.clone(),
-            breaker: objects_breaker,
-        }),
-        index: Arc::new(Guarded {
-            inner: stores.index.clone(),
-            breaker: index_breaker.clone(),
-        }),
-        batches: stores.batches.clone().map(|inner| {
-            Arc::new(Guarded {
-                inner,
-                breaker: index_breaker,
-            }) as Arc<dyn AtomicBatchStore>
-        }),
+    let hook = Breakers {
+        objects: objects_breaker,
+        index: index_breaker,
     };
-    Ok((guarded, breakers))
+    Ok((around::wrap(stores, hook, true), breakers))
 }
 
-struct Guarded<S: ?Sized> {
-    inner: Arc<S>,
-    breaker: Arc<CircuitBreaker>,
+/// The breakers of both sides, as the hook around every store call.
+struct Breakers {
+    objects: Arc<CircuitBreaker>,
+    index: Arc<CircuitBreaker>,
 }
 
-#[async_trait]
-impl ObjectStore for Guarded<dyn ObjectStore> {
-    async fn close(&self) {
-        self.inner.close().await
-    }
-    async fn put_new(&self, objects: &[NewObject]) -> StoreResult<Vec<PutOutcome>> {
-        self.breaker.call(self.inner.put_new(objects)).await
-    }
-    async fn get(&self, key: &str, version: Option<&str>) -> StoreResult<Option<StoredObject>> {
-        self.breaker.call(self.inner.get(key, version)).await
-    }
-    async fn list(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-    ) -> StoreResult<Vec<String>> {
-        self.breaker
-            .call(self.inner.list(prefix, start_after, limit))
-            .await
-    }
-    async fn list_versioned(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-    ) -> StoreResult<Vec<String>> {
-        self.breaker
-            .call(self.inner.list_versioned(prefix, start_after, limit))
-            .await
-    }
-    async fn version_count(&self, key: &str) -> StoreResult<usize> {
-        self.breaker.call(self.inner.version_count(key)).await
-    }
-    async fn scan(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-    ) -> StoreResult<Vec<ScannedObject>> {
-        self.breaker
-            .call(self.inner.scan(prefix, start_after, limit))
-            .await
-    }
-    async fn check(&self) -> StoreResult<()> {
-        self.breaker.call(self.inner.check()).await
-    }
-}
-
-#[async_trait]
-impl IndexStore for Guarded<dyn IndexStore> {
-    async fn head(&self, ledger: &LedgerId) -> StoreResult<Option<Meta>> {
-        self.breaker.call(self.inner.head(ledger)).await
-    }
-    async fn create_ledger(&self, ledger: &LedgerId) -> StoreResult<Meta> {
-        self.breaker.call(self.inner.create_ledger(ledger)).await
-    }
-    async fn compare_and_set_head(
-        &self,
-        ledger: &LedgerId,
-        expected_seq: u64,
-        new: &Meta,
-    ) -> StoreResult<CasOutcome> {
-        self.breaker
-            .call(self.inner.compare_and_set_head(ledger, expected_seq, new))
-            .await
-    }
-    async fn put_seq_items(
-        &self,
-        ledger: &LedgerId,
-        items: &[SeqItem],
-    ) -> StoreResult<Vec<SeqPut>> {
-        self.breaker
-            .call(self.inner.put_seq_items(ledger, items))
-            .await
-    }
-    async fn seq_items(
-        &self,
-        ledger: &LedgerId,
-        from: u64,
-        to: u64,
-        limit: usize,
-    ) -> StoreResult<Vec<SeqItem>> {
-        self.breaker
-            .call(self.inner.seq_items(ledger, from, to, limit))
-            .await
-    }
-    async fn ledgers(&self, after: Option<&LedgerId>, limit: usize) -> StoreResult<Vec<LedgerId>> {
-        self.breaker.call(self.inner.ledgers(after, limit)).await
-    }
-    async fn check(&self) -> StoreResult<()> {
-        self.breaker.call(self.inner.check()).await
-    }
-}
-
-#[async_trait]
-impl AtomicBatchStore for Guarded<dyn AtomicBatchStore> {
-    async fn commit_batch(
-        &self,
-        ledger: &LedgerId,
-        expected_seq: u64,
-        new: &Meta,
-        objects: &[NewObject],
-        items: &[SeqItem],
-    ) -> StoreResult<BatchCommit> {
-        self.breaker
-            .call(
-                self.inner
-                    .commit_batch(ledger, expected_seq, new, objects, items),
-            )
-            .await
+impl Around for Breakers {
+    fn around<'a, T: Send + 'a>(
+        &'a self,
+        call: Call,
+        run: impl FnOnce(Part) -> BoxFuture<'a, StoreResult<T>> + Send + 'a,
+    ) -> impl Future<Output = StoreResult<T>> + Send + 'a {
+        let breaker = match call.side {
+            Side::Objects => &self.objects,
+            Side::Index => &self.index,
+        };
+        breaker.call(run(Part::All))
     }
 }
 

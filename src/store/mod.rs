@@ -9,6 +9,7 @@
 //! passes the same [`conformance`] suite. Every method's doc states its contract, including
 //! what a crash halfway through leaves behind.
 
+mod around;
 pub mod aws;
 pub mod breaker;
 pub mod conformance;
