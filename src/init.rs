@@ -98,7 +98,7 @@ pub async fn run(args: InitArgs) -> Result<String, InitError> {
     match &config {
         BackendConfig::Local { .. } => {}
         BackendConfig::Aws(settings) => {
-            let admin = AwsAdmin::connect(&settings, BackendMetrics::unregistered())
+            let admin = AwsAdmin::connect(settings, BackendMetrics::unregistered())
                 .await
                 .map_err(|e| InitError::Config(ConfigError(e.to_string())))?;
             if bucket_unset {

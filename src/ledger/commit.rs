@@ -18,6 +18,8 @@
 //! [`Writer`] owns what one writer knows (the head it last saw, which head it checked, how far
 //! batches are written out); [`Writer::commit`] runs a batch through every step and
 //! [`Writer::finish_pending`] (startup, reads, verification) runs steps 0-1 alone.
+//!
+//! The file is ~620 lines (and its unit tests) on purpose: the protocol is read in one place.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -73,7 +73,7 @@ pub fn wrap<A: Around>(inner: &Stores, hook: A, keep_batches: bool) -> Stores {
         objects: wrapped.clone(),
         index: wrapped.clone(),
         batches: (keep_batches && inner.batches.is_some())
-            .then(|| wrapped as Arc<dyn AtomicBatchStore>),
+            .then_some(wrapped as Arc<dyn AtomicBatchStore>),
     }
 }
 

@@ -18,6 +18,7 @@
 
 pub mod admin;
 pub mod dynamodb;
+mod items;
 pub mod s3;
 
 use std::fmt;

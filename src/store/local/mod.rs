@@ -11,6 +11,9 @@
 //! Each trait call is one write transaction. A batch of appends is one of them
 //! ([`AtomicBatchStore::commit_batch`]: the claim, the entry objects and the `SEQ#` items), so one
 //! commit and one fsync cover the whole batch: group commit at the storage level.
+//!
+//! Its length (~640 lines) is the three traits implemented over one engine; the row formats
+//! are apart in [`codec`].
 
 mod codec;
 
