@@ -16,7 +16,7 @@ use crate::store::breaker::CircuitState;
 #[derive(Serialize)]
 pub struct Health {
     status: &'static str,
-    backend: &'static str,
+    backend: Backend,
     /// Per store: `ok`, `unavailable`, `circuit_open` or `corrupt`.
     checks: BTreeMap<&'static str, &'static str>,
     /// Circuit breaker state per dependency: `closed`, `open` or `half_open`.
@@ -45,7 +45,7 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>)
         status,
         Json(Health {
             status: text,
-            backend: Backend::as_str(storage.backend),
+            backend: storage.backend,
             checks,
             circuits,
         }),

@@ -51,7 +51,8 @@ pub enum StoreError {
 /// Which storage backend a [`Stores`] runs on (`ELEANOR_LEDGER_BACKEND`).
 ///
 /// It derives `clap::ValueEnum` so that configuration parses this one enum rather than a copy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Backend {
     /// The embedded store under the data directory.
     Local,
