@@ -93,3 +93,59 @@ pub async fn export(
     );
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::chain::checkpoint::{CheckpointBody, Signer};
+    use crate::chain::entry::LedgerId;
+    use crate::store::SeqItem;
+
+    fn entry(stored: Option<&[u8]>) -> ExportedEntry {
+        ExportedEntry {
+            item: SeqItem {
+                seq: 7,
+                entry_hash: Hash([1; 32]),
+                prev_hash: Hash([2; 32]),
+                timestamp: Timestamp::from_unix_micros(1_700_000_000_123_456).unwrap(),
+                object_key: "not exported".into(),
+                version_id: Some("not exported either".into()),
+            },
+            stored: stored.map(bytes::Bytes::copy_from_slice),
+        }
+    }
+
+    #[test]
+    fn an_entry_line_is_the_documented_ndjson_object() {
+        let h1 = "01".repeat(32);
+        let h2 = "02".repeat(32);
+        assert_eq!(
+            String::from_utf8(line(&entry(Some(b"stored bytes")))).unwrap(),
+            format!(
+                "{{\"seq\":7,\"stored\":\"c3RvcmVkIGJ5dGVz\",\"entry_hash\":\"{h1}\",\"prev_hash\":\"{h2}\",\"timestamp\":\"2023-11-14T22:13:20.123456Z\"}}\n"
+            )
+        );
+        assert_eq!(
+            String::from_utf8(line(&entry(None))).unwrap(),
+            format!(
+                "{{\"seq\":7,\"entry_hash\":\"{h1}\",\"prev_hash\":\"{h2}\",\"timestamp\":\"2023-11-14T22:13:20.123456Z\"}}\n"
+            )
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_line_wraps_the_stored_checkpoint() {
+        let checkpoint = Signer::from_seed(&[5; 32]).sign_checkpoint(CheckpointBody {
+            ledger_id: LedgerId::parse("ex").unwrap(),
+            seq: 3,
+            last_hash: Hash([4; 32]),
+            timestamp: Timestamp::from_unix_micros(0).unwrap(),
+        });
+        let mut expected = b"{\"checkpoint\":".to_vec();
+        expected.extend_from_slice(&checkpoint.to_json());
+        expected.extend_from_slice(b"}\n");
+        assert_eq!(checkpoint_line(&checkpoint), expected);
+    }
+}
