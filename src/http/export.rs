@@ -15,54 +15,20 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use futures::StreamExt;
-use serde::Serialize;
 
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{LedgerPath, Params};
 use crate::chain::checkpoint::Checkpoint;
-use crate::chain::entry::Timestamp;
-use crate::chain::hash::Hash;
-use crate::ledger::{ExportedEntry, LedgerError};
-
-#[derive(Serialize)]
-struct Line {
-    seq: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stored: Option<String>,
-    entry_hash: Hash,
-    prev_hash: Hash,
-    timestamp: Timestamp,
-}
+use crate::ledger::{ExportCheckpointLine, ExportLine, ExportedEntry, LedgerError};
 
 fn line(entry: &ExportedEntry) -> Vec<u8> {
-    let line = Line {
-        seq: entry.item.seq,
-        stored: entry
-            .stored
-            .as_ref()
-            .map(|b| base64::engine::general_purpose::STANDARD.encode(b)),
-        entry_hash: entry.item.entry_hash,
-        prev_hash: entry.item.prev_hash,
-        timestamp: entry.item.timestamp,
-    };
-    let mut out = serde_json::to_vec(&line).expect("an export line always serialises");
-    out.push(b'\n');
-    out
+    ExportLine::Entry(entry.into()).to_ndjson()
 }
 
-#[derive(Serialize)]
-struct CheckpointLine<'a> {
-    checkpoint: &'a Checkpoint,
-}
-
-fn checkpoint_line(checkpoint: &Checkpoint) -> Vec<u8> {
-    let mut out = serde_json::to_vec(&CheckpointLine { checkpoint })
-        .expect("a checkpoint line always serialises");
-    out.push(b'\n');
-    out
+fn checkpoint_line(checkpoint: Checkpoint) -> Vec<u8> {
+    ExportLine::Checkpoint(ExportCheckpointLine { checkpoint }).to_ndjson()
 }
 
 pub async fn export(
@@ -87,7 +53,7 @@ pub async fn export(
     // A checkpoint past the exported range would read as entries missing from the bundle.
     let first = checkpoint
         .filter(|cp| to.is_none_or(|to| cp.seq <= to))
-        .map(|cp| Ok(checkpoint_line(&cp)));
+        .map(|cp| Ok(checkpoint_line(cp)));
     let body = Body::from_stream(
         futures::stream::iter(first).chain(entries.map(|entry| entry.map(|e| line(&e)))),
     );
@@ -100,7 +66,8 @@ mod tests {
 
     use super::*;
     use crate::chain::checkpoint::{CheckpointBody, Signer};
-    use crate::chain::entry::LedgerId;
+    use crate::chain::entry::{LedgerId, Timestamp};
+    use crate::chain::hash::Hash;
     use crate::store::SeqItem;
 
     fn entry(stored: Option<&[u8]>) -> ExportedEntry {
@@ -146,6 +113,6 @@ mod tests {
         let mut expected = b"{\"checkpoint\":".to_vec();
         expected.extend_from_slice(&checkpoint.to_json());
         expected.extend_from_slice(b"}\n");
-        assert_eq!(checkpoint_line(&checkpoint), expected);
+        assert_eq!(checkpoint_line(checkpoint), expected);
     }
 }
