@@ -15,54 +15,20 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use futures::StreamExt;
-use serde::Serialize;
 
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{LedgerPath, Params};
 use crate::chain::checkpoint::Checkpoint;
-use crate::chain::entry::Timestamp;
-use crate::chain::hash::Hash;
-use crate::ledger::{ExportedEntry, LedgerError};
-
-#[derive(Serialize)]
-struct Line {
-    seq: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stored: Option<String>,
-    entry_hash: Hash,
-    prev_hash: Hash,
-    timestamp: Timestamp,
-}
+use crate::ledger::{ExportCheckpointLine, ExportLine, ExportedEntry, LedgerError};
 
 fn line(entry: &ExportedEntry) -> Vec<u8> {
-    let line = Line {
-        seq: entry.item.seq,
-        stored: entry
-            .stored
-            .as_ref()
-            .map(|b| base64::engine::general_purpose::STANDARD.encode(b)),
-        entry_hash: entry.item.entry_hash,
-        prev_hash: entry.item.prev_hash,
-        timestamp: entry.item.timestamp,
-    };
-    let mut out = serde_json::to_vec(&line).expect("an export line always serialises");
-    out.push(b'\n');
-    out
+    ExportLine::Entry(entry.into()).to_ndjson()
 }
 
-#[derive(Serialize)]
-struct CheckpointLine<'a> {
-    checkpoint: &'a Checkpoint,
-}
-
-fn checkpoint_line(checkpoint: &Checkpoint) -> Vec<u8> {
-    let mut out = serde_json::to_vec(&CheckpointLine { checkpoint })
-        .expect("a checkpoint line always serialises");
-    out.push(b'\n');
-    out
+fn checkpoint_line(checkpoint: Checkpoint) -> Vec<u8> {
+    ExportLine::Checkpoint(ExportCheckpointLine { checkpoint }).to_ndjson()
 }
 
 pub async fn export(
@@ -87,9 +53,66 @@ pub async fn export(
     // A checkpoint past the exported range would read as entries missing from the bundle.
     let first = checkpoint
         .filter(|cp| to.is_none_or(|to| cp.seq <= to))
-        .map(|cp| Ok(checkpoint_line(&cp)));
+        .map(|cp| Ok(checkpoint_line(cp)));
     let body = Body::from_stream(
         futures::stream::iter(first).chain(entries.map(|entry| entry.map(|e| line(&e)))),
     );
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::chain::checkpoint::{CheckpointBody, Signer};
+    use crate::chain::entry::{LedgerId, Timestamp};
+    use crate::chain::hash::Hash;
+    use crate::store::SeqItem;
+
+    fn entry(stored: Option<&[u8]>) -> ExportedEntry {
+        ExportedEntry {
+            item: SeqItem {
+                seq: 7,
+                entry_hash: Hash([1; 32]),
+                prev_hash: Hash([2; 32]),
+                timestamp: Timestamp::from_unix_micros(1_700_000_000_123_456).unwrap(),
+                object_key: "not exported".into(),
+                version_id: Some("not exported either".into()),
+            },
+            stored: stored.map(bytes::Bytes::copy_from_slice),
+        }
+    }
+
+    #[test]
+    fn an_entry_line_is_the_documented_ndjson_object() {
+        let h1 = "01".repeat(32);
+        let h2 = "02".repeat(32);
+        assert_eq!(
+            String::from_utf8(line(&entry(Some(b"stored bytes")))).unwrap(),
+            format!(
+                "{{\"seq\":7,\"stored\":\"c3RvcmVkIGJ5dGVz\",\"entry_hash\":\"{h1}\",\"prev_hash\":\"{h2}\",\"timestamp\":\"2023-11-14T22:13:20.123456Z\"}}\n"
+            )
+        );
+        assert_eq!(
+            String::from_utf8(line(&entry(None))).unwrap(),
+            format!(
+                "{{\"seq\":7,\"entry_hash\":\"{h1}\",\"prev_hash\":\"{h2}\",\"timestamp\":\"2023-11-14T22:13:20.123456Z\"}}\n"
+            )
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_line_wraps_the_stored_checkpoint() {
+        let checkpoint = Signer::from_seed(&[5; 32]).sign_checkpoint(CheckpointBody {
+            ledger_id: LedgerId::parse("ex").unwrap(),
+            seq: 3,
+            last_hash: Hash([4; 32]),
+            timestamp: Timestamp::from_unix_micros(0).unwrap(),
+        });
+        let mut expected = b"{\"checkpoint\":".to_vec();
+        expected.extend_from_slice(&checkpoint.to_json());
+        expected.extend_from_slice(b"}\n");
+        assert_eq!(checkpoint_line(checkpoint), expected);
+    }
 }

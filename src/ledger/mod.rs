@@ -31,7 +31,10 @@ use crate::store::{Backend, StoreError, Stores};
 use commit::PendingEntry;
 use committer::{Committer, Request};
 
-pub use read::{ExportedEntry, LedgerSummary, RecordPage, StoredRecord};
+pub use read::{
+    ExportCheckpointLine, ExportEntryLine, ExportLine, ExportedEntry, LedgerSummary, RecordPage,
+    StoredRecord,
+};
 pub use verify::{VerifyOptions, VerifyRange, VerifyReport, stored_entry, verify_stores};
 
 /// Errors of the ledger service. The HTTP layer maps each to one status and code.

@@ -3,11 +3,13 @@
 //! A record is read through its `SEQ#` item (the exact object version that was indexed) and
 //! re-hashed before it is returned, so a read never serves bytes the chain does not vouch for.
 
+use base64::Engine;
 use futures::{StreamExt, TryStreamExt, stream};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::{Ledger, LedgerError};
+use crate::chain::checkpoint::Checkpoint;
 use crate::chain::entry::{LedgerId, MAX_SEQ, Timestamp, decode};
 use crate::chain::hash::Hash;
 use crate::chain::keys::entry_key;
@@ -255,6 +257,94 @@ fn to_record(
 pub struct ExportedEntry {
     pub item: SeqItem,
     pub stored: Option<bytes::Bytes>,
+}
+
+/// One line of an export's NDJSON (`GET .../export`), the one shape its writer
+/// (`http::export`) and its reader (`ledger-verify --bundle`) share; `docs/FORMAT.md` and
+/// `scripts/verify_chain.py` read the same bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ExportLine {
+    /// `{"checkpoint": {...}}`: the ledger's latest signed checkpoint (an export's first line).
+    Checkpoint(ExportCheckpointLine),
+    /// `{"seq", "stored", "entry_hash", "prev_hash", "timestamp"}`: one entry.
+    Entry(ExportEntryLine),
+}
+
+impl ExportLine {
+    /// Whether `line` has the checkpoint line's shape (the only line starting with that key),
+    /// told without parsing it.
+    pub fn is_checkpoint(line: &str) -> bool {
+        line.starts_with("{\"checkpoint\"")
+    }
+
+    /// Parses one line as the variant its shape names, so an error names what is wrong with
+    /// that variant.
+    pub fn parse(line: &str) -> serde_json::Result<ExportLine> {
+        if Self::is_checkpoint(line) {
+            serde_json::from_str(line).map(ExportLine::Checkpoint)
+        } else {
+            serde_json::from_str(line).map(ExportLine::Entry)
+        }
+    }
+
+    /// The line's JSON, newline-terminated.
+    pub fn to_ndjson(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec(self).expect("an export line always serialises");
+        out.push(b'\n');
+        out
+    }
+}
+
+/// The checkpoint line of an export.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportCheckpointLine {
+    pub checkpoint: Checkpoint,
+}
+
+/// An entry line of an export. The export writes every field; a reader also accepts a line
+/// with only `seq` and `stored` (no index claims to compare), as `scripts/verify_chain.py`
+/// documents. A line without `stored` means the index names an object that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportEntryLine {
+    pub seq: u64,
+    /// Base64 (standard alphabet, padded) of the entry's exact stored bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stored: Option<String>,
+    /// What the index recorded for the entry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entry_hash: Option<Hash>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prev_hash: Option<Hash>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<Timestamp>,
+}
+
+impl ExportEntryLine {
+    /// The stored bytes, decoded from base64 (`None` when the line has none).
+    pub fn stored_bytes(&self) -> Result<Option<Vec<u8>>, base64::DecodeError> {
+        self.stored
+            .as_ref()
+            .map(|b| base64::engine::general_purpose::STANDARD.decode(b))
+            .transpose()
+    }
+}
+
+impl From<&ExportedEntry> for ExportEntryLine {
+    fn from(entry: &ExportedEntry) -> ExportEntryLine {
+        ExportEntryLine {
+            seq: entry.item.seq,
+            stored: entry
+                .stored
+                .as_ref()
+                .map(|b| base64::engine::general_purpose::STANDARD.encode(b)),
+            entry_hash: Some(entry.item.entry_hash),
+            prev_hash: Some(entry.item.prev_hash),
+            timestamp: Some(entry.item.timestamp),
+        }
+    }
 }
 
 /// Seqs an export reads per index query.
