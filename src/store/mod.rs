@@ -11,7 +11,9 @@
 
 pub mod aws;
 pub mod breaker;
+#[cfg(any(test, feature = "test-support"))]
 pub mod conformance;
+#[cfg(any(test, feature = "test-support"))]
 pub mod fault;
 pub mod local;
 mod open;
