@@ -19,8 +19,8 @@ use aws_sdk_s3::types::{ChecksumMode, ObjectLockMode};
 use bytes::Bytes;
 use eleanor_ledger::store::aws::admin::{AwsAdmin, BucketState, Provisioned, TableState};
 use eleanor_ledger::store::aws::{AwsSettings, RequestObserver};
-use eleanor_ledger::store::conformance;
-use eleanor_ledger::store::{BackendMetrics, CasOutcome, Meta, NewObject, PutOutcome, Stores};
+use eleanor_ledger::store::conformance::{self, Fixture};
+use eleanor_ledger::store::{BackendMetrics, CasOutcome, Meta, NewObject, PutOutcome};
 
 /// The DynamoDB actions the runbook's runtime IAM policy grants.
 const ALLOWED_DYNAMODB: [&str; 5] = ["GetItem", "PutItem", "Query", "UpdateItem", "DescribeTable"];
@@ -34,11 +34,16 @@ fn policy_guard() -> RequestObserver {
     })
 }
 
-/// The backend over a fresh bucket and table, with the policy guard installed.
-async fn fresh() -> Stores {
+/// The backend over a fresh bucket and table, with the policy guard installed; reopened with
+/// the same settings.
+async fn fresh() -> Fixture {
     let mut settings = aws_support::fresh_settings().await;
     settings.observer = Some(policy_guard());
-    aws_support::connect_with(&settings, BackendMetrics::unregistered()).await
+    let stores = aws_support::connect_with(&settings, BackendMetrics::unregistered()).await;
+    Fixture::new(stores, move || {
+        let settings = settings.clone();
+        async move { aws_support::connect_with(&settings, BackendMetrics::unregistered()).await }
+    })
 }
 
 eleanor_ledger::store_conformance_tests!(aws, super::fresh());

@@ -12,7 +12,9 @@
 mod around;
 pub mod aws;
 pub mod breaker;
+#[cfg(any(test, feature = "test-support"))]
 pub mod conformance;
+#[cfg(any(test, feature = "test-support"))]
 pub mod fault;
 pub mod local;
 mod open;
