@@ -31,6 +31,7 @@ fn header(seq: u64, prev_hash: Hash) -> EntryHeader {
         seq,
         prev_hash,
         timestamp: Timestamp::from_unix_micros(1_764_384_000_123_456).expect("in range"),
+        idempotency_key: None,
     }
 }
 

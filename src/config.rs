@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser, ValueEnum};
 
-use crate::chain::entry::ENTRY_OVERHEAD;
 use crate::chain::entry::LedgerId;
+use crate::chain::entry::{ENTRY_OVERHEAD, MAX_KEY_OVERHEAD};
 use crate::http::Limits;
 use crate::ledger::Options;
 use crate::store::aws::AwsSettings;
@@ -109,6 +109,21 @@ pub struct ServerArgs {
         default_value_t = 327_680
     )]
     pub batch_max_bytes: usize,
+    /// Most records in one batch append request (`POST .../records:batch`); at most
+    /// ELEANOR_LEDGER_BATCH_MAX_RECORDS, since a request is committed in one batch.
+    #[arg(
+        long,
+        env = "ELEANOR_LEDGER_BATCH_REQUEST_MAX_RECORDS",
+        default_value_t = 1000
+    )]
+    pub batch_request_max_records: usize,
+    /// Largest batch append request body, in bytes.
+    #[arg(
+        long,
+        env = "ELEANOR_LEDGER_BATCH_REQUEST_MAX_BYTES",
+        default_value_t = 327_680
+    )]
+    pub batch_request_max_bytes: usize,
     /// Microseconds a batch waits for more appends after its first; 0 takes only what is queued.
     #[arg(long, env = "ELEANOR_LEDGER_BATCH_LINGER_US", default_value_t = 0)]
     pub batch_linger_us: u64,
@@ -221,6 +236,18 @@ impl ServerArgs {
             10_000,
         )?;
         bounded(
+            "ELEANOR_LEDGER_BATCH_REQUEST_MAX_RECORDS",
+            self.batch_request_max_records,
+            1,
+            self.batch_max_records,
+        )?;
+        bounded(
+            "ELEANOR_LEDGER_BATCH_REQUEST_MAX_BYTES",
+            self.batch_request_max_bytes,
+            2,
+            16 * 1024 * 1024,
+        )?;
+        bounded(
             "ELEANOR_LEDGER_BATCH_LINGER_US",
             self.batch_linger_us,
             0,
@@ -251,11 +278,12 @@ impl ServerArgs {
             10,
             600_000,
         )?;
-        if self.batch_max_bytes < self.max_record_bytes + ENTRY_OVERHEAD {
+        let entry_overhead = ENTRY_OVERHEAD + MAX_KEY_OVERHEAD;
+        if self.batch_max_bytes < self.max_record_bytes + entry_overhead {
             return Err(ConfigError(format!(
-                "ELEANOR_LEDGER_BATCH_MAX_BYTES ({}) must be at least ELEANOR_LEDGER_MAX_RECORD_BYTES + {ENTRY_OVERHEAD} ({}) so that every record fits in a batch",
+                "ELEANOR_LEDGER_BATCH_MAX_BYTES ({}) must be at least ELEANOR_LEDGER_MAX_RECORD_BYTES + {entry_overhead} ({}) so that every record fits in a batch",
                 self.batch_max_bytes,
-                self.max_record_bytes + ENTRY_OVERHEAD
+                self.max_record_bytes + entry_overhead
             )));
         }
         let request_timeout = Duration::from_millis(self.request_timeout_ms);
@@ -310,6 +338,8 @@ impl ServerArgs {
             },
             limits: Limits {
                 max_record_bytes: self.max_record_bytes,
+                max_batch_bytes: self.batch_request_max_bytes,
+                max_batch_records: self.batch_request_max_records,
                 request_timeout,
                 protect_metrics: self.metrics_auth,
                 max_in_flight: self.max_in_flight,

@@ -389,6 +389,7 @@ fn generate() -> BTreeMap<String, Vec<u8>> {
             seq: case.seq,
             prev_hash,
             timestamp: Timestamp::parse(case.timestamp).expect("a valid timestamp"),
+            idempotency_key: None,
         };
         let record = Record::parse(case.record_input.as_bytes()).expect("a valid record");
         let stored = encode(&header, &record);
@@ -537,6 +538,7 @@ fn every_vector_re_derives_from_its_inputs() {
             seq: v.seq,
             prev_hash: v.prev_hash.parse().expect("prev_hash"),
             timestamp: Timestamp::parse(&v.timestamp).expect("timestamp"),
+            idempotency_key: None,
         };
         let record = Record::parse(v.record_input.as_bytes()).expect("record_input is a record");
         assert_eq!(record.as_str(), v.record, "{}: compact record", v.name);

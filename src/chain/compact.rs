@@ -3,11 +3,13 @@
 //!
 //! Of a run of entries of one ledger at consecutive seqs, each linking to the one before,
 //! only this cannot be derived: the `prev_hash` of the first entry (the run's `base`), and per
-//! entry its timestamp and record. Each compact record is the entry's 27-byte timestamp
-//! followed by its record's compact JSON; the ledger id, the seqs and every other `prev_hash`
-//! follow from the key and the chain, so [`rebuild`] gives back the exact stored bytes.
+//! entry its timestamp, its idempotency key if it has one, and its record. Each compact record
+//! is the entry's 27-byte timestamp, then the key as the entry spells it (a JSON string, so it
+//! starts with `"` where a record starts with `{`), then its record's compact JSON; the ledger
+//! id, the seqs and every other `prev_hash` follow from the key and the chain, so [`rebuild`]
+//! gives back the exact stored bytes.
 
-use super::entry::{self, EntryHeader, LedgerId, Record, TIMESTAMP_LEN, Timestamp};
+use super::entry::{self, EntryHeader, IdempotencyKey, LedgerId, Record, TIMESTAMP_LEN, Timestamp};
 use super::hash::Hash;
 
 /// A run of entries in compact form.
@@ -15,7 +17,8 @@ use super::hash::Hash;
 pub struct CompactRun {
     /// The `prev_hash` of the run's first entry.
     pub base: Hash,
-    /// Per entry, in seq order: its timestamp's 27 bytes, then its record.
+    /// Per entry, in seq order: its timestamp's 27 bytes, its key's JSON string if it has
+    /// one, then its record.
     pub records: Vec<Vec<u8>>,
 }
 
@@ -41,6 +44,9 @@ pub fn compact(
         base.get_or_insert(header.prev_hash);
         prev = Some(Hash::of_entry(bytes));
         let mut record = header.timestamp.to_string().into_bytes();
+        if let Some(key) = &header.idempotency_key {
+            record.extend_from_slice(&serde_json::to_vec(key.as_str()).ok()?);
+        }
         record.extend_from_slice(entry.record.get().as_bytes());
         records.push(record);
     }
@@ -59,6 +65,8 @@ pub enum RebuildError {
     BadTimestamp(usize),
     #[error("compact record {0} is not a compact JSON object")]
     BadRecord(usize),
+    #[error("compact record {0} has a malformed idempotency key")]
+    BadKey(usize),
 }
 
 /// The stored bytes of the entries that `records` (see [`compact`]) stand for: `ledger`'s, from
@@ -79,6 +87,7 @@ pub fn rebuild<'a>(
             .ok()
             .and_then(|t| Timestamp::parse(t).ok())
             .ok_or(RebuildError::BadTimestamp(i))?;
+        let (idempotency_key, record) = split_key(record).ok_or(RebuildError::BadKey(i))?;
         let record = Record::parse(record)
             .ok()
             .filter(|r| r.as_str().as_bytes() == record)
@@ -88,12 +97,26 @@ pub fn rebuild<'a>(
             seq: first_seq + i as u64,
             prev_hash,
             timestamp,
+            idempotency_key,
         };
         let bytes = entry::encode(&header, &record);
         prev_hash = Hash::of_entry(&bytes);
         entries.push(bytes);
     }
     Ok(entries)
+}
+
+/// Splits a leading JSON string (the key) off `rest`, if it starts with one. The rebuilt entry
+/// is decoded again by its reader, so a spelling `encode` would not write is caught there too;
+/// here the key only has to be a key.
+fn split_key(rest: &[u8]) -> Option<(Option<IdempotencyKey>, &[u8])> {
+    if rest.first() != Some(&b'"') {
+        return Some((None, rest));
+    }
+    let mut strings = serde_json::Deserializer::from_slice(rest).into_iter::<String>();
+    let key = strings.next()?.ok()?;
+    let end = strings.byte_offset();
+    Some((Some(IdempotencyKey::parse(&key).ok()?), &rest[end..]))
 }
 
 #[cfg(test)]
@@ -114,6 +137,8 @@ mod tests {
                     seq,
                     prev_hash,
                     timestamp: Timestamp::parse("2025-11-29T00:00:00.000001Z").unwrap(),
+                    idempotency_key: (seq == 7)
+                        .then(|| IdempotencyKey::parse(r#"retry "7" \ "#).unwrap()),
                 };
                 let record = Record::parse(
                     format!(r#"{{"n":{seq},"pad":"{}"}}"#, "x".repeat(100)).as_bytes(),

@@ -4,7 +4,11 @@
 //!
 //! ```text
 //! {"v":1,"ledger_id":"<id>","seq":<n>,"prev_hash":"<64 hex>","timestamp":"<UTC>","record":<object>}
+//! {"v":1,"ledger_id":"<id>","seq":<n>,"prev_hash":"<64 hex>","timestamp":"<UTC>","idempotency_key":"<key>","record":<object>}
 //! ```
+//!
+//! The second form is an entry appended with an `Idempotency-Key`; entries without one have
+//! the first form, byte for byte as before the key existed.
 //!
 //! The bytes are the object body in storage and exactly what [`Hash::of_entry`] hashes, so a
 //! verifier never canonicalises JSON: it hashes what it reads. Decoding is strict: the only
@@ -65,6 +69,72 @@ impl<'de> Deserialize<'de> for LedgerId {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<LedgerId, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
         LedgerId::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A client's idempotency key (`Idempotency-Key`): 1 to 255 printable ASCII characters
+/// (0x20 to 0x7E). Stored in the entry it was appended with, as a JSON string in which only
+/// `"` and `\` are escaped (`\"`, `\\`), so it has one spelling.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IdempotencyKey(Box<str>);
+
+/// A key outside 1 to 255 printable ASCII characters.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("an idempotency key is 1 to 255 printable ASCII characters (space to '~')")]
+pub struct InvalidIdempotencyKey;
+
+impl IdempotencyKey {
+    /// The longest key, in bytes.
+    pub const MAX_LEN: usize = 255;
+
+    pub fn parse(s: &str) -> Result<IdempotencyKey, InvalidIdempotencyKey> {
+        let printable = |b: &u8| (0x20..=0x7e).contains(b);
+        if (1..=Self::MAX_LEN).contains(&s.len()) && s.as_bytes().iter().all(printable) {
+            Ok(IdempotencyKey(s.into()))
+        } else {
+            Err(InvalidIdempotencyKey)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The key's one spelling as a JSON string, quotes included.
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.push(b'"');
+        for &b in self.0.as_bytes() {
+            if b == b'"' || b == b'\\' {
+                out.push(b'\\');
+            }
+            out.push(b);
+        }
+        out.push(b'"');
+    }
+}
+
+impl fmt::Display for IdempotencyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for IdempotencyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "IdempotencyKey({:?})", self.0)
+    }
+}
+
+impl Serialize for IdempotencyKey {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for IdempotencyKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<IdempotencyKey, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        IdempotencyKey::parse(&s).map_err(serde::de::Error::custom)
     }
 }
 
@@ -414,11 +484,17 @@ pub struct EntryHeader {
     pub seq: u64,
     pub prev_hash: Hash,
     pub timestamp: Timestamp,
+    /// The key the entry was appended with, if any.
+    pub idempotency_key: Option<IdempotencyKey>,
 }
 
 /// The stored bytes of an entry: the object body, and the input of [`Hash::of_entry`].
 pub fn encode(header: &EntryHeader, record: &Record) -> Vec<u8> {
-    let mut out = Vec::with_capacity(160 + record.as_str().len());
+    let key_len = header
+        .idempotency_key
+        .as_ref()
+        .map_or(0, |k| k.as_str().len() + 24);
+    let mut out = Vec::with_capacity(160 + key_len + record.as_str().len());
     write_prefix(&mut out, header);
     out.extend_from_slice(record.as_str().as_bytes());
     out.push(b'}');
@@ -429,10 +505,16 @@ fn write_prefix(out: &mut Vec<u8>, header: &EntryHeader) {
     use std::io::Write;
     write!(
         out,
-        "{{\"v\":{FORMAT_VERSION},\"ledger_id\":\"{}\",\"seq\":{},\"prev_hash\":\"{}\",\"timestamp\":\"{}\",\"record\":",
+        "{{\"v\":{FORMAT_VERSION},\"ledger_id\":\"{}\",\"seq\":{},\"prev_hash\":\"{}\",\"timestamp\":\"{}\",",
         header.ledger_id, header.seq, header.prev_hash, header.timestamp
     )
     .expect("writing to a Vec cannot fail");
+    if let Some(key) = &header.idempotency_key {
+        out.extend_from_slice(b"\"idempotency_key\":");
+        key.write_json(out);
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"record\":");
 }
 
 /// An entry read back from its stored bytes, borrowing the record text from them.
@@ -455,6 +537,8 @@ struct Wire<'a> {
     seq: u64,
     prev_hash: &'a str,
     timestamp: &'a str,
+    #[serde(borrow, default)]
+    idempotency_key: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow)]
     record: &'a RawValue,
 }
@@ -479,6 +563,12 @@ pub fn decode(bytes: &[u8]) -> Result<DecodedEntry<'_>, MalformedEntry> {
             .parse()
             .map_err(|e: super::hash::HashParseError| MalformedEntry(e.to_string()))?,
         timestamp: Timestamp::parse(wire.timestamp).map_err(|e| MalformedEntry(e.to_string()))?,
+        idempotency_key: wire
+            .idempotency_key
+            .as_deref()
+            .map(IdempotencyKey::parse)
+            .transpose()
+            .map_err(|e| MalformedEntry(e.to_string()))?,
     };
     // The canonical bytes are the prefix `encode` writes, the record exactly as stored (which
     // must be a compact object with unique keys) and the closing brace.
@@ -504,8 +594,17 @@ pub fn decode(bytes: &[u8]) -> Result<DecodedEntry<'_>, MalformedEntry> {
 
 /// Room for an entry's header fields beyond its record, for bounding batches by bytes. Worst
 /// case: the header fields (with a 64-character ledger id and an 18-digit seq) take 242 bytes,
-/// and DynamoDB adds a few per list element.
+/// and DynamoDB adds a few per list element. A key adds [`key_overhead`].
 pub const ENTRY_OVERHEAD: usize = 300;
+
+/// Bytes an idempotency key adds to an entry at most: the field name and its punctuation
+/// (20), and the key with every byte escaped.
+pub fn key_overhead(key: Option<&IdempotencyKey>) -> usize {
+    key.map_or(0, |k| 20 + 2 * k.as_str().len())
+}
+
+/// The most [`key_overhead`] can be.
+pub const MAX_KEY_OVERHEAD: usize = 20 + 2 * IdempotencyKey::MAX_LEN;
 
 #[cfg(test)]
 mod tests {
@@ -518,6 +617,14 @@ mod tests {
             seq,
             prev_hash: Hash::GENESIS,
             timestamp: Timestamp::from_unix_micros(1_764_384_000_123_456).unwrap(),
+            idempotency_key: None,
+        }
+    }
+
+    fn keyed(seq: u64, key: &str) -> EntryHeader {
+        EntryHeader {
+            idempotency_key: Some(IdempotencyKey::parse(key).unwrap()),
+            ..header(seq)
         }
     }
 
@@ -698,5 +805,55 @@ mod tests {
         for v in variants {
             assert!(decode(v.as_bytes()).is_err(), "{v}");
         }
+    }
+
+    #[test]
+    fn a_key_is_one_optional_field_before_the_record_and_round_trips() {
+        let record = Record::parse(br#"{"a":1}"#).unwrap();
+        let plain = String::from_utf8(encode(&header(3), &record)).unwrap();
+        let with_key = String::from_utf8(encode(&keyed(3, r#"k "q" \ ~"#), &record)).unwrap();
+        assert_eq!(
+            with_key,
+            plain.replace(
+                r#""record":"#,
+                r#""idempotency_key":"k \"q\" \\ ~","record":"#
+            )
+        );
+        let decoded = decode(with_key.as_bytes()).unwrap();
+        assert_eq!(decoded.header, keyed(3, r#"k "q" \ ~"#));
+        assert_eq!(decode(plain.as_bytes()).unwrap().header, header(3));
+    }
+
+    #[test]
+    fn a_key_has_one_spelling_and_one_place() {
+        let record = Record::parse(br#"{"a":1}"#).unwrap();
+        let good = String::from_utf8(encode(&keyed(1, "a/b"), &record)).unwrap();
+        let variants = [
+            good.replace(r#""a/b""#, r#""a\/b""#),
+            good.replace(r#""a/b""#, r#""\u0061/b""#),
+            good.replace(r#""idempotency_key":"a/b","#, "")
+                .replace(r#""v":1,"#, r#""v":1,"idempotency_key":"a/b","#),
+            good.replace(r#""a/b""#, r#""""#),
+            good.replace(r#""a/b""#, r#""tab\there""#),
+            good.replace(r#""a/b""#, "null"),
+        ];
+        for v in variants {
+            assert!(decode(v.as_bytes()).is_err(), "{v}");
+        }
+    }
+
+    #[test]
+    fn keys_are_one_to_255_printable_ascii_characters() {
+        for good in [" ", "~", "a", &"x".repeat(255), r#"" \"#] {
+            assert!(IdempotencyKey::parse(good).is_ok(), "{good:?}");
+        }
+        for bad in ["", &"x".repeat(256), "tab\t", "é", "\u{7f}", "nl\n"] {
+            assert!(IdempotencyKey::parse(bad).is_err(), "{bad:?}");
+        }
+        let worst = IdempotencyKey::parse(&"\"".repeat(255)).unwrap();
+        let record = Record::parse(b"{}").unwrap();
+        let grown =
+            encode(&keyed(1, worst.as_str()), &record).len() - encode(&header(1), &record).len();
+        assert!(grown <= key_overhead(Some(&worst)), "{grown}");
     }
 }

@@ -7,7 +7,7 @@
 
 use serde::Serialize;
 
-use super::entry::{LedgerId, Timestamp, decode};
+use super::entry::{IdempotencyKey, LedgerId, Timestamp, decode};
 use super::hash::Hash;
 
 /// What went wrong at one seq. The names are stable API (`snake_case` in JSON).
@@ -53,6 +53,8 @@ pub struct CheckedEntry {
     pub hash: Hash,
     pub prev_hash: Hash,
     pub timestamp: Timestamp,
+    /// The key it was appended with, if any.
+    pub idempotency_key: Option<IdempotencyKey>,
 }
 
 /// The evidence for one seq, as handed to [`ChainVerifier::push`].
@@ -92,6 +94,7 @@ pub fn check_entry(ledger_id: &LedgerId, seq: u64, stored: Option<&[u8]>) -> Evi
             hash,
             prev_hash: entry.header.prev_hash,
             timestamp: entry.header.timestamp,
+            idempotency_key: entry.header.idempotency_key,
         }),
     }
 }
@@ -321,6 +324,7 @@ mod tests {
                     prev_hash: prev,
                     timestamp: Timestamp::from_unix_micros(1_700_000_000_000_000 + seq as i64)
                         .unwrap(),
+                    idempotency_key: None,
                 };
                 let record = Record::parse(format!(r#"{{"n":{seq},"s":"é"}}"#).as_bytes()).unwrap();
                 let bytes = encode(&header, &record);

@@ -30,6 +30,16 @@ pub enum ApiError {
     InvalidBody(String),
     #[error("the record is larger than the limit of {limit} bytes; send a smaller event")]
     RecordTooLarge { limit: usize },
+    #[error("invalid Idempotency-Key: {0}")]
+    InvalidIdempotencyKey(String),
+    #[error("{}{detail}; nothing was appended", index.map_or_else(String::new, |i| format!("record {i}: ")))]
+    InvalidBatch {
+        /// The item's index in the request (0-based), when one item is at fault.
+        index: Option<usize>,
+        detail: String,
+    },
+    #[error("{0}; nothing was appended")]
+    BatchTooLarge(String),
     #[error("send the record as JSON with 'Content-Type: application/json'")]
     UnsupportedMediaType,
     #[error("no such route; see the API in README.md")]
@@ -37,7 +47,7 @@ pub enum ApiError {
     #[error("this route does not accept that method")]
     MethodNotAllowed,
     #[error(
-        "the request took longer than {0:?}; retry, or look the record up before appending it again"
+        "the request took longer than {0:?}; retry it with the same Idempotency-Key (a retry never appends twice), or without a key look the record up before appending it again"
     )]
     Timeout(Duration),
     #[error(
@@ -71,6 +81,11 @@ impl ApiError {
             ApiError::InvalidRecord(_) => (StatusCode::BAD_REQUEST, "invalid_record"),
             ApiError::InvalidBody(_) => (StatusCode::BAD_REQUEST, "invalid_body"),
             ApiError::RecordTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "record_too_large"),
+            ApiError::InvalidIdempotencyKey(_) => {
+                (StatusCode::BAD_REQUEST, "invalid_idempotency_key")
+            }
+            ApiError::InvalidBatch { .. } => (StatusCode::BAD_REQUEST, "invalid_batch"),
+            ApiError::BatchTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large"),
             ApiError::UnsupportedMediaType => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
@@ -101,6 +116,12 @@ impl ApiError {
                 L::Corrupt { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "integrity_error"),
                 L::SigningDisabled => (StatusCode::SERVICE_UNAVAILABLE, "signing_disabled"),
                 L::CheckpointNotFound => (StatusCode::NOT_FOUND, "checkpoint_not_found"),
+                L::IdempotencyKeyReused { .. } => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
+                }
+                L::IdempotencyKeyInFlight => (StatusCode::CONFLICT, "idempotency_key_in_flight"),
+                L::KeyRepeatedInRequest { .. } => (StatusCode::BAD_REQUEST, "invalid_batch"),
+                L::BatchTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large"),
             },
         }
     }
@@ -123,7 +144,7 @@ impl ApiError {
                 format!("the storage backend ({dependency}) is unavailable; nothing was committed, retry later")
             }
             ApiError::Ledger(L::OutcomeUnknown(_)) => {
-                "storage failed while committing and the outcome is unknown; look the record up before appending it again".into()
+                "storage failed while committing and the outcome is unknown; retry with the same Idempotency-Key (a retry never appends twice), or without a key look the record up before appending it again".into()
             }
             ApiError::Ledger(L::Contention) => {
                 "too many writers are appending to this ledger at once; nothing was committed, retry later".into()
@@ -137,12 +158,23 @@ impl ApiError {
         }
     }
 
+    /// The index of the batch item at fault, sent as `error.index`.
+    fn index(&self) -> Option<usize> {
+        match self {
+            ApiError::InvalidBatch { index, .. } => *index,
+            ApiError::Ledger(LedgerError::IdempotencyKeyReused { index, .. }) => *index,
+            ApiError::Ledger(LedgerError::KeyRepeatedInRequest { index, .. }) => Some(*index),
+            _ => None,
+        }
+    }
+
     fn retry_after(&self) -> Option<u64> {
         match self {
             ApiError::Timeout(_)
             | ApiError::ServerBusy
             | ApiError::Ledger(
-                LedgerError::Overloaded
+                LedgerError::IdempotencyKeyInFlight
+                | LedgerError::Overloaded
                 | LedgerError::Contention
                 | LedgerError::ShuttingDown
                 | LedgerError::Unavailable { .. }
@@ -159,7 +191,11 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(code, error = %self, "request failed");
         }
-        let body = Json(json!({ "error": { "code": code, "message": self.message() } }));
+        let mut error = json!({ "code": code, "message": self.message() });
+        if let Some(index) = self.index() {
+            error["index"] = json!(index);
+        }
+        let body = Json(json!({ "error": error }));
         let mut response = (status, body).into_response();
         if let ApiError::Unauthenticated(e) = &self {
             let challenge = match e {

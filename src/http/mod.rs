@@ -77,6 +77,10 @@ pub struct Shared {
 pub struct Limits {
     /// Largest accepted append body (`ELEANOR_LEDGER_MAX_RECORD_BYTES`).
     pub max_record_bytes: usize,
+    /// Largest batch append body (`ELEANOR_LEDGER_BATCH_REQUEST_MAX_BYTES`).
+    pub max_batch_bytes: usize,
+    /// Most records in one batch append (`ELEANOR_LEDGER_BATCH_REQUEST_MAX_RECORDS`).
+    pub max_batch_records: usize,
     /// Time allowed for one request, verification excepted (`ELEANOR_LEDGER_REQUEST_TIMEOUT_MS`).
     pub request_timeout: Duration,
     /// With auth on, `/metrics` needs an auditor token too (`ELEANOR_LEDGER_METRICS_AUTH`).
@@ -135,6 +139,7 @@ fn routes() -> Vec<Route> {
         route(Method::GET, "/v1/ledgers/{ledger_id}/head", Api, ledgers::head),
         route(Method::POST, RECORDS, Api, records::append),
         route(Method::GET, RECORDS, Api, records::page),
+        route(Method::POST, "/v1/ledgers/{ledger_id}/records:batch", Api, records::append_batch),
         route(Method::GET, "/v1/ledgers/{ledger_id}/records/{seq}", Api, records::one),
         route(Method::POST, "/v1/ledgers/{ledger_id}/checkpoints", Api, checkpoints::create),
         route(Method::GET, "/v1/ledgers/{ledger_id}/checkpoints/latest", Api, checkpoints::latest),

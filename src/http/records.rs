@@ -1,29 +1,89 @@
-//! `/v1/ledgers/{ledger_id}/records`: append, read one, read a page.
+//! `/v1/ledgers/{ledger_id}/records`: append (one, or a batch), read one, read a page, look
+//! one up by its idempotency key.
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 
 use super::error::ApiError;
-use super::extract::{LedgerPath, Params, RecordBody};
+use super::extract::{BatchBody, KeyHeader, LedgerPath, Params, RecordBody};
 use super::{AppState, MAX_PAGE};
-use crate::ledger::{LedgerError, RecordPage, StoredRecord};
+use crate::chain::entry::IdempotencyKey;
+use crate::ledger::{Append, LedgerError, Receipt, RecordPage, StoredRecord};
+
+const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 /// `POST`: 201 with the receipt once the record is written; 202 with the same receipt when it
-/// is committed (seq and hash final) but storage failed before its object was written.
+/// is committed (seq and hash final) but storage failed before its object was written; 200
+/// with `Idempotent-Replayed: true` and the original receipt when its `Idempotency-Key` was
+/// committed before with the same record.
 pub async fn append(
     State(state): State<AppState>,
     path: LedgerPath,
+    KeyHeader(key): KeyHeader,
     RecordBody(record): RecordBody,
-) -> Result<impl IntoResponse, ApiError> {
-    let receipt = state.ledger.append(&path.ledger, record).await?;
-    let status = if receipt.written_out {
-        StatusCode::CREATED
-    } else {
+) -> Result<Response, ApiError> {
+    let receipt = state
+        .ledger
+        .append(&path.ledger, Append::new(record, key))
+        .await?;
+    let status = status_of(std::slice::from_ref(&receipt));
+    let mut response = (status, Json(receipt)).into_response();
+    if status == StatusCode::OK {
+        response
+            .headers_mut()
+            .insert(REPLAYED, HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// 202 if any record is not written out yet, else 200 if every one was replayed, else 201.
+fn status_of(receipts: &[Receipt]) -> StatusCode {
+    if receipts.iter().any(|r| !r.written_out) {
         StatusCode::ACCEPTED
-    };
-    Ok((status, Json(receipt)))
+    } else if receipts.iter().all(|r| r.replayed) {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    }
+}
+
+/// One receipt of a batch answer.
+#[derive(Serialize)]
+struct BatchReceipt {
+    #[serde(flatten)]
+    receipt: Receipt,
+    /// Its key was committed before: this is the original receipt, nothing new was appended.
+    replayed: bool,
+}
+
+/// The answer to a batch append.
+#[derive(Serialize)]
+struct BatchAnswer {
+    receipts: Vec<BatchReceipt>,
+}
+
+/// `POST .../records:batch`: every record committed in one claim at consecutive seqs, or none
+/// (any invalid item, or a key reused with another record, refuses the whole request). The
+/// receipts are in request order; statuses as for one append (200 only if every record was
+/// replayed).
+pub async fn append_batch(
+    State(state): State<AppState>,
+    path: LedgerPath,
+    BatchBody(appends): BatchBody,
+) -> Result<Response, ApiError> {
+    let receipts = state.ledger.append_all(&path.ledger, appends).await?;
+    let status = status_of(&receipts);
+    let receipts = receipts
+        .into_iter()
+        .map(|receipt| BatchReceipt {
+            replayed: receipt.replayed,
+            receipt,
+        })
+        .collect();
+    Ok((status, Json(BatchAnswer { receipts })).into_response())
 }
 
 /// `GET .../records/{seq}`.
@@ -40,12 +100,35 @@ pub async fn one(
 }
 
 /// `GET .../records?after=N&limit=M`: records with seq > N (default 0), at most M (default
-/// 100, at most 1000).
+/// 100, at most 1000). `GET .../records?idempotency_key=K`: the one record appended with key
+/// `K` (404 `not_found` if none; 409 `idempotency_key_in_flight` while an append of it is
+/// being committed).
 pub async fn page(
     State(state): State<AppState>,
     path: LedgerPath,
     params: Params,
-) -> Result<Json<RecordPage>, ApiError> {
+) -> Result<Response, ApiError> {
+    if let Some(key) = params.str("idempotency_key") {
+        let key = IdempotencyKey::parse(key)
+            .map_err(|e| ApiError::InvalidIdempotencyKey(e.to_string()))?;
+        params.only(&["idempotency_key"])?;
+        let not_found = |e| match e {
+            LedgerError::LedgerNotFound => LedgerError::RecordNotFound,
+            e => e,
+        };
+        let seq = state
+            .ledger
+            .seq_of_key(&path.ledger, &key)
+            .await
+            .map_err(not_found)?
+            .ok_or(LedgerError::RecordNotFound)?;
+        let record = state.ledger.record(&path.ledger, seq).await?;
+        return Ok(Json(record).into_response());
+    }
+    Ok(Json(list(&state, &path, params).await?).into_response())
+}
+
+async fn list(state: &AppState, path: &LedgerPath, params: Params) -> Result<RecordPage, ApiError> {
     let params = params.only(&["after", "limit"])?;
     let after = params.u64("after")?.unwrap_or(0);
     let limit = params.u64("limit")?.unwrap_or(100);
@@ -54,10 +137,8 @@ pub async fn page(
             "limit must be between 1 and {MAX_PAGE}"
         )));
     }
-    Ok(Json(
-        state
-            .ledger
-            .records(&path.ledger, after, limit as usize)
-            .await?,
-    ))
+    Ok(state
+        .ledger
+        .records(&path.ledger, after, limit as usize)
+        .await?)
 }

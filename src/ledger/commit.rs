@@ -15,12 +15,21 @@
 //! run concurrently by any writer in any process. A batch whose objects and `SEQ#` items all
 //! exist is **written out**; that is the one word for that state here and in the docs.
 //!
+//! **Idempotency keys** ride on step 2: before its claim, a writer records in each key's
+//! `IDEM#` item ([`KeyClaim`]) the head it claims from and the seq it gives the key's entry.
+//! Claims from one head are exclusive, so of all writers named in one item at most one
+//! commits the key; a writer that finds the item decides it ([`KeyState`]): joins the writers
+//! still claiming from the current head, takes over an item whose head has passed without the
+//! key, or answers with the entry that holds the key. `docs/PROTOCOL.md` has the rules and a
+//! row per crash point.
+//!
 //! [`Writer`] owns what one writer knows (the head it last saw, which head it checked, how far
 //! batches are written out); [`Writer::commit`] runs a batch through every step and
 //! [`Writer::finish_pending`] (startup, reads, verification) runs steps 0-1 alone.
 //!
-//! The file is ~620 lines (and its unit tests) on purpose: the protocol is read in one place.
+//! The file is ~900 lines (and its unit tests) on purpose: the protocol is read in one place.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -29,23 +38,33 @@ use futures::future::try_join_all;
 use tokio::time::Instant;
 use tracing::{error, warn};
 
-use super::{LedgerError, LedgerMetrics, Options};
-use crate::chain::entry::{EntryHeader, LedgerId, MAX_SEQ, Record, Timestamp, encode};
+use super::{Append, LedgerError, LedgerMetrics, Options};
+use crate::chain::entry::{
+    self, EntryHeader, IdempotencyKey, LedgerId, MAX_SEQ, Record, Timestamp, encode,
+};
 use crate::chain::hash::Hash;
 use crate::chain::keys::entry_key;
 use crate::chain::verify::{Evidence, check_entry};
 use crate::store::{
-    AtomicBatchStore, BatchCommit, CasOutcome, Meta, NewObject, PendingBatch, PutOutcome, SeqItem,
-    SeqPut, StoreError, Stores, Taken,
+    AtomicBatchStore, BatchCommit, BatchWrites, CasOutcome, KeyClaim, KeyPut, KeyWrite, Meta,
+    NewObject, PendingBatch, PutOutcome, SeqItem, SeqPut, StoreError, Stores, Taken,
 };
 
-/// What [`Writer::commit`] achieved for a batch. Either way its seqs and hashes are final.
-pub(crate) enum Committed {
-    /// Claimed and written out (objects and `SEQ#` items exist): `201`.
-    WrittenOut(Vec<PendingEntry>),
-    /// Claimed (durable in `META`), but writing it out failed: the next claim, a read or
-    /// startup finishes it (`202`).
-    ClaimedOnly(Vec<PendingEntry>),
+/// What [`Writer::commit`] achieved for a batch, per request in order: its appends' entries,
+/// or why the whole request was refused (nothing of it was appended). The seqs and hashes it
+/// names are final.
+pub(crate) type Committed = Vec<Result<Vec<Appended>, LedgerError>>;
+
+/// One append's entry.
+#[derive(Debug, Clone)]
+pub(crate) struct Appended {
+    pub entry: PendingEntry,
+    /// Its key was already committed, to this entry, with the same record: nothing new was
+    /// appended for it.
+    pub replayed: bool,
+    /// `false`: claimed (durable in `META`) but not written out yet; the next claim, a read
+    /// or startup finishes it (`202`).
+    pub written_out: bool,
 }
 
 /// One writer of one ledger.
@@ -65,6 +84,8 @@ pub(crate) struct Writer {
 /// What one claim attempt (step 2) did.
 enum Attempt {
     Applied,
+    /// A key's item was not what this writer expected; it was read again.
+    KeyMoved,
     /// `META` had moved; this is what it holds now.
     Conflict(Option<Meta>),
     /// The call failed; whether it took effect is not known (unless it was
@@ -90,28 +111,56 @@ impl Writer {
         }
     }
 
-    /// Runs `records` through every step as one batch. On an error nothing of the batch is
-    /// committed, except [`LedgerError::OutcomeUnknown`] (it may be) and
-    /// [`LedgerError::Corrupt`] raised while writing it out (it is, but storage disagrees).
-    pub async fn commit(&mut self, records: &[Record]) -> Result<Committed, LedgerError> {
-        let (entries, written_out) = self.claim(records).await?;
-        if written_out {
-            return Ok(self.written_out(entries));
-        }
-        match roll_forward(&self.stores, &self.ledger, &entries).await {
-            Ok(()) => Ok(self.written_out(entries)),
-            Err(e @ LedgerError::Corrupt { .. }) => {
-                self.head = None;
-                Err(self.integrity_error(e))
+    /// Runs `requests` through every step as one batch: the records of each request are
+    /// claimed together at consecutive seqs, or (a key reused with another record) none of
+    /// them is. On an error nothing of the batch is committed, except
+    /// [`LedgerError::OutcomeUnknown`] (it may be) and [`LedgerError::Corrupt`] raised while
+    /// writing it out (it is, but storage disagrees).
+    pub async fn commit(&mut self, requests: &[Vec<Append>]) -> Result<Committed, LedgerError> {
+        let (plan, entries, one_step) = self.claim(requests).await?;
+        let written_out = if one_step || entries.is_empty() {
+            true
+        } else {
+            match roll_forward(&self.stores, &self.ledger, &entries).await {
+                Ok(()) => true,
+                Err(e @ LedgerError::Corrupt { .. }) => {
+                    self.head = None;
+                    return Err(self.integrity_error(e));
+                }
+                Err(e) => {
+                    // Committed (durable in META) but not yet written out: the next claim, a
+                    // read or startup recovery finishes it. Clients get 202, not an error, so
+                    // that they do not append the same event twice.
+                    warn!(error = %e, "batch committed; writing it out failed and will be retried");
+                    false
+                }
             }
-            Err(e) => {
-                // Committed (durable in META) but not yet written out: the next claim, a read
-                // or startup recovery finishes it. Clients get 202, not an error, so that they
-                // do not append the same event twice.
-                warn!(error = %e, "batch committed; writing it out failed and will be retried");
-                Ok(Committed::ClaimedOnly(entries))
+        };
+        if written_out && let Some(last) = entries.last() {
+            self.written_out_through = last.seq;
+        }
+        Ok(plan.answers(&entries, written_out))
+    }
+
+    /// Where `key` stands, for a lookup: the seq of its entry, `None` if it has none (and no
+    /// claim in progress can give it one), or [`LedgerError::IdempotencyKeyInFlight`] while
+    /// writers are claiming it from the current head. Rolls the pending batch forward first.
+    pub async fn find_key(&mut self, key: &IdempotencyKey) -> Result<Option<u64>, LedgerError> {
+        for _ in 0..8 {
+            let Some(head) = self.stores.index.head(&self.ledger).await? else {
+                return Err(LedgerError::LedgerNotFound);
+            };
+            self.ensure_written_out(&head).await?;
+            let claim = self.stores.index.key_claim(&self.ledger, key).await?;
+            match self.key_state(key, claim, &head).await? {
+                // The head moved between the two reads: read both again.
+                None => continue,
+                Some(KeyState::Committed(entry, _)) => return Ok(Some(entry.seq)),
+                Some(KeyState::Open(_)) => return Err(LedgerError::IdempotencyKeyInFlight),
+                Some(KeyState::Free(_)) => return Ok(None),
             }
         }
+        Err(LedgerError::IdempotencyKeyInFlight)
     }
 
     /// Steps 0 and 1 alone, on `META` read afresh: rolls forward the ledger's pending batch if
@@ -129,46 +178,64 @@ impl Writer {
         Ok(rolled)
     }
 
-    fn written_out(&mut self, entries: Vec<PendingEntry>) -> Committed {
-        if let Some(last) = entries.last() {
-            self.written_out_through = last.seq;
-        }
-        Committed::WrittenOut(entries)
-    }
-
-    /// Steps 0 to 2, retried on conflicts: returns the claimed entries, and whether they were
+    /// Steps 0 to 2, retried on conflicts: returns what becomes of each append, the claimed
+    /// entries (none when every append was answered from storage), and whether they were
     /// written out with the claim (one step).
     async fn claim(
         &mut self,
-        records: &[Record],
-    ) -> Result<(Vec<PendingEntry>, bool), LedgerError> {
+        requests: &[Vec<Append>],
+    ) -> Result<(Plan, Vec<PendingEntry>, bool), LedgerError> {
         let one_step = self.stores.batches.clone();
         let started = Instant::now();
         let mut attempt: u32 = 0;
+        // What this writer knows of each key's item. In steps a key not in here is written as
+        // new (`expected: None`) and read only if that is refused: one request per new key.
+        let mut known: HashMap<IdempotencyKey, Option<KeyClaim>> = HashMap::new();
         loop {
             // Step 0.
             let head = self.current_head().await?;
             // Step 1.
             self.ensure_written_out(&head).await?;
-            if head.seq_counter + records.len() as u64 > MAX_SEQ {
+            // Which appends are new, which are answered by what is stored.
+            if one_step.is_some() {
+                self.read_keys(requests, &mut known).await?;
+            }
+            let Some(plan) = self.plan(requests, &head, &known).await? else {
+                // A key's item names a head past this one: ours is stale.
+                self.head = None;
+                continue;
+            };
+            if plan.new.is_empty() {
+                return Ok((plan, Vec::new(), false));
+            }
+            if head.seq_counter + plan.new.len() as u64 > MAX_SEQ {
                 return Err(LedgerError::LedgerFull);
             }
             // Step 2.
-            let (new, entries) = build_batch(&self.ledger, &head, records, now());
+            let (new, entries) = build_batch(&self.ledger, &head, &plan.records(requests), now());
             let outcome = match &one_step {
                 Some(batches) => {
-                    self.claim_in_one_step(batches.as_ref(), head.seq_counter, &new, &entries)
-                        .await?
+                    self.claim_in_one_step(
+                        batches.as_ref(),
+                        head.seq_counter,
+                        &new,
+                        &entries,
+                        &plan,
+                    )
+                    .await?
                 }
-                None => match self
-                    .stores
-                    .index
-                    .compare_and_set_head(&self.ledger, head.seq_counter, &new)
-                    .await
-                {
-                    Ok(CasOutcome::Applied) => Attempt::Applied,
-                    Ok(CasOutcome::Conflict(current)) => Attempt::Conflict(current),
-                    Err(e) => Attempt::Failed(e),
+                None => match self.write_keys(&plan.keys, &mut known).await? {
+                    false => Attempt::KeyMoved,
+                    true => match self
+                        .stores
+                        .index
+                        .compare_and_set_head(&self.ledger, head.seq_counter, &new)
+                        .await
+                    {
+                        Ok(CasOutcome::Applied) => Attempt::Applied,
+                        Ok(CasOutcome::Conflict(current)) => Attempt::Conflict(current),
+                        Err(e) => Attempt::Failed(e),
+                    },
                 },
             };
             match outcome {
@@ -179,7 +246,13 @@ impl Writer {
                     }
                     self.trusted_seq = Some(new.seq_counter);
                     self.head = Some(new);
-                    return Ok((entries, one_step.is_some()));
+                    return Ok((plan, entries, one_step.is_some()));
+                }
+                Attempt::KeyMoved => {
+                    // Another writer changed a key's item: decide the key again, on it.
+                    if one_step.is_some() {
+                        known.clear();
+                    }
                 }
                 Attempt::Conflict(current) => {
                     self.metrics.conflicts.inc();
@@ -191,7 +264,7 @@ impl Writer {
                         .is_some_and(|c| c.seq_counter >= new.seq_counter);
                     self.head = current;
                     if maybe_ours && self.was_applied(&new).await? {
-                        return Ok((entries, false));
+                        return Ok((plan, entries, false));
                     }
                 }
                 Attempt::Failed(e @ StoreError::Refused { .. }) => {
@@ -203,7 +276,7 @@ impl Writer {
                     // out here can land later): look for it, and say "unknown" unless found.
                     self.head = None;
                     return match self.was_applied(&new).await {
-                        Ok(true) => Ok((entries, false)),
+                        Ok(true) => Ok((plan, entries, false)),
                         Ok(false) | Err(_) => Err(LedgerError::OutcomeUnknown(e.to_string())),
                     };
                 }
@@ -218,6 +291,151 @@ impl Writer {
         }
     }
 
+    /// Reads the item of every key of `requests` not in `known` (on a store that commits in
+    /// one step, where a read is a local lookup and the batch's key writes are conditional on
+    /// what it read).
+    async fn read_keys(
+        &self,
+        requests: &[Vec<Append>],
+        known: &mut HashMap<IdempotencyKey, Option<KeyClaim>>,
+    ) -> Result<(), LedgerError> {
+        for key in requests.iter().flatten().filter_map(|a| a.key.as_ref()) {
+            if !known.contains_key(key) {
+                let claim = self.stores.index.key_claim(&self.ledger, key).await?;
+                known.insert(key.clone(), claim);
+            }
+        }
+        Ok(())
+    }
+
+    /// Decides every append of `requests` against `head` (written out) and what is known of
+    /// their keys' items. `None` when an item names a later head than `head`.
+    async fn plan(
+        &self,
+        requests: &[Vec<Append>],
+        head: &Meta,
+        known: &HashMap<IdempotencyKey, Option<KeyClaim>>,
+    ) -> Result<Option<Plan>, LedgerError> {
+        let mut states: HashMap<&IdempotencyKey, KeyState> = HashMap::new();
+        for key in requests.iter().flatten().filter_map(|a| a.key.as_ref()) {
+            if states.contains_key(key) {
+                continue;
+            }
+            let claim = known.get(key).cloned().flatten();
+            let Some(state) = self.key_state(key, claim, head).await? else {
+                return Ok(None);
+            };
+            states.insert(key, state);
+        }
+        Ok(Some(Plan::new(requests, head.seq_counter, &states)))
+    }
+
+    /// Where `key` stands on `head`, whose batches are all written out, given its item.
+    /// `None` when the item names a later head (this one is stale).
+    async fn key_state(
+        &self,
+        key: &IdempotencyKey,
+        claim: Option<KeyClaim>,
+        head: &Meta,
+    ) -> Result<Option<KeyState>, LedgerError> {
+        let Some(claim) = claim else {
+            return Ok(Some(KeyState::Free(None)));
+        };
+        if claim.base > head.seq_counter {
+            return Ok(None);
+        }
+        if claim.base == head.seq_counter {
+            // Writers are claiming the key from this very head; none has yet.
+            return Ok(Some(KeyState::Open(claim)));
+        }
+        // The head has passed `base`: the one claim from it is decided, and no claim from it
+        // can come any more. The key is committed if and only if one of the seqs holds it.
+        for &seq in claim.seqs.iter().filter(|&&s| s <= head.seq_counter) {
+            let (entry, record) = self.stored_entry(head, seq).await?;
+            if entry.idempotency_key.as_ref() == Some(key) {
+                return Ok(Some(KeyState::Committed(entry, record)));
+            }
+        }
+        Ok(Some(KeyState::Free(Some(claim))))
+    }
+
+    /// Entry `seq` (at most `head.seq_counter`, all written out) and its record's text.
+    async fn stored_entry(
+        &self,
+        head: &Meta,
+        seq: u64,
+    ) -> Result<(PendingEntry, Box<str>), LedgerError> {
+        let corrupt = |detail: String| LedgerError::Corrupt {
+            seq: Some(seq),
+            detail,
+        };
+        let in_pending = head
+            .pending
+            .as_ref()
+            .filter(|p| (p.first_seq..=p.last_seq()).contains(&seq))
+            .map(|p| p.entries[(seq - p.first_seq) as usize].clone());
+        let bytes = match in_pending {
+            Some(bytes) => bytes,
+            None => {
+                let key = entry_key(&self.ledger, seq);
+                match self.stores.objects.get(&key, None).await? {
+                    Some(object) => object.body,
+                    None => {
+                        return Err(self.integrity_error(corrupt(format!(
+                            "an idempotency key names seq {seq}, below the head, but no entry is stored there"
+                        ))));
+                    }
+                }
+            }
+        };
+        let entry = match check_entry(&self.ledger, seq, Some(&bytes)) {
+            Evidence::Entry(entry) => entry,
+            Evidence::Malformed { reason, .. } => {
+                return Err(
+                    self.integrity_error(corrupt(format!("the entry is malformed: {reason}")))
+                );
+            }
+            Evidence::Missing => unreachable!("bytes were given"),
+        };
+        let record = entry::decode(&bytes)
+            .map(|d| d.record.get().into())
+            .map_err(|e| corrupt(e.to_string()))?;
+        Ok((
+            PendingEntry::checked(&self.ledger, seq, bytes, entry),
+            record,
+        ))
+    }
+
+    /// Writes the plan's key items, one conditional write each, all at once. `false` if one
+    /// was not what this writer expected: `known` then holds what it is. Nothing is claimed
+    /// yet, so an error leaves nothing committed (at worst an item naming this head, which
+    /// the next writer of the key joins or takes over).
+    async fn write_keys(
+        &self,
+        writes: &[KeyWrite],
+        known: &mut HashMap<IdempotencyKey, Option<KeyClaim>>,
+    ) -> Result<bool, LedgerError> {
+        let index = &self.stores.index;
+        let outcomes = try_join_all(
+            writes
+                .iter()
+                .map(|w| index.put_key_claim(&self.ledger, &w.key, w.expected.as_ref(), &w.new)),
+        )
+        .await?;
+        let mut all = true;
+        for (write, outcome) in writes.iter().zip(outcomes) {
+            let now = match outcome {
+                KeyPut::Applied => Some(write.new.clone()),
+                KeyPut::Conflict(current) => {
+                    all = false;
+                    current
+                }
+            };
+            known.insert(write.key.clone(), now);
+        }
+        Ok(all)
+    }
+
     /// Steps 2-4 as one call ([`AtomicBatchStore::commit_batch`]), with `new` stored without
     /// its pending batch. A batch refused because something is stored where it would go is
     /// corruption. A failed call is atomic: not applied, or applied whole.
@@ -227,6 +445,7 @@ impl Writer {
         expected_seq: u64,
         new: &Meta,
         entries: &[PendingEntry],
+        plan: &Plan,
     ) -> Result<Attempt, LedgerError> {
         let stored = Meta {
             seq_counter: new.seq_counter,
@@ -234,11 +453,17 @@ impl Writer {
             pending: None,
         };
         let (objects, items) = objects_and_items(entries);
+        let writes = BatchWrites {
+            objects,
+            items,
+            keys: plan.keys.clone(),
+        };
         let taken = match batches
-            .commit_batch(&self.ledger, expected_seq, &stored, &objects, &items)
+            .commit_batch(&self.ledger, expected_seq, &stored, &writes)
             .await
         {
             Ok(BatchCommit::Applied) => return Ok(Attempt::Applied),
+            Ok(BatchCommit::KeyMoved) => return Ok(Attempt::KeyMoved),
             Ok(BatchCommit::Conflict(current)) => return Ok(Attempt::Conflict(current)),
             Err(e) => return Ok(Attempt::Failed(e)),
             Ok(BatchCommit::Occupied(taken)) => taken,
@@ -328,13 +553,177 @@ impl Writer {
     }
 }
 
+/// Where an idempotency key stands on a head whose batches are all written out.
+enum KeyState {
+    /// Not committed: a writer takes it with a new item, replacing `expected` (an item whose
+    /// head has passed without the key; `None`: no item).
+    Free(Option<KeyClaim>),
+    /// Writers are claiming it from this head: join them (at most one claim wins).
+    Open(KeyClaim),
+    /// Committed: this entry holds it, with this record.
+    Committed(PendingEntry, Box<str>),
+}
+
+/// What becomes of one append.
+#[derive(Debug, Clone)]
+enum Fate {
+    /// The `i`th entry of the batch.
+    New(usize),
+    /// The key's entry is stored already, with the same record.
+    Replay(PendingEntry),
+    /// The key is on the `i`th entry of this batch (an earlier request's), with the same record.
+    SameAs(usize),
+}
+
+/// The decisions of one claim attempt for a batch of requests.
+pub(crate) struct Plan {
+    /// Per request: its appends' fates, or why the whole request is refused.
+    requests: Vec<Result<Vec<Fate>, LedgerError>>,
+    /// The appends to claim, in seq order: (request, append) indices.
+    new: Vec<(usize, usize)>,
+    /// The key items to write before (or with) the claim.
+    keys: Vec<KeyWrite>,
+}
+
+impl Plan {
+    /// Decides each request in order on a head at `base`, given each key's state. A request
+    /// that reuses a key with another record is refused whole; later requests see the keys
+    /// of earlier ones in the batch.
+    fn new(
+        requests: &[Vec<Append>],
+        base: u64,
+        states: &HashMap<&IdempotencyKey, KeyState>,
+    ) -> Plan {
+        let mut plan = Plan {
+            requests: Vec::with_capacity(requests.len()),
+            new: Vec::new(),
+            keys: Vec::new(),
+        };
+        // Keys given to an entry of this batch: key -> (entry index, request, append).
+        let mut in_batch: HashMap<&IdempotencyKey, (usize, usize, usize)> = HashMap::new();
+        for (r, appends) in requests.iter().enumerate() {
+            let decided: Result<Vec<Fate>, LedgerError> = appends
+                .iter()
+                .enumerate()
+                .map(|(a, append)| {
+                    let Some(key) = &append.key else {
+                        return Ok(None);
+                    };
+                    if let Some(&(i, r0, a0)) = in_batch.get(key) {
+                        return if requests[r0][a0].record == append.record {
+                            Ok(Some(Fate::SameAs(i)))
+                        } else {
+                            Err(LedgerError::IdempotencyKeyReused {
+                                index: (appends.len() > 1).then_some(a),
+                                seq: None,
+                            })
+                        };
+                    }
+                    match &states[key] {
+                        KeyState::Committed(entry, record)
+                            if **record == *append.record.as_str() =>
+                        {
+                            Ok(Some(Fate::Replay(entry.clone())))
+                        }
+                        KeyState::Committed(entry, _) => Err(LedgerError::IdempotencyKeyReused {
+                            index: (appends.len() > 1).then_some(a),
+                            seq: Some(entry.seq),
+                        }),
+                        KeyState::Free(_) | KeyState::Open(_) => Ok(None),
+                    }
+                })
+                .map(|fate| fate.map(|f| f.unwrap_or(Fate::New(usize::MAX))))
+                .collect();
+            let Ok(mut fates) = decided else {
+                plan.requests.push(decided);
+                continue;
+            };
+            for (a, fate) in fates.iter_mut().enumerate() {
+                let Fate::New(slot) = fate else { continue };
+                *slot = plan.new.len();
+                plan.new.push((r, a));
+                let Some(key) = &requests[r][a].key else {
+                    continue;
+                };
+                in_batch.insert(key, (*slot, r, a));
+                let seq = base + 1 + *slot as u64;
+                let (expected, new) = match &states[key] {
+                    KeyState::Open(claim) => {
+                        let mut seqs = claim.seqs.clone();
+                        if !seqs.contains(&seq) {
+                            seqs.push(seq);
+                        }
+                        (Some(claim.clone()), KeyClaim { base, seqs })
+                    }
+                    KeyState::Free(expected) => (
+                        expected.clone(),
+                        KeyClaim {
+                            base,
+                            seqs: vec![seq],
+                        },
+                    ),
+                    KeyState::Committed(..) => unreachable!("a committed key is never new"),
+                };
+                plan.keys.push(KeyWrite {
+                    key: key.clone(),
+                    expected,
+                    new,
+                });
+            }
+            plan.requests.push(Ok(fates));
+        }
+        plan
+    }
+
+    /// The records to claim, in seq order, with their keys.
+    fn records<'a>(
+        &self,
+        requests: &'a [Vec<Append>],
+    ) -> Vec<(&'a Record, Option<&'a IdempotencyKey>)> {
+        self.new
+            .iter()
+            .map(|&(r, a)| (&requests[r][a].record, requests[r][a].key.as_ref()))
+            .collect()
+    }
+
+    /// Each request's answer, given the batch's claimed `entries` and whether they were
+    /// written out.
+    fn answers(self, entries: &[PendingEntry], written_out: bool) -> Committed {
+        self.requests
+            .into_iter()
+            .map(|fates| {
+                Ok(fates?
+                    .into_iter()
+                    .map(|fate| match fate {
+                        Fate::New(i) => Appended {
+                            entry: entries[i].clone(),
+                            replayed: false,
+                            written_out,
+                        },
+                        Fate::SameAs(i) => Appended {
+                            entry: entries[i].clone(),
+                            replayed: true,
+                            written_out,
+                        },
+                        Fate::Replay(entry) => Appended {
+                            entry,
+                            replayed: true,
+                            written_out: true,
+                        },
+                    })
+                    .collect())
+            })
+            .collect()
+    }
+}
+
 /// Builds the entries of a batch on top of `head`: seqs `head.seq_counter + 1 ..`, chained
 /// from `head.last_hash`, all stamped `timestamp`. Returns the `META` that claims them and the
 /// entries as roll-forward needs them (what [`decode_pending`] would give, without decoding).
 fn build_batch(
     ledger: &LedgerId,
     head: &Meta,
-    records: &[Record],
+    records: &[(&Record, Option<&IdempotencyKey>)],
     timestamp: Timestamp,
 ) -> (Meta, Vec<PendingEntry>) {
     let first_seq = head.seq_counter + 1;
@@ -342,13 +731,14 @@ fn build_batch(
     let entries: Vec<PendingEntry> = records
         .iter()
         .enumerate()
-        .map(|(i, record)| {
+        .map(|(i, &(record, key))| {
             let seq = first_seq + i as u64;
             let header = EntryHeader {
                 ledger_id: ledger.clone(),
                 seq,
                 prev_hash,
                 timestamp,
+                idempotency_key: key.cloned(),
             };
             let bytes = Bytes::from(encode(&header, record));
             let hash = Hash::of_entry(&bytes);
@@ -359,6 +749,7 @@ fn build_batch(
                 prev_hash,
                 timestamp,
                 key: entry_key(ledger, seq),
+                idempotency_key: header.idempotency_key,
             };
             prev_hash = hash;
             entry
@@ -376,16 +767,37 @@ fn build_batch(
 }
 
 /// One entry of a batch, as the write-out needs it.
+#[derive(Debug, Clone)]
 pub(crate) struct PendingEntry {
     pub seq: u64,
     pub bytes: Bytes,
     pub hash: Hash,
     pub prev_hash: Hash,
     pub timestamp: Timestamp,
+    /// Its object's key.
     pub key: String,
+    pub idempotency_key: Option<IdempotencyKey>,
 }
 
 impl PendingEntry {
+    /// Entry `seq` of `ledger` from its stored `bytes`, as [`check_entry`] read them.
+    fn checked(
+        ledger: &LedgerId,
+        seq: u64,
+        bytes: Bytes,
+        entry: crate::chain::verify::CheckedEntry,
+    ) -> PendingEntry {
+        PendingEntry {
+            seq,
+            bytes,
+            hash: entry.hash,
+            prev_hash: entry.prev_hash,
+            timestamp: entry.timestamp,
+            key: entry_key(ledger, seq),
+            idempotency_key: entry.idempotency_key,
+        }
+    }
+
     /// The entry's object.
     fn object(&self) -> NewObject {
         NewObject {
@@ -449,14 +861,7 @@ pub(crate) fn decode_pending(
                 "pending entry does not link to the one before it".into(),
             ));
         }
-        out.push(PendingEntry {
-            seq,
-            bytes: bytes.clone(),
-            hash: entry.hash,
-            prev_hash: entry.prev_hash,
-            timestamp: entry.timestamp,
-            key: entry_key(ledger, seq),
-        });
+        out.push(PendingEntry::checked(ledger, seq, bytes.clone(), entry));
     }
     Ok(out)
 }
@@ -633,10 +1038,18 @@ mod tests {
         LedgerId::parse("protocol").unwrap()
     }
 
-    fn records(n: usize) -> Vec<Record> {
-        (0..n)
-            .map(|i| Record::parse(format!(r#"{{"n":{i}}}"#).as_bytes()).unwrap())
-            .collect()
+    /// One request of `n` records without keys.
+    fn records(n: usize) -> Vec<Vec<Append>> {
+        vec![
+            (0..n)
+                .map(|i| {
+                    Append::new(
+                        Record::parse(format!(r#"{{"n":{i}}}"#).as_bytes()).unwrap(),
+                        None,
+                    )
+                })
+                .collect(),
+        ]
     }
 
     fn writer(stores: &Stores) -> Writer {
@@ -659,11 +1072,11 @@ mod tests {
         (stores, faulty, handle)
     }
 
+    /// The entries of a batch of one request, and whether they were written out.
     fn entries(committed: Committed) -> (Vec<PendingEntry>, bool) {
-        match committed {
-            Committed::WrittenOut(e) => (e, true),
-            Committed::ClaimedOnly(e) => (e, false),
-        }
+        let appended = committed.into_iter().next().unwrap().unwrap();
+        let written = appended.iter().all(|a| a.written_out);
+        (appended.into_iter().map(|a| a.entry).collect(), written)
     }
 
     async fn stored_seqs(stores: &Stores) -> Vec<u64> {

@@ -13,21 +13,22 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{Instrument, info_span};
 
-use super::commit::{Committed, Writer};
-use super::{LedgerError, LedgerMetrics, Options, Receipt};
-use crate::chain::entry::{ENTRY_OVERHEAD, LedgerId, Record};
+use super::commit::Writer;
+use super::{Append, LedgerError, LedgerMetrics, Options, Receipt};
+use crate::chain::entry::LedgerId;
 use crate::store::Stores;
 
-/// One append waiting for its batch.
+/// One request waiting for its batch: one record, or a batch request's records, which are
+/// claimed together.
 pub(crate) struct Request {
-    pub record: Record,
-    pub reply: oneshot::Sender<Result<Receipt, LedgerError>>,
+    pub appends: Vec<Append>,
+    pub reply: oneshot::Sender<Result<Vec<Receipt>, LedgerError>>,
 }
 
 impl Request {
-    /// Bytes the record adds to a batch (its stored size, near enough for bounding).
+    /// Bytes the records add to a batch (their stored size, near enough for bounding).
     fn size(&self) -> usize {
-        self.record.as_str().len() + ENTRY_OVERHEAD
+        self.appends.iter().map(Append::stored_size).sum()
     }
 }
 
@@ -70,10 +71,10 @@ impl Committer {
                     }
                 },
             };
-            let mut bytes = first.size();
+            let (mut bytes, mut records) = (first.size(), first.appends.len());
             let mut batch = vec![first];
             let linger_until = Instant::now() + self.options.batch_linger;
-            while batch.len() < self.options.batch_max_records {
+            while records < self.options.batch_max_records {
                 let next = match rx.try_recv() {
                     Ok(r) => Some(r),
                     Err(_) if self.options.batch_linger.is_zero() => None,
@@ -83,32 +84,40 @@ impl Committer {
                         .flatten(),
                 };
                 let Some(next) = next else { break };
-                if bytes + next.size() > self.options.batch_max_bytes {
+                if bytes + next.size() > self.options.batch_max_bytes
+                    || records + next.appends.len() > self.options.batch_max_records
+                {
                     carried = Some(next);
                     break;
                 }
                 bytes += next.size();
+                records += next.appends.len();
                 batch.push(next);
             }
-            let span = info_span!("batch", ledger_id = %self.ledger, size = batch.len());
+            let span = info_span!("batch", ledger_id = %self.ledger, size = records);
             self.commit(batch).instrument(span).await;
         }
     }
 
     async fn commit(&mut self, batch: Vec<Request>) {
-        self.metrics.batch_size.observe(batch.len() as f64);
-        let (records, replies): (Vec<Record>, Vec<_>) =
-            batch.into_iter().map(|r| (r.record, r.reply)).unzip();
-        let results = match self.writer.commit(&records).await {
-            Err(e) => vec![Err(e); records.len()],
+        let (requests, replies): (Vec<Vec<Append>>, Vec<_>) =
+            batch.into_iter().map(|r| (r.appends, r.reply)).unzip();
+        let results = match self.writer.commit(&requests).await {
+            Err(e) => vec![Err(e); requests.len()],
             Ok(committed) => {
-                let (entries, written_out) = match committed {
-                    Committed::WrittenOut(entries) => (entries, true),
-                    Committed::ClaimedOnly(entries) => (entries, false),
-                };
-                entries
-                    .iter()
-                    .map(|e| Ok(Receipt::new(&self.ledger, e, written_out)))
+                let new = committed.iter().flatten().flatten();
+                let new = new.filter(|a| !a.replayed).count();
+                if new > 0 {
+                    self.metrics.batch_size.observe(new as f64);
+                }
+                committed
+                    .into_iter()
+                    .map(|appended| {
+                        Ok(appended?
+                            .iter()
+                            .map(|a| Receipt::new(&self.ledger, a))
+                            .collect())
+                    })
                     .collect()
             }
         };

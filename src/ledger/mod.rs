@@ -25,10 +25,12 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::chain::checkpoint::{Checkpoint, ReceiptBody, ReceiptSignature, Signer};
-use crate::chain::entry::{LedgerId, Record, Timestamp};
+use crate::chain::entry::{
+    ENTRY_OVERHEAD, IdempotencyKey, LedgerId, Record, Timestamp, key_overhead,
+};
 use crate::chain::hash::Hash;
 use crate::store::{Backend, StoreError, Stores};
-use commit::PendingEntry;
+use commit::Appended;
 use committer::{Committer, Request};
 
 pub use read::{
@@ -71,6 +73,28 @@ pub enum LedgerError {
     SigningDisabled,
     #[error("the ledger has no checkpoint yet")]
     CheckpointNotFound,
+    /// A key already committed with another record (or given to another record of the same
+    /// batch). Nothing of the request was appended.
+    #[error("{}the idempotency key was already used for a different record{}; use a new key for a new record", index.map_or_else(String::new, |i| format!("record {i}: ")), seq.map_or_else(String::new, |s| format!(" (seq {s})")))]
+    IdempotencyKeyReused {
+        /// The record's index in a batch request.
+        index: Option<usize>,
+        /// The seq that holds the key, when it is committed.
+        seq: Option<u64>,
+    },
+    /// A writer is claiming the key right now; its outcome is not decided yet.
+    #[error(
+        "an append with this idempotency key is in progress; retry the append with the same key, or look it up again shortly"
+    )]
+    IdempotencyKeyInFlight,
+    /// A batch request that gives one key to two of its records.
+    #[error(
+        "record {index}: its idempotency key is also the key of record {first}; each record of a batch needs its own key"
+    )]
+    KeyRepeatedInRequest { index: usize, first: usize },
+    /// A batch request too large to be claimed in one batch.
+    #[error("{0}")]
+    BatchTooLarge(String),
 }
 
 impl From<StoreError> for LedgerError {
@@ -85,6 +109,31 @@ impl From<StoreError> for LedgerError {
             },
             StoreError::Corrupt(detail) => LedgerError::Corrupt { seq: None, detail },
         }
+    }
+}
+
+/// One record to append, and the idempotency key it was sent with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Append {
+    pub record: Record,
+    pub key: Option<IdempotencyKey>,
+}
+
+impl Append {
+    pub fn new(record: Record, key: Option<IdempotencyKey>) -> Append {
+        Append { record, key }
+    }
+
+    /// Bytes it adds to a batch at most (its stored size, near enough for bounding).
+    pub fn stored_size(&self) -> usize {
+        self.record.as_str().len() + ENTRY_OVERHEAD + key_overhead(self.key.as_ref())
+    }
+}
+
+/// A record without a key.
+impl From<Record> for Append {
+    fn from(record: Record) -> Append {
+        Append::new(record, None)
     }
 }
 
@@ -255,6 +304,10 @@ pub struct Receipt {
     /// or startup recovery.
     #[serde(skip)]
     pub written_out: bool,
+    /// The record's key was committed before, to this entry: this is its original receipt,
+    /// and nothing new was appended (`Idempotent-Replayed: true`).
+    #[serde(skip)]
+    pub replayed: bool,
     /// The signature over `(ledger_id, seq, entry_hash, prev_hash, timestamp)` when the
     /// service has a signing key (`docs/FORMAT.md`, "Receipts").
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -262,7 +315,8 @@ pub struct Receipt {
 }
 
 impl Receipt {
-    fn new(ledger: &LedgerId, e: &PendingEntry, written_out: bool) -> Receipt {
+    fn new(ledger: &LedgerId, appended: &Appended) -> Receipt {
+        let e = &appended.entry;
         Receipt {
             ledger_id: ledger.clone(),
             seq: e.seq,
@@ -270,7 +324,8 @@ impl Receipt {
             prev_hash: e.prev_hash,
             timestamp: e.timestamp,
             object_key: e.key.clone(),
-            written_out,
+            written_out: appended.written_out,
+            replayed: appended.replayed,
             receipt: None,
         }
     }
@@ -389,15 +444,52 @@ impl Ledger {
         &self.inner.options
     }
 
-    /// Appends one record; resolves once its batch is committed.
-    pub async fn append(&self, ledger: &LedgerId, record: Record) -> Result<Receipt, LedgerError> {
+    /// Appends one record; resolves once its batch is committed. With a key, a record whose
+    /// key is committed already is answered with its original receipt (`replayed`).
+    pub async fn append(
+        &self,
+        ledger: &LedgerId,
+        append: impl Into<Append>,
+    ) -> Result<Receipt, LedgerError> {
+        let mut receipts = self.append_all(ledger, vec![append.into()]).await?;
+        Ok(receipts.pop().expect("one receipt per record"))
+    }
+
+    /// Appends `appends` at consecutive seqs in one claim, or none of them; receipts in the
+    /// same order. Each key may occur once.
+    pub async fn append_all(
+        &self,
+        ledger: &LedgerId,
+        appends: Vec<Append>,
+    ) -> Result<Vec<Receipt>, LedgerError> {
+        let options = &self.inner.options;
+        let bytes: usize = appends.iter().map(Append::stored_size).sum();
+        if appends.len() > options.batch_max_records || bytes > options.batch_max_bytes {
+            return Err(LedgerError::BatchTooLarge(format!(
+                "the records take {} records and about {bytes} bytes as entries, more than one commit takes (ELEANOR_LEDGER_BATCH_MAX_RECORDS = {}, ELEANOR_LEDGER_BATCH_MAX_BYTES = {}); send fewer records per request",
+                appends.len(),
+                options.batch_max_records,
+                options.batch_max_bytes
+            )));
+        }
+        let mut first_with: HashMap<&IdempotencyKey, usize> = HashMap::new();
+        for (index, key) in appends
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| Some((i, a.key.as_ref()?)))
+        {
+            if let Some(&first) = first_with.get(key) {
+                return Err(LedgerError::KeyRepeatedInRequest { index, first });
+            }
+            first_with.insert(key, index);
+        }
         let (reply, answer) = oneshot::channel();
         let refused = |e| match e {
             mpsc::error::TrySendError::Full(_) => LedgerError::Overloaded,
             mpsc::error::TrySendError::Closed(_) => LedgerError::ShuttingDown,
         };
         let queue = self.queue(ledger, None)?;
-        match queue.try_send(Request { record, reply }) {
+        match queue.try_send(Request { appends, reply }) {
             Err(mpsc::error::TrySendError::Closed(request)) => {
                 // The ledger's committer ended, idle: start another (once; closed again means
                 // the service is shutting down).
@@ -407,11 +499,32 @@ impl Ledger {
             }
             sent => sent.map_err(refused)?,
         }
-        let mut receipt = answer.await.map_err(|_| LedgerError::ShuttingDown)??;
+        let mut receipts = answer.await.map_err(|_| LedgerError::ShuttingDown)??;
         if let Some(signer) = &self.inner.options.signer {
-            receipt.receipt = Some(signer.sign_receipt(&receipt.body()));
+            for receipt in &mut receipts {
+                receipt.receipt = Some(signer.sign_receipt(&receipt.body()));
+            }
         }
-        Ok(receipt)
+        Ok(receipts)
+    }
+
+    /// The seq of the entry appended with `key`: `None` if none is, and none can be without a
+    /// new append. [`LedgerError::IdempotencyKeyInFlight`] while a writer is claiming it.
+    pub async fn seq_of_key(
+        &self,
+        ledger: &LedgerId,
+        key: &IdempotencyKey,
+    ) -> Result<Option<u64>, LedgerError> {
+        self.writer(ledger).find_key(key).await
+    }
+
+    fn writer(&self, ledger: &LedgerId) -> commit::Writer {
+        commit::Writer::new(
+            ledger.clone(),
+            self.inner.stores.clone(),
+            self.inner.options.clone(),
+            self.inner.metrics.clone(),
+        )
     }
 
     /// The ledger's queue, starting its committer if it has none; `ended`: a queue found
@@ -500,13 +613,6 @@ impl Ledger {
     /// Rolls forward the ledger's pending batch if it is not written out (the protocol's
     /// [`commit::Writer::finish_pending`]). `true` if it was.
     pub(crate) async fn finish_pending(&self, ledger: &LedgerId) -> Result<bool, LedgerError> {
-        commit::Writer::new(
-            ledger.clone(),
-            self.inner.stores.clone(),
-            self.inner.options.clone(),
-            self.inner.metrics.clone(),
-        )
-        .finish_pending()
-        .await
+        self.writer(ledger).finish_pending().await
     }
 }

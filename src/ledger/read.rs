@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 
 use super::{Ledger, LedgerError};
 use crate::chain::checkpoint::Checkpoint;
-use crate::chain::entry::{LedgerId, MAX_SEQ, Timestamp, decode};
+use crate::chain::entry::{IdempotencyKey, LedgerId, MAX_SEQ, Timestamp, decode};
 use crate::chain::hash::Hash;
 use crate::chain::keys::entry_key;
 use crate::chain::verify::Head;
@@ -25,6 +25,9 @@ pub struct StoredRecord {
     pub prev_hash: Hash,
     pub timestamp: Timestamp,
     pub object_key: String,
+    /// The key it was appended with, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<IdempotencyKey>,
     pub record: Box<RawValue>,
 }
 
@@ -247,6 +250,7 @@ fn to_record(
         prev_hash: entry.header.prev_hash,
         timestamp: entry.header.timestamp,
         object_key,
+        idempotency_key: entry.header.idempotency_key,
         record: entry.record.to_owned(),
     })
 }

@@ -9,10 +9,11 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 
 use super::{
-    AtomicBatchStore, BatchCommit, CasOutcome, IndexStore, Meta, NewObject, ObjectStore,
-    PutOutcome, ScannedObject, SeqItem, SeqPut, StoreResult, StoredObject, Stores,
+    AtomicBatchStore, BatchCommit, BatchWrites, CasOutcome, IndexStore, KeyClaim, KeyPut, Meta,
+    NewObject, ObjectStore, PutOutcome, ScannedObject, SeqItem, SeqPut, StoreResult, StoredObject,
+    Stores,
 };
-use crate::chain::entry::LedgerId;
+use crate::chain::entry::{IdempotencyKey, LedgerId};
 
 /// Which store a call goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,6 +218,26 @@ impl<A: Around> IndexStore for Wrapped<A> {
         )
         .await
     }
+    async fn key_claim(
+        &self,
+        ledger: &LedgerId,
+        key: &IdempotencyKey,
+    ) -> StoreResult<Option<KeyClaim>> {
+        let i = &self.inner.index;
+        self.single(Side::Index, "key_claim", i.key_claim(ledger, key))
+            .await
+    }
+    async fn put_key_claim(
+        &self,
+        ledger: &LedgerId,
+        key: &IdempotencyKey,
+        expected: Option<&KeyClaim>,
+        new: &KeyClaim,
+    ) -> StoreResult<KeyPut> {
+        let i = &self.inner.index;
+        let call = i.put_key_claim(ledger, key, expected, new);
+        self.single(Side::Index, "put_key_claim", call).await
+    }
     async fn ledgers(&self, after: Option<&LedgerId>, limit: usize) -> StoreResult<Vec<LedgerId>> {
         let i = &self.inner.index;
         self.single(Side::Index, "ledgers", i.ledgers(after, limit))
@@ -236,15 +257,14 @@ impl<A: Around> AtomicBatchStore for Wrapped<A> {
         ledger: &LedgerId,
         expected_seq: u64,
         new: &Meta,
-        objects: &[NewObject],
-        items: &[SeqItem],
+        writes: &BatchWrites,
     ) -> StoreResult<BatchCommit> {
         let batches = self
             .inner
             .batches
             .as_ref()
             .expect("offered only over stores that commit batches in one step");
-        let call = batches.commit_batch(ledger, expected_seq, new, objects, items);
+        let call = batches.commit_batch(ledger, expected_seq, new, writes);
         self.single(Side::Index, "commit_batch", call).await
     }
 }

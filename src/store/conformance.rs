@@ -21,10 +21,10 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 
 use super::{
-    Backend, BatchCommit, CasOutcome, Meta, NewObject, PendingBatch, PutOutcome, SeqItem, SeqPut,
-    StoreError, Stores, Taken,
+    Backend, BatchCommit, BatchWrites, CasOutcome, KeyClaim, KeyPut, KeyWrite, Meta, NewObject,
+    PendingBatch, PutOutcome, SeqItem, SeqPut, StoreError, Stores, Taken,
 };
-use crate::chain::entry::{LedgerId, Timestamp};
+use crate::chain::entry::{IdempotencyKey, LedgerId, Timestamp};
 use crate::chain::hash::Hash;
 
 /// A backend under test: its stores, and how to open the same data again (for the check of
@@ -83,6 +83,26 @@ fn seq_item(seq: u64, tag: u8) -> SeqItem {
             .expect("in range"),
         object_key: format!("k/{seq:018}"),
         version_id: None,
+    }
+}
+
+/// A one-step batch of these objects and items, with no key items.
+fn writes(objects: &[NewObject], items: &[SeqItem]) -> BatchWrites {
+    BatchWrites {
+        objects: objects.to_vec(),
+        items: items.to_vec(),
+        keys: Vec::new(),
+    }
+}
+
+fn key(text: &str) -> IdempotencyKey {
+    IdempotencyKey::parse(text).unwrap()
+}
+
+fn claim(base: u64, seqs: &[u64]) -> KeyClaim {
+    KeyClaim {
+        base,
+        seqs: seqs.to_vec(),
     }
 }
 
@@ -421,7 +441,7 @@ conformance_suite! { $
         let Some(batches) = &s.batches else { return };
         assert_eq!(
             batches
-                .commit_batch(&l, 0, &meta, &batch, &items)
+                .commit_batch(&l, 0, &meta, &writes(&batch, &items))
                 .await
                 .unwrap(),
             BatchCommit::Applied
@@ -434,7 +454,7 @@ conformance_suite! { $
         let stale = [object(&l, "3", "three")];
         assert_eq!(
             batches
-                .commit_batch(&l, 0, &meta, &stale, &[seq_item(3, 3)])
+                .commit_batch(&l, 0, &meta, &writes(&stale, &[seq_item(3, 3)]))
                 .await
                 .unwrap(),
             BatchCommit::Conflict(Some(meta.clone()))
@@ -456,7 +476,7 @@ conformance_suite! { $
         let next_items = [seq_item(3, 3), seq_item(4, 4)];
         assert_eq!(
             batches
-                .commit_batch(&l, 2, &next, &clashing, &next_items)
+                .commit_batch(&l, 2, &next, &writes(&clashing, &next_items))
                 .await
                 .unwrap(),
             BatchCommit::Occupied(Taken::Object(planted.key.clone()))
@@ -470,7 +490,7 @@ conformance_suite! { $
         let fresh = [object(&l, "3", "three"), object(&l, "5", "five")];
         assert_eq!(
             batches
-                .commit_batch(&l, 2, &next, &fresh, &next_items)
+                .commit_batch(&l, 2, &next, &writes(&fresh, &next_items))
                 .await
                 .unwrap(),
             BatchCommit::Occupied(Taken::Seq(4))
@@ -504,7 +524,7 @@ conformance_suite! { $
                 };
                 tokio::spawn(async move {
                     store
-                        .commit_batch(&l, 0, &meta, &objects, &[seq_item(1, i as u8)])
+                        .commit_batch(&l, 0, &meta, &writes(&objects, &[seq_item(1, i as u8)]))
                         .await
                 })
             })
@@ -605,6 +625,106 @@ conformance_suite! { $
         assert_eq!(first, vec![ids[1].clone(), ids[2].clone()]);
         let next = s.index.ledgers(Some(&first[1]), 1).await.unwrap();
         assert_eq!(next, vec![ids[0].clone()]);
+    }
+
+    pub async fn a_key_item_is_created_once_then_replaced_only_from_what_it_holds(s: &Stores) {
+        let l = unique_ledger();
+        // Keys are printable ASCII, quotes and backslashes included, up to 255 characters.
+        let (k, long) = (key(r#"order "42" \ #1"#), key(&"z".repeat(255)));
+        assert_eq!(s.index.key_claim(&l, &k).await.unwrap(), None);
+        let first = claim(4, &[6]);
+        assert_eq!(
+            s.index.put_key_claim(&l, &k, None, &first).await.unwrap(),
+            KeyPut::Applied
+        );
+        assert_eq!(
+            s.index.put_key_claim(&l, &long, None, &claim(0, &[1])).await.unwrap(),
+            KeyPut::Applied
+        );
+        assert_eq!(s.index.key_claim(&l, &k).await.unwrap(), Some(first.clone()));
+        assert_eq!(
+            s.index.key_claim(&l, &long).await.unwrap(),
+            Some(claim(0, &[1]))
+        );
+        // Created only where there is none.
+        assert_eq!(
+            s.index.put_key_claim(&l, &k, None, &claim(9, &[10])).await.unwrap(),
+            KeyPut::Conflict(Some(first.clone()))
+        );
+        // Replaced only from exactly what it holds.
+        assert_eq!(
+            s.index
+                .put_key_claim(&l, &k, Some(&claim(4, &[7])), &claim(9, &[10]))
+                .await
+                .unwrap(),
+            KeyPut::Conflict(Some(first.clone()))
+        );
+        let joined = claim(4, &[6, 8]);
+        assert_eq!(
+            s.index.put_key_claim(&l, &k, Some(&first), &joined).await.unwrap(),
+            KeyPut::Applied
+        );
+        assert_eq!(s.index.key_claim(&l, &k).await.unwrap(), Some(joined));
+        // Per ledger, and never in the way of SEQ# items or META.
+        assert_eq!(s.index.key_claim(&unique_ledger(), &k).await.unwrap(), None);
+        assert!(s.index.seq_items(&l, 1, 100, 100).await.unwrap().is_empty());
+        assert_eq!(s.index.head(&l).await.unwrap(), None);
+    }
+
+    pub async fn racing_key_writes_from_one_value_have_one_winner(s: &Stores) {
+        let l = unique_ledger();
+        let k = key("race");
+        let tasks: Vec<_> = (0..8u64)
+            .map(|i| {
+                let (index, l, k) = (s.index.clone(), l.clone(), k.clone());
+                tokio::spawn(async move {
+                    index.put_key_claim(&l, &k, None, &claim(i, &[i + 1])).await
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for (i, t) in tasks.into_iter().enumerate() {
+            if t.await.unwrap().unwrap() == KeyPut::Applied {
+                winners.push(i as u64);
+            }
+        }
+        assert_eq!(winners.len(), 1, "{winners:?}");
+        let w = winners[0];
+        assert_eq!(s.index.key_claim(&l, &k).await.unwrap(), Some(claim(w, &[w + 1])));
+    }
+
+    pub async fn a_batch_commit_writes_its_key_items_or_nothing(s: &Stores) {
+        let Some(batches) = &s.batches else { return };
+        let l = unique_ledger();
+        s.index.create_ledger(&l).await.unwrap();
+        let (a, b) = (key("a"), key("b"));
+        s.index.put_key_claim(&l, &b, None, &claim(0, &[3])).await.unwrap();
+        let meta = Meta {
+            seq_counter: 2,
+            last_hash: Hash([2; 32]),
+            pending: None,
+        };
+        let mut batch = writes(&[object(&l, "1", "one")], &[seq_item(1, 1)]);
+        batch.keys = vec![
+            KeyWrite { key: a.clone(), expected: None, new: claim(0, &[1]) },
+            // Not what the item holds: the whole batch is refused.
+            KeyWrite { key: b.clone(), expected: None, new: claim(0, &[2]) },
+        ];
+        assert_eq!(
+            batches.commit_batch(&l, 0, &meta, &batch).await.unwrap(),
+            BatchCommit::KeyMoved
+        );
+        assert_eq!(s.index.key_claim(&l, &a).await.unwrap(), None);
+        assert_eq!(s.index.head(&l).await.unwrap(), Some(Meta::empty()));
+        assert_eq!(stored(s, &batch.objects).await, [false]);
+        batch.keys[1].expected = Some(claim(0, &[3]));
+        assert_eq!(
+            batches.commit_batch(&l, 0, &meta, &batch).await.unwrap(),
+            BatchCommit::Applied
+        );
+        assert_eq!(s.index.key_claim(&l, &a).await.unwrap(), Some(claim(0, &[1])));
+        assert_eq!(s.index.key_claim(&l, &b).await.unwrap(), Some(claim(0, &[2])));
+        assert_eq!(s.index.head(&l).await.unwrap(), Some(meta));
     }
 
     pub async fn health_checks_pass(s: &Stores) {

@@ -27,7 +27,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use prometheus::{CounterVec, IntCounterVec, Opts, Registry};
 
-use crate::chain::entry::{LedgerId, Timestamp};
+use crate::chain::entry::{IdempotencyKey, LedgerId, Timestamp};
 use crate::chain::hash::Hash;
 
 /// Errors from a store. Variants say what went wrong, not which dependency said so.
@@ -299,6 +299,36 @@ pub enum CasOutcome {
     Conflict(Option<Meta>),
 }
 
+/// An idempotency key's `IDEM#` item: the seqs writers chose for the key's entry, every one of
+/// them in a batch claimed from the head whose `seq_counter` is `base`. Of any number of
+/// claims from one head at most one is applied, so at most one of `seqs` ever holds an entry
+/// with this key; while `META.seq_counter == base` none is decided yet. `docs/PROTOCOL.md`
+/// ("Idempotency keys") gives the rules that read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyClaim {
+    /// The `seq_counter` every writer named here claims from.
+    pub base: u64,
+    /// Each writer's seq for the key's entry (each above `base`), in the order they joined.
+    pub seqs: Vec<u64>,
+}
+
+/// What [`IndexStore::put_key_claim`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyPut {
+    Applied,
+    /// The item was not `expected`; this is what it holds now.
+    Conflict(Option<KeyClaim>),
+}
+
+/// One key item to write with [`AtomicBatchStore::commit_batch`]: `new` if the item is still
+/// `expected` (`None`: absent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyWrite {
+    pub key: IdempotencyKey,
+    pub expected: Option<KeyClaim>,
+    pub new: KeyClaim,
+}
+
 /// What [`AtomicBatchStore::commit_batch`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BatchCommit {
@@ -310,6 +340,9 @@ pub enum BatchCommit {
     /// Something is already stored where the batch writes, past the head `META` states (no
     /// writer of this protocol puts it there). Nothing was written.
     Occupied(Taken),
+    /// A key's item was not what its [`KeyWrite`] expected (another writer changed it).
+    /// Nothing was written.
+    KeyMoved,
 }
 
 /// Where [`AtomicBatchStore::commit_batch`] found something already stored.
@@ -379,6 +412,24 @@ pub trait IndexStore: Send + Sync + 'static {
         limit: usize,
     ) -> StoreResult<Vec<SeqItem>>;
 
+    /// The `IDEM#` item of `key` in `ledger`, or `None`. Read-only; strongly consistent.
+    async fn key_claim(
+        &self,
+        ledger: &LedgerId,
+        key: &IdempotencyKey,
+    ) -> StoreResult<Option<KeyClaim>>;
+
+    /// Writes `new` as the `IDEM#` item of `key` if and only if the item is `expected` now
+    /// (`None`: there is none), atomically: of concurrent calls expecting the same value at
+    /// most one is applied. A crash leaves the old item or the new one.
+    async fn put_key_claim(
+        &self,
+        ledger: &LedgerId,
+        key: &IdempotencyKey,
+        expected: Option<&KeyClaim>,
+        new: &KeyClaim,
+    ) -> StoreResult<KeyPut>;
+
     /// Ledger ids sorting strictly after `after`, ascending, at most `limit`. Read-only.
     async fn ledgers(&self, after: Option<&LedgerId>, limit: usize) -> StoreResult<Vec<LedgerId>>;
 
@@ -391,18 +442,26 @@ pub trait IndexStore: Send + Sync + 'static {
 /// step. Held as [`Stores::batches`]; backends without it leave that `None`.
 #[async_trait]
 pub trait AtomicBatchStore: Send + Sync + 'static {
-    /// If and only if `META`'s `seq_counter` equals `expected_seq` and no object key of
-    /// `objects` and no seq of `items` is taken, replaces `META` with `new` and creates every
-    /// object (with no version) and item, in one atomic, durable step. A crash leaves all of it
-    /// or none of it, so `new` needs no pending batch.
+    /// If and only if `META`'s `seq_counter` equals `expected_seq`, no object key of
+    /// `objects` and no seq of `items` is taken, and every key item is what its [`KeyWrite`]
+    /// expects, replaces `META` with `new`, creates every object (with no version) and item,
+    /// and writes every key item, in one atomic, durable step. A crash leaves all of it or
+    /// none of it, so `new` needs no pending batch.
     async fn commit_batch(
         &self,
         ledger: &LedgerId,
         expected_seq: u64,
         new: &Meta,
-        objects: &[NewObject],
-        items: &[SeqItem],
+        writes: &BatchWrites,
     ) -> StoreResult<BatchCommit>;
+}
+
+/// What [`AtomicBatchStore::commit_batch`] writes besides `META`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchWrites {
+    pub objects: Vec<NewObject>,
+    pub items: Vec<SeqItem>,
+    pub keys: Vec<KeyWrite>,
 }
 
 /// The two stores of one backend, as the service holds them.

@@ -95,6 +95,7 @@ pub(super) mod tests {
                 prev_hash: Hash([(seq - 1) as u8; 32]),
                 timestamp: Timestamp::from_unix_micros(seq as i64).unwrap(),
                 key: format!("entry-{seq}"),
+                idempotency_key: None,
             })
             .collect()
     }

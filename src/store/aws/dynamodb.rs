@@ -18,13 +18,15 @@ use aws_sdk_dynamodb::types::{
 use futures::{StreamExt, TryStreamExt};
 
 use super::items::{
-    Item, META_SK, PENDING_ATTRIBUTES, REGISTRY, REGISTRY_PREFIX, decode_meta, decode_seq_item,
-    encode_meta, encode_pending, encode_seq_item, n, s, seq_key, string,
+    Item, META_SK, PENDING_ATTRIBUTES, REGISTRY, REGISTRY_PREFIX, decode_key_claim, decode_meta,
+    decode_seq_item, encode_key_claim, encode_meta, encode_pending, encode_seq_item, key_sk, n, s,
+    seq_key, seqs_text, string,
 };
 use super::unavailable;
-use crate::chain::entry::{LedgerId, MAX_SEQ};
+use crate::chain::entry::{IdempotencyKey, LedgerId, MAX_SEQ};
 use crate::store::{
-    BackendMetrics, CasOutcome, IndexStore, Meta, SeqItem, SeqPut, StoreError, StoreResult,
+    BackendMetrics, CasOutcome, IndexStore, KeyClaim, KeyPut, Meta, SeqItem, SeqPut, StoreError,
+    StoreResult,
 };
 
 const DEPENDENCY: &str = crate::store::Backend::Aws.dependencies().1;
@@ -91,13 +93,25 @@ impl DynamoIndex {
 
     /// `PutItem` of `item` only if no item has its key.
     async fn put_if_absent(&self, item: Item) -> StoreResult<Conditional<()>> {
+        self.put_if(item, "attribute_not_exists(#sk)", HashMap::new())
+            .await
+    }
+
+    /// `PutItem` of `item` only if `condition` holds (`#sk` names the sort key).
+    async fn put_if(
+        &self,
+        item: Item,
+        condition: &str,
+        values: HashMap<String, aws_sdk_dynamodb::types::AttributeValue>,
+    ) -> StoreResult<Conditional<()>> {
         let result = self
             .client
             .put_item()
             .table_name(&self.table)
             .set_item(Some(item))
-            .condition_expression("attribute_not_exists(#sk)")
+            .condition_expression(condition)
             .expression_attribute_names("#sk", "seq")
+            .set_expression_attribute_values((!values.is_empty()).then_some(values))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
@@ -353,6 +367,49 @@ impl IndexStore for DynamoIndex {
             .iter()
             .map(|item| decode_seq_item(item, &self.key_prefix))
             .collect()
+    }
+
+    async fn key_claim(
+        &self,
+        ledger: &LedgerId,
+        key: &IdempotencyKey,
+    ) -> StoreResult<Option<KeyClaim>> {
+        self.get_item(ledger.as_str(), &key_sk(key))
+            .await?
+            .map(|item| decode_key_claim(&item))
+            .transpose()
+    }
+
+    /// One conditional `PutItem`. If the condition fails but the item already equals `new`
+    /// (an SDK retry of this very write whose first response was lost), it is applied.
+    async fn put_key_claim(
+        &self,
+        ledger: &LedgerId,
+        key: &IdempotencyKey,
+        expected: Option<&KeyClaim>,
+        new: &KeyClaim,
+    ) -> StoreResult<KeyPut> {
+        let item = encode_key_claim(ledger, key, new);
+        let written = match expected {
+            None => self.put_if_absent(item).await?,
+            Some(expected) => {
+                let values = HashMap::from([
+                    (":base".to_owned(), n(expected.base)),
+                    (":seqs".to_owned(), s(seqs_text(&expected.seqs))),
+                ]);
+                let condition = "attribute_exists(#sk) AND base = :base AND seqs = :seqs";
+                self.put_if(item, condition, values).await?
+            }
+        };
+        let current = match written {
+            Conditional::Written(()) => return Ok(KeyPut::Applied),
+            Conditional::Refused(Some(item)) => Some(decode_key_claim(&item)?),
+            Conditional::Refused(None) => self.key_claim(ledger, key).await?,
+        };
+        Ok(match current {
+            Some(current) if current == *new => KeyPut::Applied,
+            current => KeyPut::Conflict(current),
+        })
     }
 
     async fn ledgers(&self, after: Option<&LedgerId>, limit: usize) -> StoreResult<Vec<LedgerId>> {

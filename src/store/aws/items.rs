@@ -16,6 +16,10 @@
 //!   digits): `entry_hash`, `prev_hash` (S, hex), `timestamp` (S, the entry's timestamp text),
 //!   `s3_key` (S, the full S3 key, `ELEANOR_LEDGER_S3_PREFIX` included), `version_id` (S,
 //!   absent when the object store has no versions).
+//! - **Key** (`ledger_id` = the ledger id, `seq` = `IDEM#` + the idempotency key as it is:
+//!   1 to 255 printable ASCII characters, so the sort key is at most 260 bytes): `base` (N) and
+//!   `seqs` (S, the seqs in decimal, joined by `,`), a [`KeyClaim`]. `IDEM#` sorts before `META`
+//!   and `SEQ#`, so no range query over index items meets one.
 //! - **Registry** (`ledger_id` = `#ledgers`, `seq` = `LEDGER#` + the ledger id): no other
 //!   attributes.
 //!
@@ -34,9 +38,9 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use bytes::Bytes;
 
 use crate::chain::compact;
-use crate::chain::entry::{LedgerId, Timestamp};
+use crate::chain::entry::{IdempotencyKey, LedgerId, Timestamp};
 use crate::chain::hash::Hash;
-use crate::store::{Meta, PendingBatch, SeqItem, StoreError, StoreResult};
+use crate::store::{KeyClaim, Meta, PendingBatch, SeqItem, StoreError, StoreResult};
 
 pub(super) type Item = HashMap<String, AttributeValue>;
 
@@ -45,6 +49,42 @@ pub(super) const REGISTRY: &str = "#ledgers";
 pub(super) const REGISTRY_PREFIX: &str = "LEDGER#";
 pub(super) const META_SK: &str = "META";
 pub(super) const SEQ_PREFIX: &str = "SEQ#";
+pub(super) const KEY_PREFIX: &str = "IDEM#";
+
+/// The sort key of an idempotency key's item.
+pub(super) fn key_sk(key: &IdempotencyKey) -> String {
+    format!("{KEY_PREFIX}{key}")
+}
+
+/// A whole key item, key included.
+pub(super) fn encode_key_claim(ledger: &LedgerId, key: &IdempotencyKey, claim: &KeyClaim) -> Item {
+    Item::from([
+        ("ledger_id".to_owned(), s(ledger.as_str())),
+        ("seq".to_owned(), s(key_sk(key))),
+        ("base".to_owned(), n(claim.base)),
+        ("seqs".to_owned(), s(seqs_text(&claim.seqs))),
+    ])
+}
+
+/// The `seqs` attribute: decimal seqs joined by `,`.
+pub(super) fn seqs_text(seqs: &[u64]) -> String {
+    seqs.iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub(super) fn decode_key_claim(item: &Item) -> StoreResult<KeyClaim> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("idempotency key item: {what}"));
+    let base = number(item, "base")?;
+    let seqs = string(item, "seqs")?
+        .split(',')
+        .map(|seq| seq.parse::<u64>().ok().filter(|&s| s > base))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| corrupt("seqs is not a list of seqs above base"))?;
+    Ok(KeyClaim { base, seqs })
+}
+
 /// The sort key of entry `seq`'s index item.
 pub fn seq_key(seq: u64) -> String {
     format!("{SEQ_PREFIX}{seq:018}")
@@ -303,6 +343,7 @@ mod tests {
                     prev_hash,
                     timestamp: Timestamp::from_unix_micros(1_764_000_000_000_000 + seq as i64)
                         .unwrap(),
+                    idempotency_key: (seq == 7).then(|| IdempotencyKey::parse("k-7").unwrap()),
                 };
                 let record =
                     Record::parse(format!(r#"{{"n":{seq},"s":"é\u00e9 x"}}"#).as_bytes()).unwrap();

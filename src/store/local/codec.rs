@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::corrupt;
 use crate::chain::entry::Timestamp;
 use crate::chain::hash::Hash;
-use crate::store::{Meta, PendingBatch, SeqItem};
+use crate::store::{KeyClaim, Meta, PendingBatch, SeqItem};
 
 /// `META` as stored: a fixed binary layout (all integers big-endian):
 /// `seq_counter u64 | last_hash [32] | pending_first_seq u64 | n u32 | n x (len u32 | bytes)`,
@@ -53,6 +53,28 @@ pub(super) fn decode_meta(bytes: &[u8]) -> Result<Meta, redb::Error> {
         last_hash,
         pending,
     })
+}
+
+/// An `IDEM#` item as stored: `base u64 | n u32 | n x seq u64`, big-endian.
+pub(super) fn encode_key_claim(claim: &KeyClaim) -> Vec<u8> {
+    let mut out = Vec::with_capacity(12 + 8 * claim.seqs.len());
+    out.extend_from_slice(&claim.base.to_be_bytes());
+    out.extend_from_slice(&(claim.seqs.len() as u32).to_be_bytes());
+    for seq in &claim.seqs {
+        out.extend_from_slice(&seq.to_be_bytes());
+    }
+    out
+}
+
+pub(super) fn decode_key_claim(bytes: &[u8]) -> Result<KeyClaim, redb::Error> {
+    let mut r = Reader(bytes);
+    let base = r.u64()?;
+    let n = r.u32()?;
+    let seqs = (0..n).map(|_| r.u64()).collect::<Result<Vec<_>, _>>()?;
+    if !r.0.is_empty() {
+        return Err(corrupt("IDEM#", "trailing bytes"));
+    }
+    Ok(KeyClaim { base, seqs })
 }
 
 struct Reader<'a>(&'a [u8]);

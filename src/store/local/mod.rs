@@ -28,12 +28,14 @@ use redb::{
 };
 
 use super::{
-    AtomicBatchStore, Backend, BackendMetrics, BatchCommit, CasOutcome, IndexStore, Meta,
-    NewObject, ObjectStore, OpenError, PutOutcome, Retention, ScannedObject, SeqItem, SeqPut,
-    StoreError, StoreResult, StoredObject, Stores, Taken,
+    AtomicBatchStore, Backend, BackendMetrics, BatchCommit, BatchWrites, CasOutcome, IndexStore,
+    KeyClaim, KeyPut, Meta, NewObject, ObjectStore, OpenError, PutOutcome, Retention,
+    ScannedObject, SeqItem, SeqPut, StoreError, StoreResult, StoredObject, Stores, Taken,
 };
-use crate::chain::entry::LedgerId;
-use codec::{decode_meta, decode_seq_item, encode_meta, encode_seq_item};
+use crate::chain::entry::{IdempotencyKey, LedgerId};
+use codec::{
+    decode_key_claim, decode_meta, decode_seq_item, encode_key_claim, encode_meta, encode_seq_item,
+};
 
 /// Entry objects: key -> stored bytes.
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
@@ -41,6 +43,8 @@ const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// `SEQ#` items: (ledger id, seq) -> encoded [`SeqItem`].
 const SEQ: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("seq");
+/// `IDEM#` items: (ledger id, idempotency key) -> encoded [`KeyClaim`].
+const KEYS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("idempotency_keys");
 
 const DEPENDENCY: &str = crate::store::Backend::Local.dependencies().0;
 /// redb's page cache.
@@ -63,12 +67,13 @@ pub struct LocalStore {
 }
 
 /// The operations that write (their names as counted in metrics).
-const WRITES: [&str; 5] = [
+const WRITES: [&str; 6] = [
     "put_objects",
     "put_seq_items",
     "cas_head",
     "commit_batch",
     "create_ledger",
+    "put_key_claim",
 ];
 
 /// The database, opened for reading and writing (the service) or only for reading
@@ -134,6 +139,7 @@ impl LocalStore {
             txn.open_table(OBJECTS).map_err(|e| io(e.to_string()))?;
             txn.open_table(META).map_err(|e| io(e.to_string()))?;
             txn.open_table(SEQ).map_err(|e| io(e.to_string()))?;
+            txn.open_table(KEYS).map_err(|e| io(e.to_string()))?;
         }
         txn.commit().map_err(|e| io(e.to_string()))?;
         Ok(LocalStore::from_handle(Handle::ReadWrite(db), metrics))
@@ -541,6 +547,63 @@ impl IndexStore for LocalStore {
         .await
     }
 
+    async fn key_claim(
+        &self,
+        ledger: &LedgerId,
+        key: &IdempotencyKey,
+    ) -> StoreResult<Option<KeyClaim>> {
+        let (ledger, key) = (ledger.clone(), key.clone());
+        self.run("get_key_claim", move |db| {
+            let txn = db.begin_read()?;
+            // Stores written before keys existed have no such table: no key is claimed there.
+            let table = match txn.open_table(KEYS) {
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                table => table?,
+            };
+            table
+                .get((ledger.as_str(), key.as_str()))?
+                .map(|v| decode_key_claim(v.value()))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn put_key_claim(
+        &self,
+        ledger: &LedgerId,
+        key: &IdempotencyKey,
+        expected: Option<&KeyClaim>,
+        new: &KeyClaim,
+    ) -> StoreResult<KeyPut> {
+        let (ledger, key) = (ledger.clone(), key.clone());
+        let (expected, new) = (expected.cloned(), new.clone());
+        let result = self
+            .run("put_key_claim", move |db| {
+                let txn = db.begin_write()?;
+                let outcome = {
+                    let mut table = txn.open_table(KEYS)?;
+                    let row = (ledger.as_str(), key.as_str());
+                    let current = table
+                        .get(row)?
+                        .map(|v| decode_key_claim(v.value()))
+                        .transpose()?;
+                    if current == expected {
+                        table.insert(row, encode_key_claim(&new).as_slice())?;
+                        KeyPut::Applied
+                    } else {
+                        KeyPut::Conflict(current)
+                    }
+                };
+                txn.commit()?;
+                Ok(outcome)
+            })
+            .await;
+        if let Ok(KeyPut::Conflict(_)) = result {
+            self.metrics.record("put_key_claim", "conflict", 1);
+        }
+        result
+    }
+
     async fn ledgers(&self, after: Option<&LedgerId>, limit: usize) -> StoreResult<Vec<LedgerId>> {
         let after = after.cloned();
         self.run("list_ledgers", move |db| {
@@ -577,15 +640,13 @@ impl AtomicBatchStore for LocalStore {
         ledger: &LedgerId,
         expected_seq: u64,
         new: &Meta,
-        objects: &[NewObject],
-        items: &[SeqItem],
+        writes: &BatchWrites,
     ) -> StoreResult<BatchCommit> {
-        let (ledger, meta) = (ledger.clone(), encode_meta(new));
-        let (objects, items) = (objects.to_vec(), items.to_vec());
+        let (ledger, meta, writes) = (ledger.clone(), encode_meta(new), writes.clone());
         let result = self
             .run("commit_batch", move |db| {
                 let txn = db.begin_write()?;
-                let outcome = write_batch(&txn, &ledger, expected_seq, &meta, &objects, &items)?;
+                let outcome = write_batch(&txn, &ledger, expected_seq, &meta, &writes)?;
                 if outcome == BatchCommit::Applied {
                     txn.commit()?;
                 }
@@ -593,7 +654,9 @@ impl AtomicBatchStore for LocalStore {
                 Ok(outcome)
             })
             .await;
-        if let Ok(BatchCommit::Conflict(_) | BatchCommit::Occupied(_)) = result {
+        if let Ok(BatchCommit::Conflict(_) | BatchCommit::Occupied(_) | BatchCommit::KeyMoved) =
+            result
+        {
             self.metrics.record("commit_batch", "conflict", 1);
         }
         result
@@ -607,8 +670,7 @@ fn write_batch(
     ledger: &LedgerId,
     expected_seq: u64,
     meta: &[u8],
-    objects: &[NewObject],
-    items: &[SeqItem],
+    writes: &BatchWrites,
 ) -> Result<BatchCommit, redb::Error> {
     let mut heads = txn.open_table(META)?;
     let current = heads
@@ -620,8 +682,20 @@ fn write_batch(
         other => return Ok(BatchCommit::Conflict(other)),
     }
     // An insert that replaced something is undone with the rest: the caller aborts.
+    let mut table = txn.open_table(KEYS)?;
+    for write in &writes.keys {
+        let row = (ledger.as_str(), write.key.as_str());
+        let current = table
+            .get(row)?
+            .map(|v| decode_key_claim(v.value()))
+            .transpose()?;
+        if current != write.expected {
+            return Ok(BatchCommit::KeyMoved);
+        }
+        table.insert(row, encode_key_claim(&write.new).as_slice())?;
+    }
     let mut table = txn.open_table(OBJECTS)?;
-    for object in objects {
+    for object in &writes.objects {
         if table
             .insert(object.key.as_str(), object.body.as_ref())?
             .is_some()
@@ -630,7 +704,7 @@ fn write_batch(
         }
     }
     let mut table = txn.open_table(SEQ)?;
-    for item in items {
+    for item in &writes.items {
         let key = (ledger.as_str(), item.seq);
         if table
             .insert(key, encode_seq_item(item).as_slice())?
