@@ -5,7 +5,10 @@
 //! [`ChainVerifier`] consumes the results in seq order and checks the links between them, the
 //! index's claims about them, and the head.
 
+use std::collections::{HashMap, hash_map};
+
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use super::entry::{IdempotencyKey, LedgerId, Timestamp, decode};
 use super::hash::Hash;
@@ -37,6 +40,9 @@ pub enum FailureKind {
     CheckpointMismatch,
     /// A checkpoint's or receipt's signature does not verify with the trusted key.
     BadSignature,
+    /// The entry carries the same idempotency key as an earlier entry of the walk: a key
+    /// names one append, so two entries with it mean one was written around the key check.
+    DuplicateIdempotencyKey,
 }
 
 /// One verification failure.
@@ -117,11 +123,22 @@ pub struct Head {
 /// Checks links in seq order. Keeps going after a failure (up to `max_failures` recorded),
 /// re-anchoring on what the stored bytes say so that one bad entry is reported once or twice,
 /// not at every seq after it.
+///
+/// It also checks that no idempotency key is the key of two verified entries
+/// (`duplicate_idempotency_key`, at the later seq). Only the entries pushed are compared: a
+/// walk of seqs `from..=to` (or one starting after a checkpoint) cannot see a key that is
+/// repeated from an entry before `from`. Remembering the keys costs memory per keyed entry
+/// walked (see `first_with_key`), the one part of the walk that grows with its length.
 #[derive(Debug)]
 pub struct ChainVerifier {
     next_seq: u64,
     /// Hash of the stored entry before `next_seq`; `None` when it is unknown (missing).
     prev: Option<Hash>,
+    /// SHA-256 of each key seen -> the first verified seq with it. A digest rather than the
+    /// key: 32 bytes whatever the key's length (up to 255), so a long walk over long keys
+    /// costs a fixed ~40 bytes (plus the table's overhead) per keyed entry; two different keys
+    /// sharing a digest (odds about 2^-128 per pair) is no risk worth the key's bytes.
+    first_with_key: HashMap<[u8; 32], u64>,
     verified: u64,
     failures: Vec<Failure>,
     failures_total: u64,
@@ -154,6 +171,7 @@ impl ChainVerifier {
         ChainVerifier {
             next_seq: first_seq,
             prev: prev_hash,
+            first_with_key: HashMap::new(),
             verified: 0,
             failures: Vec::new(),
             failures_total: 0,
@@ -208,7 +226,33 @@ impl ChainVerifier {
                 if let Some(claim) = claim {
                     self.check_claim(seq, &entry, claim);
                 }
+                if let Some(key) = &entry.idempotency_key {
+                    self.check_key(seq, key);
+                }
                 self.prev = Some(entry.hash);
+            }
+        }
+    }
+
+    /// Remembers `key` as the key of `seq`, or reports it if an earlier entry has it (the
+    /// first one stays the one named, so a key used three times names it twice).
+    fn check_key(&mut self, seq: u64, key: &IdempotencyKey) {
+        let digest: [u8; 32] = Sha256::digest(key.as_str().as_bytes()).into();
+        match self.first_with_key.entry(digest) {
+            hash_map::Entry::Vacant(slot) => {
+                slot.insert(seq);
+            }
+            hash_map::Entry::Occupied(first) => {
+                let first = *first.get();
+                // `{:?}` of printable ASCII escapes only `"` and `\`: the entry's own spelling.
+                self.fail(
+                    seq,
+                    FailureKind::DuplicateIdempotencyKey,
+                    format!(
+                        "idempotency key {:?} is also the key of seq {first}",
+                        key.as_str()
+                    ),
+                );
             }
         }
     }

@@ -1219,4 +1219,183 @@ mod tests {
         );
         assert_eq!(stored_seqs(&stores).await, [1]);
     }
+
+    fn keyed(key: &str, body: &str) -> Append {
+        Append::new(
+            Record::parse(body.as_bytes()).unwrap(),
+            Some(IdempotencyKey::parse(key).unwrap()),
+        )
+    }
+
+    /// The one append of a one-request batch.
+    async fn one(w: &mut Writer, append: Append) -> Result<Appended, LedgerError> {
+        let mut answers = w.commit(&[vec![append]]).await?;
+        Ok(answers.pop().unwrap()?.pop().unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_retried_key_gets_its_entry_back_and_nothing_new_on_both_paths() {
+        for in_steps in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let (stores, faulty, handle) = stores_in_steps(dir.path());
+            let used = if in_steps { &faulty } else { &stores };
+            let mut w = writer(used);
+            let first = one(&mut w, keyed("k1", r#"{"a":1}"#)).await.unwrap();
+            assert!(!first.replayed);
+            assert_eq!(first.entry.idempotency_key.as_ref().unwrap().as_str(), "k1");
+            if in_steps {
+                assert_eq!(
+                    handle.calls(),
+                    [
+                        "head",
+                        "create_ledger",
+                        "put_key_claim",
+                        "compare_and_set_head",
+                        "put_new",
+                        "put_seq_items"
+                    ],
+                    "one key write, no key read, before the claim"
+                );
+            }
+            // The same key and record, from this writer and from a fresh one.
+            for mut w in [w, writer(used)] {
+                let again = one(&mut w, keyed("k1", "{ \"a\" : 1 }")).await.unwrap();
+                assert!(again.replayed, "in steps: {in_steps}");
+                assert_eq!((again.entry.seq, again.entry.hash), (1, first.entry.hash));
+                assert_eq!(again.entry.timestamp, first.entry.timestamp);
+            }
+            // Another record under the same key is refused and names the key's seq.
+            let err = one(&mut writer(used), keyed("k1", r#"{"a":2}"#))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    LedgerError::IdempotencyKeyReused {
+                        seq: Some(1),
+                        index: None
+                    }
+                ),
+                "{err}"
+            );
+            assert_eq!(stored_seqs(&stores).await, [1]);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_key_given_twice_in_one_batch_is_appended_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (stores, faulty, _) = stores_in_steps(dir.path());
+        for used in [&stores, &faulty] {
+            let mut w = writer(used);
+            let key = format!("dup-{}", used.batches.is_some());
+            let requests = [
+                vec![keyed(&key, r#"{"n":1}"#)],
+                vec![keyed(&key, r#"{"n":1}"#)],
+                vec![keyed(&key, r#"{"n":2}"#), keyed("other", "{}")],
+            ];
+            let answers = w.commit(&requests).await.unwrap();
+            let a = answers[0].as_ref().unwrap();
+            let b = answers[1].as_ref().unwrap();
+            assert_eq!(a[0].entry.seq, b[0].entry.seq);
+            assert!(!a[0].replayed && b[0].replayed);
+            assert!(
+                matches!(
+                    answers[2],
+                    Err(LedgerError::IdempotencyKeyReused { index: Some(0), .. })
+                ),
+                "the third request reuses the key with another record: refused whole"
+            );
+        }
+        assert_eq!(stored_seqs(&stores).await, [1, 2], "one entry per batch");
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_died_after_its_key_write_leaves_a_key_the_retry_commits_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (stores, faulty, handle) = stores_in_steps(dir.path());
+        handle.plan(2, Fault::CrashAfter); // put_key_claim
+        assert!(one(&mut writer(&faulty), keyed("k", "{}")).await.is_err());
+        let claim = stores
+            .index
+            .key_claim(&ledger(), &IdempotencyKey::parse("k").unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            claim,
+            Some(KeyClaim {
+                base: 0,
+                seqs: vec![1]
+            }),
+            "left behind"
+        );
+        let (in_steps, _) = fault::wrap_in_steps(&stores);
+        let mut w = writer(&in_steps);
+        assert!(
+            matches!(
+                w.find_key(&IdempotencyKey::parse("k").unwrap()).await,
+                Err(LedgerError::IdempotencyKeyInFlight)
+            ),
+            "undecided while the head is the one it names"
+        );
+        let retried = one(&mut w, keyed("k", "{}")).await.unwrap();
+        assert!(!retried.replayed, "joined the dead writer's claim and won");
+        assert_eq!(one(&mut w, keyed("k", "{}")).await.unwrap().entry.seq, 1);
+        assert_eq!(
+            w.find_key(&IdempotencyKey::parse("k").unwrap())
+                .await
+                .unwrap(),
+            Some(1)
+        );
+        assert_eq!(stored_seqs(&stores).await, [1]);
+    }
+
+    #[tokio::test]
+    async fn a_key_whose_claim_lost_is_taken_over_and_a_racing_retry_replays() {
+        let dir = tempfile::tempdir().unwrap();
+        let stores = LocalStore::open(dir.path(), BackendMetrics::unregistered())
+            .unwrap()
+            .into_stores();
+        let (in_steps, _) = fault::wrap_in_steps(&stores);
+        let (mut a, mut b) = (writer(&in_steps), writer(&in_steps));
+        one(&mut a, keyed("x", "{}")).await.unwrap();
+        one(&mut b, keyed("y", "{}")).await.unwrap(); // b caches the head at seq 2
+        // A writer died after naming key "z" at seq 3 from head 2; then a claims seq 3
+        // without it: that item is decided (stale) and is taken over.
+        let z = IdempotencyKey::parse("z").unwrap();
+        let stale = KeyClaim {
+            base: 2,
+            seqs: vec![3],
+        };
+        stores
+            .index
+            .put_key_claim(&ledger(), &z, None, &stale)
+            .await
+            .unwrap();
+        one(&mut a, keyed("w", "{}")).await.unwrap();
+        assert_eq!(
+            a.find_key(&z).await.unwrap(),
+            None,
+            "decided: not committed"
+        );
+        // b, on its stale head, and a, race for "z" with the same record.
+        let from_b = one(&mut b, keyed("z", r#"{"z":1}"#)).await.unwrap();
+        let from_a = one(&mut a, keyed("z", r#"{"z":1}"#)).await.unwrap();
+        assert_eq!(from_b.entry.seq, 4);
+        assert!(!from_b.replayed && from_a.replayed);
+        assert_eq!(from_a.entry.hash, from_b.entry.hash);
+        assert_eq!(stored_seqs(&stores).await, [1, 2, 3, 4]);
+    }
+
+    #[tokio::test]
+    async fn a_keyed_claim_whose_answer_was_lost_is_not_appended_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let (stores, faulty, handle) = stores_in_steps(dir.path());
+        handle.plan(3, Fault::LoseAnswer); // compare_and_set_head
+        let mut w = writer(&faulty);
+        let got = one(&mut w, keyed("lost", "{}")).await.unwrap();
+        assert_eq!(got.entry.seq, 1);
+        assert_eq!(one(&mut w, keyed("lost", "{}")).await.unwrap().entry.seq, 1);
+        assert_eq!(stored_seqs(&stores).await, [1]);
+    }
 }
