@@ -127,8 +127,8 @@ pub struct Head {
 /// It also checks that no idempotency key is the key of two verified entries
 /// (`duplicate_idempotency_key`, at the later seq). Only the entries pushed are compared: a
 /// walk of seqs `from..=to` (or one starting after a checkpoint) cannot see a key that is
-/// repeated from an entry before `from`. Remembering the keys costs memory per keyed entry
-/// walked (see `first_with_key`), the one part of the walk that grows with its length.
+/// repeated from an entry before `from` or after `to`. Remembering the keys costs memory per
+/// keyed entry walked (see `first_with_key`): the only state here that grows with the walk.
 #[derive(Debug)]
 pub struct ChainVerifier {
     next_seq: u64,
@@ -234,8 +234,9 @@ impl ChainVerifier {
         }
     }
 
-    /// Remembers `key` as the key of `seq`, or reports it if an earlier entry has it (the
-    /// first one stays the one named, so a key used three times names it twice).
+    /// Remembers `key` as the key of `seq`, or reports it if an earlier entry has it. The
+    /// first entry stays the one named: a key at seqs 3, 5 and 9 is reported at 5 and at 9,
+    /// both times as the key of seq 3.
     fn check_key(&mut self, seq: u64, key: &IdempotencyKey) {
         let digest: [u8; 32] = Sha256::digest(key.as_str().as_bytes()).into();
         match self.first_with_key.entry(digest) {
@@ -358,17 +359,23 @@ mod tests {
     use proptest::prelude::*;
 
     fn chain(n: u64) -> Vec<Vec<u8>> {
+        keyed_chain(&vec![None; n as usize])
+    }
+
+    /// A chain of ledger `t` from seq 1, entry `i + 1` appended with key `keys[i]`.
+    fn keyed_chain(keys: &[Option<&str>]) -> Vec<Vec<u8>> {
         let ledger_id = LedgerId::parse("t").unwrap();
         let mut prev = Hash::GENESIS;
-        (1..=n)
-            .map(|seq| {
+        (1..)
+            .zip(keys)
+            .map(|(seq, key)| {
                 let header = EntryHeader {
                     ledger_id: ledger_id.clone(),
                     seq,
                     prev_hash: prev,
                     timestamp: Timestamp::from_unix_micros(1_700_000_000_000_000 + seq as i64)
                         .unwrap(),
-                    idempotency_key: None,
+                    idempotency_key: key.map(|k| IdempotencyKey::parse(k).unwrap()),
                 };
                 let record = Record::parse(format!(r#"{{"n":{seq},"s":"é"}}"#).as_bytes()).unwrap();
                 let bytes = encode(&header, &record);
@@ -401,6 +408,16 @@ mod tests {
             v.push(check_entry(&id, i as u64 + 1, e.as_deref()), claims.get(i));
         }
         v.finish(Some(head))
+    }
+
+    /// Verifies `entries` from seq 1 as they are, with their own claims and head.
+    fn verify_all(entries: &[Vec<u8>]) -> Outcome {
+        let stored: Vec<_> = entries.iter().cloned().map(Some).collect();
+        verify(&stored, &claims(entries), head_of(entries))
+    }
+
+    fn kinds(out: &Outcome) -> Vec<(u64, FailureKind)> {
+        out.failures.iter().map(|f| (f.seq, f.kind)).collect()
     }
 
     fn head_of(entries: &[Vec<u8>]) -> Head {
@@ -506,10 +523,85 @@ mod tests {
         assert_eq!((out.failures.len(), out.failures_total), (2, 5));
     }
 
+    #[test]
+    fn a_key_used_twice_is_named_at_the_later_seq_with_both_seqs() {
+        let k = r#"retry "7" C:\jobs"#;
+        let c = keyed_chain(&[Some("a"), None, Some(k), Some("b"), Some(k)]);
+        let out = verify_all(&c);
+        assert_eq!(
+            kinds(&out),
+            [(5, FailureKind::DuplicateIdempotencyKey)],
+            "{:?}",
+            out.failures
+        );
+        assert_eq!(
+            out.failures[0].detail,
+            r#"idempotency key "retry \"7\" C:\\jobs" is also the key of seq 3"#
+        );
+        assert_eq!(out.verified, 5, "the entries themselves are sound");
+        assert_eq!(
+            serde_json::to_value(FailureKind::DuplicateIdempotencyKey).unwrap(),
+            "duplicate_idempotency_key"
+        );
+    }
+
+    #[test]
+    fn every_later_use_of_a_key_names_its_first_seq() {
+        let out = verify_all(&keyed_chain(&[Some("k"), Some("k"), None, Some("k")]));
+        assert_eq!(
+            kinds(&out),
+            [
+                (2, FailureKind::DuplicateIdempotencyKey),
+                (4, FailureKind::DuplicateIdempotencyKey)
+            ]
+        );
+        assert!(out.failures.iter().all(|f| f.detail.ends_with("of seq 1")));
+    }
+
+    #[test]
+    fn distinct_keys_and_unkeyed_entries_pass() {
+        // Keys that differ only in case, a trailing space, or a quote against a backslash.
+        let keys = [
+            None,
+            Some("a"),
+            Some("A"),
+            None,
+            Some("a "),
+            Some("\""),
+            Some("\\"),
+        ];
+        let out = verify_all(&keyed_chain(&keys));
+        assert!(out.ok(), "{:?}", out.failures);
+        assert_eq!(out.verified, keys.len() as u64);
+        let out = verify_all(&chain(4));
+        assert!(out.ok(), "{:?}", out.failures);
+    }
+
+    #[test]
+    fn only_verified_entries_and_the_walked_range_count() {
+        let c = keyed_chain(&[Some("k"), None, Some("k")]);
+        // The key's first entry is malformed (another seq's bytes): its key is not trusted.
+        let mut stored: Vec<_> = c.iter().cloned().map(Some).collect();
+        stored[0] = Some(c[1].clone());
+        let out = verify(&stored, &[], head_of(&c));
+        assert!(
+            !kinds(&out).contains(&(3, FailureKind::DuplicateIdempotencyKey)),
+            "{:?}",
+            out.failures
+        );
+        // A walk from seq 2 never sees seq 1's key.
+        let id = LedgerId::parse("t").unwrap();
+        let mut v = ChainVerifier::new(2, Some(Hash::of_entry(&c[0])), 10);
+        for seq in 2..=3 {
+            v.push(check_entry(&id, seq, Some(&c[seq as usize - 1])), None);
+        }
+        assert!(v.finish(Some(head_of(&c))).ok());
+    }
+
     proptest! {
         #[test]
         fn flipping_any_byte_names_that_seq(target in 0usize..6, pos in any::<prop::sample::Index>(), bit in 0u8..8) {
-            let c = chain(6);
+            let c = keyed_chain(&[None, Some(r#"k "2" \"#), None, Some("k4"), None, Some("~6")]);
             let claims = claims(&c);
             let head = head_of(&c);
             let mut stored: Vec<_> = c.iter().cloned().map(Some).collect();

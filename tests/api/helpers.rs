@@ -47,6 +47,8 @@ pub struct StoredRecord {
     pub prev_hash: String,
     pub timestamp: String,
     pub object_key: String,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
     pub record: Value,
 }
 
@@ -496,6 +498,8 @@ pub fn assert_error_shape(body: &Value, code: &str) {
     let error = body["error"].as_object().expect("\"error\" is an object");
     let mut keys: Vec<&str> = error.keys().map(String::as_str).collect();
     keys.sort_unstable();
+    // `index` names the item at fault in a batch append.
+    keys.retain(|k| *k != "index" || error["index"].is_u64());
     assert_eq!(keys, ["code", "message"], "{body}");
     assert_eq!(body["error"]["code"], code, "{body}");
     let message = body["error"]["message"].as_str().expect("message is text");

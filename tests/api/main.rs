@@ -8,6 +8,7 @@ mod append;
 mod errors;
 mod fuzz;
 mod helpers;
+mod idempotency;
 mod lifecycle;
 mod limits;
 mod observability;
