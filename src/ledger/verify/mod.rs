@@ -8,7 +8,9 @@
 //! ([`ObjectStore::scan`](crate::store::ObjectStore::scan)), one index query and one checkpoint
 //! listing; the entries are decoded and hashed in parallel (rayon, off the async runtime)
 //! while the next page is being read, and the links are then checked in seq order. Memory is
-//! bounded by a few pages whatever the ledger's length.
+//! bounded by a few pages whatever the ledger's length, except for the idempotency keys: a
+//! 32-byte digest and a seq per keyed entry walked, so that a key stored in two entries is
+//! named (`duplicate_idempotency_key`). Only keys inside the range walked are compared.
 //!
 //! Stored checkpoints in the range are checked too: each must hash-match the stored entry at
 //! its seq (`checkpoint_mismatch`) and, when trusted keys are given, carry a valid signature
@@ -57,7 +59,8 @@ use crate::chain::verify::{Failure, Head};
 use crate::store::Stores;
 use walk::Walk;
 
-/// Which seqs to verify; `None` ends mean the ledger's first entry and its head.
+/// Which seqs to verify; `None` ends mean the ledger's first entry and its head. A range sees
+/// only its own entries' idempotency keys: a key repeated from outside it is not named.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct VerifyRange {
     pub from: Option<u64>,
