@@ -12,8 +12,10 @@ mod aws_support;
 
 use std::time::Duration;
 
-use eleanor_ledger::chain::entry::{LedgerId, Record};
-use eleanor_ledger::ledger::{Ledger, LedgerError, LedgerMetrics, Options, Receipt, VerifyRange};
+use eleanor_ledger::chain::entry::{IdempotencyKey, LedgerId, Record};
+use eleanor_ledger::ledger::{
+    Append, Ledger, LedgerError, LedgerMetrics, Options, Receipt, VerifyRange,
+};
 use eleanor_ledger::store::fault::{self, Fault, FaultHandle};
 use eleanor_ledger::store::local::LocalStore;
 use eleanor_ledger::store::{BackendMetrics, Stores};
@@ -237,6 +239,121 @@ async fn a_claim_whose_answer_was_lost(make: impl AsyncFn() -> Stores, wrap: Wra
     }
 }
 
+/// The victim batch of the keyed matrix: one batch request (committed in one claim, so the
+/// batch is deterministic, with no linger), every record with its own key.
+fn keyed_batch(id: &LedgerId) -> Vec<Append> {
+    (0..BATCH)
+        .map(|i| {
+            let key = IdempotencyKey::parse(&format!("{id} victim \"{i}\"")).unwrap();
+            Append::new(record("victim", i), Some(key))
+        })
+        .collect()
+}
+
+/// A keyed batch interrupted at call `at` by `fault`, then retried with the same keys by a
+/// restarted writer, as a client does after an error: every key ends with exactly one entry,
+/// an acknowledged batch is answered with its original receipts, and the chain verifies.
+async fn run_keyed_scenario(
+    make: &impl AsyncFn() -> Stores,
+    wrap: Wrap,
+    id: &LedgerId,
+    at: usize,
+    fault: Fault,
+) -> String {
+    let base = make().await;
+    let seed = service(&base);
+    for r in append_batch(&seed, id, "seed").await {
+        r.unwrap();
+    }
+    seed.shutdown().await;
+
+    let (faulty, handle) = wrap(&base);
+    let writer = service(&faulty);
+    handle.plan(at, fault);
+    let acked = writer.append_all(id, keyed_batch(id)).await.ok();
+    drop(writer);
+    let case = format!(
+        "{id}: fault {fault:?} at call {at} (crashed: {})",
+        handle.crashed()
+    );
+
+    let restarted = service(&base);
+    restarted.recover().await.unwrap();
+    let retried = restarted.append_all(id, keyed_batch(id)).await.unwrap();
+    let again = restarted.append_all(id, keyed_batch(id)).await.unwrap();
+    assert!(
+        again.iter().all(|r| r.replayed),
+        "{case}: a second retry appends nothing"
+    );
+    let same = |a: &[Receipt], b: &[Receipt]| {
+        a.iter()
+            .map(|r| (r.seq, r.entry_hash))
+            .eq(b.iter().map(|r| (r.seq, r.entry_hash)))
+    };
+    assert!(same(&retried, &again), "{case}: {retried:?} / {again:?}");
+    if let Some(acked) = &acked {
+        assert!(
+            same(acked, &retried),
+            "{case}: acknowledged {acked:?}, retried {retried:?}"
+        );
+        assert!(retried.iter().all(|r| r.replayed), "{case}");
+    }
+    let report = restarted.verify(id, VerifyRange::default()).await.unwrap();
+    assert!(
+        report.ok,
+        "{case}: verification failed: {:?}",
+        report.failures
+    );
+    let page = restarted.records(id, 0, 100).await.unwrap();
+    let seqs: Vec<u64> = page.records.iter().map(|r| r.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=2 * BATCH as u64).collect::<Vec<_>>(),
+        "{case}: one entry per key"
+    );
+    for (append, receipt) in keyed_batch(id).iter().zip(&retried) {
+        let found = restarted.seq_of_key(id, append.key.as_ref().unwrap()).await;
+        assert_eq!(found.unwrap(), Some(receipt.seq), "{case}");
+    }
+    restarted.shutdown().await;
+    format!(
+        "{case}: {}",
+        if retried[0].replayed {
+            "committed before the retry"
+        } else {
+            "committed by the retry"
+        }
+    )
+}
+
+async fn every_keyed_crash_point(make: impl AsyncFn() -> Stores, wrap: Wrap) {
+    // The calls of one keyed batch request on a writer that has just started.
+    let probe = LedgerId::parse(&format!("keyed-probe-{:08x}", fastrand::u32(..))).unwrap();
+    let (faulty, handle) = wrap(&make().await);
+    let writer = service(&faulty);
+    writer
+        .append_all(&probe, keyed_batch(&probe))
+        .await
+        .unwrap();
+    writer.shutdown().await;
+    let calls = handle.calls();
+    let mut outcomes = Vec::new();
+    for at in 0..=calls.len() {
+        for fault in [Fault::FailBefore, Fault::CrashAfter, Fault::LoseAnswer] {
+            let id = LedgerId::parse(&format!("keyed-{at}-{fault:?}-{:04x}", fastrand::u16(..)))
+                .unwrap();
+            outcomes.push(run_keyed_scenario(&make, wrap, &id, at, fault).await);
+        }
+    }
+    for outcome in ["committed before the retry", "committed by the retry"] {
+        assert!(
+            outcomes.iter().any(|o| o.ends_with(outcome)),
+            "{outcomes:#?}"
+        );
+    }
+    eprintln!("calls per keyed batch: {calls:?}\n{}", outcomes.join("\n"));
+}
+
 async fn embedded() -> Stores {
     let dir = tempfile::tempdir().unwrap().keep();
     LocalStore::open(&dir, BackendMetrics::unregistered())
@@ -277,4 +394,17 @@ async fn a_batch_whose_claim_answer_was_lost_is_acknowledged_once_on_the_emulato
     let settings = aws_support::fresh_settings().await;
     let stores = aws_support::connect_with(&settings, BackendMetrics::unregistered()).await;
     a_claim_whose_answer_was_lost(async || stores.clone(), fault::wrap).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_crash_point_of_a_keyed_batch_gives_each_key_one_entry_on_the_embedded_backend() {
+    every_keyed_crash_point(embedded, fault::wrap).await;
+    every_keyed_crash_point(embedded, fault::wrap_in_steps).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_crash_point_of_a_keyed_batch_gives_each_key_one_entry_on_the_emulator() {
+    let settings = aws_support::fresh_settings().await;
+    let stores = aws_support::connect_with(&settings, BackendMetrics::unregistered()).await;
+    every_keyed_crash_point(async || stores.clone(), fault::wrap).await;
 }
