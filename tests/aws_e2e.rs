@@ -1285,6 +1285,115 @@ async fn a_writer_refuses_to_build_on_a_tampered_head_and_writes_nothing() {
 // c. Three replicas on one bucket and table
 // ---------------------------------------------------------------------------------------------
 
+impl Api {
+    /// Appends `{"key": key}` with `Idempotency-Key: key`, retrying `503`s (bounded) as a
+    /// client should; the final status and body.
+    async fn append_keyed_until_answered(&self, ledger: &str, key: &str) -> (StatusCode, Value) {
+        let mut last = Value::Null;
+        for _ in 0..50 {
+            let response = self
+                .client
+                .post(format!("{}/v1/ledgers/{ledger}/records", self.address))
+                .header("Idempotency-Key", key)
+                .json(&json!({"key": key}))
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("append {key} is answered: {e}"));
+            let status = response.status();
+            let body: Value = response.json().await.unwrap();
+            if status != StatusCode::SERVICE_UNAVAILABLE {
+                return (status, body);
+            }
+            last = body;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{key}: 50 answers of 503, the last {last}")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_racing_on_the_same_keys_commit_each_key_once_and_answer_its_receipt() {
+    const KEYS: usize = 10;
+    const CLIENTS_PER_REPLICA: usize = 6;
+    let settings = aws_support::fresh_settings().await;
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(AwsApp::spawn(&settings, None).await);
+    }
+    let keys: Vec<String> = (0..KEYS).map(|k| format!("evt \"{k}\"")).collect();
+    // Every client of every replica sends every key, each in its own order.
+    let mut tasks = Vec::new();
+    for replica in &replicas {
+        for _ in 0..CLIENTS_PER_REPLICA {
+            let api = replica.api.fresh();
+            let mut order = keys.clone();
+            fastrand::shuffle(&mut order);
+            tasks.push(tokio::spawn(async move {
+                let mut out = Vec::new();
+                for key in order {
+                    let (status, body) = api.append_keyed_until_answered("keyed", &key).await;
+                    out.push((key, status, body));
+                }
+                out
+            }));
+        }
+    }
+    let mut answers: HashMap<String, Vec<(StatusCode, Value)>> = HashMap::new();
+    for task in tasks {
+        for (key, status, body) in task.await.unwrap() {
+            answers.entry(key).or_default().push((status, body));
+        }
+    }
+    let reader = &replicas[0].api;
+    let records = reader.all_records("keyed").await;
+    assert_eq!(records.len(), KEYS, "one entry per key");
+    for (key, got) in &answers {
+        let new = got.iter().filter(|(s, _)| *s != StatusCode::OK).count();
+        assert_eq!(new, 1, "{key}: exactly one answer appended it: {got:?}");
+        for (status, body) in got {
+            assert!(
+                [StatusCode::OK, StatusCode::CREATED, StatusCode::ACCEPTED].contains(status),
+                "{key}: {status} {body}"
+            );
+            assert_eq!(body, &got[0].1, "{key}: every answer is the same receipt");
+        }
+        for replica in &replicas {
+            let mut url =
+                reqwest::Url::parse(&format!("{}/v1/ledgers/keyed/records", replica.api.address))
+                    .unwrap();
+            url.query_pairs_mut().append_pair("idempotency_key", key);
+            let found: Value = replica
+                .api
+                .client
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(
+                found["seq"], got[0].1["seq"],
+                "{key}: the lookup finds it on every replica"
+            );
+            assert_eq!(found["idempotency_key"], key.as_str());
+        }
+    }
+    let report = reader.verify("keyed").await;
+    assert!(report.ok, "{:?}", report.failures);
+    // DynamoDB holds one key item per key, in the ledger's partition.
+    let ddb = aws_support::dynamodb_client().await;
+    let items = partition(&ddb, &settings.table, "keyed").await;
+    let key_items = items
+        .iter()
+        .filter(|i| attr_s(i, "seq").starts_with("IDEM#"))
+        .count();
+    assert_eq!(key_items, KEYS);
+    for replica in replicas {
+        replica.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_on_one_table_make_one_chain_per_ledger_and_contend_for_real() {
     const SHARED: &str = "shared";

@@ -17,8 +17,9 @@
 //!   `s3_key` (S, the full S3 key, `ELEANOR_LEDGER_S3_PREFIX` included), `version_id` (S,
 //!   absent when the object store has no versions).
 //! - **Key** (`ledger_id` = the ledger id, `seq` = `IDEM#` + the idempotency key as it is:
-//!   1 to 255 printable ASCII characters, so the sort key is at most 260 bytes): `base` (N) and
-//!   `seqs` (S, the seqs in decimal, joined by `,`), a [`KeyClaim`]. `IDEM#` sorts before `META`
+//!   1 to 255 printable ASCII characters, so the sort key is at most 260 bytes): `claim_base`
+//!   (N) and `claim_seqs` (S, the seqs in decimal, joined by `,`), a [`KeyClaim`] (`base` is
+//!   a DynamoDB reserved word). `IDEM#` sorts before `META`
 //!   and `SEQ#`, so no range query over index items meets one.
 //! - **Registry** (`ledger_id` = `#ledgers`, `seq` = `LEDGER#` + the ledger id): no other
 //!   attributes.
@@ -61,12 +62,12 @@ pub(super) fn encode_key_claim(ledger: &LedgerId, key: &IdempotencyKey, claim: &
     Item::from([
         ("ledger_id".to_owned(), s(ledger.as_str())),
         ("seq".to_owned(), s(key_sk(key))),
-        ("base".to_owned(), n(claim.base)),
-        ("seqs".to_owned(), s(seqs_text(&claim.seqs))),
+        ("claim_base".to_owned(), n(claim.base)),
+        ("claim_seqs".to_owned(), s(seqs_text(&claim.seqs))),
     ])
 }
 
-/// The `seqs` attribute: decimal seqs joined by `,`.
+/// The `claim_seqs` attribute: decimal seqs joined by `,`.
 pub(super) fn seqs_text(seqs: &[u64]) -> String {
     seqs.iter()
         .map(u64::to_string)
@@ -76,12 +77,12 @@ pub(super) fn seqs_text(seqs: &[u64]) -> String {
 
 pub(super) fn decode_key_claim(item: &Item) -> StoreResult<KeyClaim> {
     let corrupt = |what: &str| StoreError::Corrupt(format!("idempotency key item: {what}"));
-    let base = number(item, "base")?;
-    let seqs = string(item, "seqs")?
+    let base = number(item, "claim_base")?;
+    let seqs = string(item, "claim_seqs")?
         .split(',')
         .map(|seq| seq.parse::<u64>().ok().filter(|&s| s > base))
         .collect::<Option<Vec<_>>>()
-        .ok_or_else(|| corrupt("seqs is not a list of seqs above base"))?;
+        .ok_or_else(|| corrupt("claim_seqs is not a list of seqs above claim_base"))?;
     Ok(KeyClaim { base, seqs })
 }
 
