@@ -34,7 +34,9 @@ What is checked (docs/FORMAT.md, "Verifying a chain"): seqs 1..M are walked in o
 is the largest seq in the input or --head-seq, whichever is larger. Each entry's bytes must be
 an entry in the one canonical form, for this ledger and this seq; each entry's prev_hash must be
 the hash of the stored entry before it (the genesis value for seq 1); index claims must match;
-and with --head-seq/--head-hash the chain must end exactly at that head.
+no idempotency key may be the key of two entries (duplicate_idempotency_key, at the later seq);
+and with --head-seq/--head-hash the chain must end exactly at that head. Keys are compared only
+among the entries given: a copy of part of a ledger cannot show a key repeated from outside it.
 
 Output: a report on stdout, human-readable or, with --json,
     {"ok": bool, "ledger_id": ID, "verified": n, "last_hash": hex|null,
@@ -59,6 +61,9 @@ GENESIS = "0" * 64
 MAX_SEQ = 999_999_999_999_999_999
 MAX_DEPTH = 127
 FIELDS = ["v", "ledger_id", "seq", "prev_hash", "timestamp", "record"]
+# An entry appended with an idempotency key has one more field, in this one place.
+KEYED_FIELDS = ["v", "ledger_id", "seq", "prev_hash", "timestamp", "idempotency_key", "record"]
+MAX_KEY_LEN = 255
 
 LEDGER_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 HASH_RE = re.compile(r"[0-9a-f]{64}")
@@ -152,8 +157,23 @@ def parse_timestamp(text):
     return text
 
 
+def spell_key(key):
+    """An idempotency key's one spelling in an entry: a JSON string escaping only " and \\."""
+    return '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def check_key(key):
+    """Returns key if it is 1 to MAX_KEY_LEN printable ASCII characters, else raises Malformed."""
+    if not isinstance(key, str) or isinstance(key, _Number):
+        raise Malformed("idempotency_key is not a string")
+    if not 1 <= len(key) <= MAX_KEY_LEN or not all(" " <= c <= "~" for c in key):
+        raise Malformed(f"idempotency_key is not 1 to {MAX_KEY_LEN} printable ASCII characters")
+    return key
+
+
 def decode_entry(data):
-    """Parses stored bytes into (ledger_id, seq, prev_hash, timestamp), or raises Malformed.
+    """Parses stored bytes into (ledger_id, seq, prev_hash, timestamp, key), key None for an
+    entry without one, or raises Malformed.
 
     Strict: the header is re-built from the parsed fields and must equal the stored bytes, and
     the record must be a compact JSON object (no whitespace outside strings, unique keys,
@@ -176,8 +196,8 @@ def decode_entry(data):
     if not isinstance(top, _Object):
         raise Malformed("not a JSON object")
     keys = [k for k, _ in top]
-    if keys != FIELDS:
-        raise Malformed(f"the fields are {keys}, not exactly {FIELDS} in that order")
+    if keys not in (FIELDS, KEYED_FIELDS):
+        raise Malformed(f"the fields are {keys}, not exactly {FIELDS} in that order (with idempotency_key before record if keyed)")
     fields = dict(top)
 
     if not isinstance(fields["v"], _Number) or fields["v"] != "1":
@@ -200,10 +220,12 @@ def decode_entry(data):
     if not isinstance(record, _Object):
         raise Malformed("record is not a JSON object")
     _check_strings_and_depth(record, 1)
+    key = check_key(fields["idempotency_key"]) if "idempotency_key" in fields else None
+    key_field = "" if key is None else f'"idempotency_key":{spell_key(key)},'
 
     prefix = (
         f'{{"v":1,"ledger_id":"{ledger_id}","seq":{seq},"prev_hash":"{prev_hash}",'
-        f'"timestamp":"{timestamp}","record":'
+        f'"timestamp":"{timestamp}",{key_field}"record":'
     ).encode("ascii")
     if not data.startswith(prefix):
         raise Malformed("the header is not in canonical form (spacing or escapes differ)")
@@ -211,7 +233,7 @@ def decode_entry(data):
         raise Malformed("the bytes do not end with the entry's closing brace")
     if _has_whitespace_outside_strings(data[len(prefix):-1]):
         raise Malformed("the record is not compact (whitespace outside strings)")
-    return ledger_id, seq, prev_hash, timestamp
+    return ledger_id, seq, prev_hash, timestamp, key
 
 
 def entry_hash(data):
@@ -310,6 +332,9 @@ def verify(ledger_id, stored, claims, head, checkpoints=(), keys=None):
     verified = 0
     last = max([0, *stored.keys(), *claims.keys(), head[0] if head else 0])
     prev = GENESIS  # the hash entry `seq` must link to; None when unknown
+    # Each idempotency key seen -> the first verified seq with it. The key itself (at most 255
+    # bytes): a reference verifier keeps the plainest check; the service keeps a digest.
+    first_with_key = {}
     # Only seqs with something stored or claimed are visited; a run of seqs with nothing at all
     # is one failure (one stray file at seq 10**12 must not make the walk count to it).
     known = sorted(seq for seq in set(stored) | set(claims) if seq >= 1)
@@ -329,7 +354,7 @@ def verify(ledger_id, stored, claims, head, checkpoints=(), keys=None):
         if seq in checkpoint_seqs:
             hashes[seq] = digest
         try:
-            found_ledger, found_seq, prev_hash, timestamp = decode_entry(data)
+            found_ledger, found_seq, prev_hash, timestamp, key = decode_entry(data)
             if found_seq != seq:
                 raise Malformed(f"the entry stored for seq {seq} says it is seq {found_seq}")
             if found_ledger != ledger_id:
@@ -351,6 +376,13 @@ def verify(ledger_id, stored, claims, head, checkpoints=(), keys=None):
         differs = [f for f in ("prev_hash", "timestamp") if f in claim and claim[f] != found[f]]
         if differs:
             failures.append((seq, "index_mismatch", f"the index's {' and '.join(differs)} differ from the stored entry"))
+        if key is not None:
+            if key in first_with_key:
+                failures.append(
+                    (seq, "duplicate_idempotency_key", f"idempotency key {spell_key(key)} is also the key of seq {first_with_key[key]}")
+                )
+            else:
+                first_with_key[key] = seq
         prev = digest
     if expected <= last:  # the head claims seqs past everything stored
         failures.append(missing_run(expected, last))

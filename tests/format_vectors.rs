@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use eleanor_ledger::chain::entry::{
-    EntryHeader, InvalidRecord, LedgerId, MAX_SEQ, Record, Timestamp, decode, encode,
+    EntryHeader, IdempotencyKey, InvalidRecord, LedgerId, MAX_SEQ, Record, Timestamp, decode,
+    encode,
 };
 use eleanor_ledger::chain::hash::{ENTRY_HASH_DOMAIN, Hash};
 use eleanor_ledger::chain::keys::entry_key;
@@ -36,8 +37,13 @@ struct Case {
     seq: u64,
     prev: Prev,
     timestamp: &'static str,
+    /// The `Idempotency-Key` it was appended with.
+    idempotency_key: Option<String>,
     record_input: &'static str,
 }
+
+/// The key of the `keyed_entry` vector, and of the `key_*` rejected entries.
+const KEY: &str = r#"tenant/7 "retry" C:\jobs"#;
 
 fn cases() -> Vec<Case> {
     vec![
@@ -48,6 +54,7 @@ fn cases() -> Vec<Case> {
             seq: 1,
             prev: Prev::Genesis,
             timestamp: "2025-11-29T02:40:00.123456Z",
+            idempotency_key: None,
             record_input: "{ \"action\": \"login\", \"actor\": \"alice\", \"ip\": \"192.0.2.7\" }\n",
         },
         Case {
@@ -57,6 +64,7 @@ fn cases() -> Vec<Case> {
             seq: 2,
             prev: Prev::HashOf("first_entry"),
             timestamp: "2025-11-29T02:40:00.130001Z",
+            idempotency_key: None,
             record_input: "{\r\n  \"action\" : \"read\",\r\n  \"actor\" : \"alice\",\r\n  \"resource\" : \"invoices/2025-11\"\r\n}\r\n",
         },
         Case {
@@ -66,6 +74,7 @@ fn cases() -> Vec<Case> {
             seq: 3,
             prev: Prev::HashOf("second_entry"),
             timestamp: "2025-11-29T02:40:01.000000Z",
+            idempotency_key: None,
             record_input: r#"{ "actor": "Zoë Ångström", "city": "東京", "crab": "🦀",
   "escaped": "Zo\u00eb \u6771\u4EAC \ud83e\udd80",
   "specials": "tab\t quote\" backslash\\ slash\/ nul\u0000  two  spaces  " }"#,
@@ -77,6 +86,7 @@ fn cases() -> Vec<Case> {
             seq: 4,
             prev: Prev::HashOf("non_ascii_text"),
             timestamp: "2025-11-29T02:40:01.000001Z",
+            idempotency_key: None,
             record_input: "{\"z\": {\"y\": [1, {\"x\": [], \"w\": {}}, [true, false, null]], \"a\": \" inner  spaces \"},\n \"a\": [ {\"k\": 1}, {\"k\": 2} ],\t\"empty\": {} }",
         },
         Case {
@@ -86,6 +96,7 @@ fn cases() -> Vec<Case> {
             seq: 5,
             prev: Prev::HashOf("nested_json"),
             timestamp: "2025-11-29T02:40:59.999999Z",
+            idempotency_key: None,
             record_input: "{ \"big_int\": 123456789012345678901234567890, \"u64_max_plus_1\": 18446744073709551616,\n  \"i64_min_minus_1\": -9223372036854775809, \"fraction\": 1.50, \"small\": 2.5e-3,\n  \"exponent\": 1E300, \"signed_exponent\": -6.02214076E+23, \"negative_zero\": -0,\n  \"long_fraction\": 3.14159265358979323846264338327950288,\n  \"largest_double\": 1.7976931348623157e308, \"underflows_to_zero\": 1e-400 }",
         },
         Case {
@@ -95,6 +106,7 @@ fn cases() -> Vec<Case> {
             seq: MAX_SEQ,
             prev: Prev::HashOf("first_entry"),
             timestamp: "9999-12-31T23:59:59.999999Z",
+            idempotency_key: None,
             record_input: "{}",
         },
         Case {
@@ -104,7 +116,48 @@ fn cases() -> Vec<Case> {
             seq: 10,
             prev: Prev::HashOf("second_entry"),
             timestamp: "0001-01-01T00:00:00.000000Z",
+            idempotency_key: None,
             record_input: " {\"ok\":true} ",
+        },
+        Case {
+            name: "keyed_entry",
+            about: "Appended with an Idempotency-Key: the key is a field between timestamp and record, with only \\\" and \\\\ escaped (the / stays as it is).",
+            ledger_id: CHAIN_LEDGER,
+            seq: 6,
+            prev: Prev::HashOf("numbers"),
+            timestamp: "2025-11-29T02:41:00.000000Z",
+            idempotency_key: Some(KEY.into()),
+            record_input: "{ \"action\": \"export\", \"actor\": \"bob\", \"format\": \"csv\" }",
+        },
+        Case {
+            name: "key_every_printable_character",
+            about: "A key of every printable ASCII character, space to ~, in order: only the quote and the backslash are escaped.",
+            ledger_id: CHAIN_LEDGER,
+            seq: 7,
+            prev: Prev::HashOf("keyed_entry"),
+            timestamp: "2025-11-29T02:41:00.000001Z",
+            idempotency_key: Some((0x20..=0x7e_u8).map(char::from).collect()),
+            record_input: "{\"n\":7}",
+        },
+        Case {
+            name: "unkeyed_after_keyed",
+            about: "An entry without a key after keyed ones: the six-field form, chained as any other.",
+            ledger_id: CHAIN_LEDGER,
+            seq: 8,
+            prev: Prev::HashOf("key_every_printable_character"),
+            timestamp: "2025-11-29T02:42:00.000000Z",
+            idempotency_key: None,
+            record_input: "{\"action\":\"logout\",\"actor\":\"alice\"}",
+        },
+        Case {
+            name: "longest_key_every_character_escaped",
+            about: "The longest key, 255 characters, each a quote or a backslash: 510 bytes between the key's quotes.",
+            ledger_id: "K",
+            seq: 1,
+            prev: Prev::Genesis,
+            timestamp: "2025-11-29T02:43:00.000000Z",
+            idempotency_key: Some("\"\\".repeat(128)[..IdempotencyKey::MAX_LEN].into()),
+            record_input: "{}",
         },
     ]
 }
@@ -299,6 +352,111 @@ fn rejected_entries(first: &str, second_prev: &str) -> Vec<(&'static str, &'stat
     ]
 }
 
+/// Stored byte strings that are not entries because of their idempotency key: each is `keyed`
+/// (first_entry with the field for [`KEY`], which decodes) with one change to that field.
+fn rejected_keyed_entries(first: &str, keyed: &str) -> Vec<(&'static str, &'static str, Vec<u8>)> {
+    let field = r#""idempotency_key":"tenant/7 \"retry\" C:\\jobs","#;
+    let record_at = first.find("\"record\":").expect("a record field");
+    let with_field =
+        |field: &str| format!("{}{field}{}", &first[..record_at], &first[record_at..]).into_bytes();
+    assert_eq!(
+        with_field(field),
+        keyed.as_bytes(),
+        "the field as encode writes it"
+    );
+    let sub = |from: &str, to: &str| {
+        assert!(keyed.contains(from), "{from}");
+        keyed.replacen(from, to, 1).into_bytes()
+    };
+    let unkeyed =
+        |at: usize, field: &str| format!("{}{field}{}", &first[..at], &first[at..]).into_bytes();
+    vec![
+        (
+            "key_escaped_slash",
+            "a key escapes only \" and \\ (here / is written \\/)",
+            sub("tenant/7", r"tenant\/7"),
+        ),
+        (
+            "key_unicode_escape",
+            "a key escapes only \" and \\ (here a is written \\u0061)",
+            sub("tenant", r"ten\u0061nt"),
+        ),
+        (
+            "key_quote_as_unicode_escape",
+            "a quote in a key is written \\\", not \\u0022",
+            sub(r#"\"retry\""#, r#"\u0022retry\""#),
+        ),
+        (
+            "key_backslash_as_unicode_escape",
+            "a backslash in a key is written \\\\, not \\u005c",
+            sub(r"C:\\jobs", r"C:\u005cjobs"),
+        ),
+        (
+            "key_escaped_tab",
+            "a key is printable ASCII, and \\t is no allowed escape",
+            sub("tenant/7", r"tenant\t7"),
+        ),
+        (
+            "key_delete_character",
+            "a key is printable ASCII (0x20 to 0x7e); DEL (0x7f) is not",
+            sub("tenant/7", "tenant\u{7f}7"),
+        ),
+        (
+            "key_non_ascii",
+            "a key is printable ASCII; raw UTF-8 beyond it is not",
+            sub("tenant", "ten\u{e4}nt"),
+        ),
+        (
+            "key_empty",
+            "a key is 1 to 255 characters",
+            with_field(r#""idempotency_key":"","#),
+        ),
+        (
+            "key_too_long",
+            "a key is 1 to 255 characters",
+            with_field(&format!(r#""idempotency_key":"{}","#, "k".repeat(256))),
+        ),
+        (
+            "key_null",
+            "an entry without a key has no key field, not a null one",
+            with_field(r#""idempotency_key":null,"#),
+        ),
+        (
+            "key_number",
+            "a key is a JSON string",
+            with_field(r#""idempotency_key":7,"#),
+        ),
+        (
+            "key_twice",
+            "the key field appears at most once",
+            with_field(&field.repeat(2)),
+        ),
+        (
+            "key_misspelled_field",
+            "the field is named idempotency_key",
+            sub("idempotency_key", "idempotencyKey"),
+        ),
+        (
+            "key_space_after_colon",
+            "no whitespace outside strings",
+            sub(r#""idempotency_key":"#, r#""idempotency_key": "#),
+        ),
+        (
+            "key_before_timestamp",
+            "the key field comes right after timestamp, nowhere else",
+            unkeyed(first.find("\"timestamp\":").expect("a timestamp"), field),
+        ),
+        (
+            "key_after_record",
+            "the key field comes right before record, nowhere else",
+            unkeyed(
+                first.len() - 1,
+                &format!(",{}", field.trim_end_matches(',')),
+            ),
+        ),
+    ]
+}
+
 // ---- The committed file formats ----
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -328,6 +486,9 @@ struct EntryVector {
     seq: u64,
     prev_hash: String,
     timestamp: String,
+    /// The `Idempotency-Key` it was appended with; absent for entries without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    idempotency_key: Option<String>,
     /// The record as the client sent it (whitespace included).
     record_input: String,
     /// The record as stored: `record_input` without insignificant whitespace.
@@ -389,7 +550,10 @@ fn generate() -> BTreeMap<String, Vec<u8>> {
             seq: case.seq,
             prev_hash,
             timestamp: Timestamp::parse(case.timestamp).expect("a valid timestamp"),
-            idempotency_key: None,
+            idempotency_key: case
+                .idempotency_key
+                .as_deref()
+                .map(|k| IdempotencyKey::parse(k).expect("a valid key")),
         };
         let record = Record::parse(case.record_input.as_bytes()).expect("a valid record");
         let stored = encode(&header, &record);
@@ -403,6 +567,7 @@ fn generate() -> BTreeMap<String, Vec<u8>> {
             seq: case.seq,
             prev_hash: prev_hash.to_hex(),
             timestamp: case.timestamp.into(),
+            idempotency_key: case.idempotency_key.clone(),
             record_input: case.record_input.into(),
             record: record.as_str().into(),
             stored: String::from_utf8(stored.clone()).expect("entries are UTF-8"),
@@ -413,8 +578,19 @@ fn generate() -> BTreeMap<String, Vec<u8>> {
     }
 
     let first = String::from_utf8(stored_by_name["first_entry"].clone()).expect("UTF-8");
+    let keyed_first = {
+        let mut header = decode(first.as_bytes())
+            .expect("first_entry decodes")
+            .header;
+        header.idempotency_key = Some(IdempotencyKey::parse(KEY).expect("a valid key"));
+        let record = Record::parse(cases()[0].record_input.as_bytes()).expect("a record");
+        let keyed = encode(&header, &record);
+        assert!(decode(&keyed).is_ok(), "first_entry with KEY decodes");
+        String::from_utf8(keyed).expect("UTF-8")
+    };
     let rejected_entries = rejected_entries(&first, &hashes["first_entry"].to_hex())
         .into_iter()
+        .chain(rejected_keyed_entries(&first, &keyed_first))
         .map(|(name, reason, bytes)| RejectedEntry {
             name: name.into(),
             reason: reason.into(),
@@ -538,7 +714,10 @@ fn every_vector_re_derives_from_its_inputs() {
             seq: v.seq,
             prev_hash: v.prev_hash.parse().expect("prev_hash"),
             timestamp: Timestamp::parse(&v.timestamp).expect("timestamp"),
-            idempotency_key: None,
+            idempotency_key: v
+                .idempotency_key
+                .as_deref()
+                .map(|k| IdempotencyKey::parse(k).expect("idempotency_key")),
         };
         let record = Record::parse(v.record_input.as_bytes()).expect("record_input is a record");
         assert_eq!(record.as_str(), v.record, "{}: compact record", v.name);
@@ -639,5 +818,131 @@ fn every_rejected_entry_is_refused_by_decode() {
     for r in &committed().rejected_entries {
         let stored = hex::decode(&r.stored_hex).expect("hex");
         assert!(decode(&stored).is_err(), "{}: decode accepted it", r.name);
+    }
+}
+
+/// The vectors that existed before idempotency keys, with their entry hashes then. Keys were
+/// added without changing a byte of them (nor of the chain's first five files and lines).
+const BEFORE_KEYS: [(&str, &str); 7] = [
+    (
+        "first_entry",
+        "9cfb7e87072046945ab3b4d7b876b7ee3f542050136faafb850a6d12da6f309b",
+    ),
+    (
+        "second_entry",
+        "2e3b1ac4f5bc11c6c29444c67df0b0bdb2b8546a30b8c758b6b185f550c1af8b",
+    ),
+    (
+        "non_ascii_text",
+        "2c404e32c84b826e5ad15b9514009dc97c20a54d57a28ea44022118e45988c11",
+    ),
+    (
+        "nested_json",
+        "18da9739a98ce8941e0b20a3c25b28ad6a65c8a57758f2b6755f6fb21eba9d89",
+    ),
+    (
+        "numbers",
+        "a1e40d97e7e3307123edff35bf58c2c424bf3d2691811f5b8fcab6d113b21693",
+    ),
+    (
+        "max_seq_latest_timestamp",
+        "5ddb339888742baf74652588afe5618620c689a5c44cac9870e3d8b5b4fa4dff",
+    ),
+    (
+        "longest_ledger_id_earliest_timestamp",
+        "4c139d0356b21075c1c8aa0f354ee0cdaff3c2bc44d1190dc98be505104aa12d",
+    ),
+];
+
+#[test]
+fn the_vectors_from_before_keys_are_unchanged_byte_for_byte() {
+    let file = committed();
+    for (name, hash) in BEFORE_KEYS {
+        let v = file.entries.iter().find(|e| e.name == name).expect(name);
+        assert_eq!(v.idempotency_key, None, "{name}");
+        assert!(!v.stored.contains("idempotency_key"), "{name}");
+        assert_eq!(Hash::of_entry(v.stored.as_bytes()).to_hex(), hash, "{name}");
+        assert_eq!(v.entry_hash, hash, "{name}");
+    }
+    let dir = vectors_dir();
+    let jsonl = std::fs::read_to_string(dir.join("chain.jsonl")).expect("chain.jsonl");
+    for (seq, ((_, hash), line)) in (1..).zip(BEFORE_KEYS[..5].iter().zip(jsonl.lines())) {
+        let file = std::fs::read(dir.join(format!("chain/{seq:018}.json"))).expect("entry file");
+        assert_eq!(Hash::of_entry(&file).to_hex(), *hash, "chain/ seq {seq}");
+        let line: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+        assert_eq!(line["entry_hash"], *hash, "chain.jsonl seq {seq}");
+    }
+}
+
+/// A key's spelling in an entry, written out from the rule (only `"` and `\` escaped).
+fn spelled_key(key: &str) -> String {
+    let escaped: String = key
+        .chars()
+        .flat_map(|c| match c {
+            '"' | '\\' => vec!['\\', c],
+            c => vec![c],
+        })
+        .collect();
+    format!("\"{escaped}\"")
+}
+
+#[test]
+fn every_stored_form_is_the_documented_template() {
+    // Spelled out with format!, as docs/FORMAT.md section 1 gives it, rather than by encode.
+    let file = committed();
+    let mut keyed = 0;
+    for v in &file.entries {
+        let key_field = v.idempotency_key.as_deref().map_or(String::new(), |k| {
+            keyed += 1;
+            format!("\"idempotency_key\":{},", spelled_key(k))
+        });
+        let expected = format!(
+            r#"{{"v":1,"ledger_id":"{}","seq":{},"prev_hash":"{}","timestamp":"{}",{key_field}"record":{}}}"#,
+            v.ledger_id, v.seq, v.prev_hash, v.timestamp, v.record
+        );
+        assert_eq!(v.stored, expected, "{}", v.name);
+    }
+    assert!(keyed >= 3, "keyed vectors: {keyed}");
+    let with_both = file.entries.iter().any(|v| {
+        v.idempotency_key
+            .as_deref()
+            .is_some_and(|k| k.contains('"') && k.contains('\\'))
+    });
+    assert!(with_both, "a keyed vector has a quote and a backslash");
+}
+
+#[test]
+fn the_vectors_chain_holds_keyed_and_unkeyed_entries() {
+    let file = committed();
+    let chain: Vec<&EntryVector> = file
+        .entries
+        .iter()
+        .filter(|e| e.ledger_id == file.chain.ledger_id)
+        .collect();
+    assert!(chain.iter().any(|e| e.idempotency_key.is_some()));
+    assert!(chain.iter().any(|e| e.idempotency_key.is_none()));
+    let last = chain.last().expect("a chain");
+    assert_eq!(
+        (last.seq, &last.entry_hash),
+        (file.chain.head_seq, &file.chain.head_hash)
+    );
+}
+
+#[test]
+fn the_rejected_key_spellings_are_in_the_vectors() {
+    let names: Vec<String> = committed()
+        .rejected_entries
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    for name in [
+        "key_escaped_slash",
+        "key_unicode_escape",
+        "key_empty",
+        "key_delete_character",
+        "key_before_timestamp",
+        "key_after_record",
+    ] {
+        assert!(names.iter().any(|n| n == name), "{name}");
     }
 }

@@ -5,6 +5,8 @@
 //! seq k when an index (entry hashes) is given.
 //!
 //! Both verifiers walk seqs 1..M, M = max(largest seq given, head seq), as docs/FORMAT.md says.
+//! The vectors chain holds keyed and unkeyed entries; a key repeated in a later entry must be
+//! named by both, at that seq and with the same detail.
 //! These tests need `python3` on PATH and fail loudly without it.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,9 +14,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use eleanor_ledger::chain::entry::{LedgerId, Timestamp};
+use eleanor_ledger::chain::entry::{
+    EntryHeader, IdempotencyKey, LedgerId, Record, Timestamp, decode, encode,
+};
 use eleanor_ledger::chain::hash::Hash;
-use eleanor_ledger::chain::verify::{ChainVerifier, Head, IndexClaim, check_entry};
+use eleanor_ledger::chain::verify::{ChainVerifier, Head, IndexClaim, Outcome, check_entry};
 use serde_json::Value;
 
 const LEDGER: &str = "audit-demo";
@@ -36,6 +40,8 @@ struct Report {
     verified: u64,
     last_hash: Option<String>,
     failures: Failures,
+    /// Each failure's detail, by (seq, kind).
+    details: BTreeMap<(u64, String), String>,
 }
 
 fn root() -> PathBuf {
@@ -92,7 +98,82 @@ fn vectors_chain() -> Chain {
         seq: v["chain"]["head_seq"].as_u64().expect("seq"),
         last_hash: head_hash,
     });
-    assert_eq!(chain.stored.len(), 5, "the vectors chain has five entries");
+    let head_seq = chain.head.expect("a head").seq;
+    assert_eq!(
+        chain.stored.len() as u64,
+        head_seq,
+        "the vectors chain is 1..=head"
+    );
+    assert!(
+        chain.stored.values().any(|b| decode(b)
+            .expect("an entry")
+            .header
+            .idempotency_key
+            .is_some()),
+        "the vectors chain holds keyed entries"
+    );
+    chain
+}
+
+/// The chain's head seq (its last entry).
+fn last_seq(chain: &Chain) -> u64 {
+    chain.head.expect("a head").seq
+}
+
+/// An index claim that matches `bytes` exactly.
+fn claim_for(bytes: &[u8]) -> IndexClaim {
+    let header = decode(bytes).expect("an entry").header;
+    IndexClaim {
+        entry_hash: Hash::of_entry(bytes),
+        prev_hash: header.prev_hash,
+        timestamp: header.timestamp,
+    }
+}
+
+/// `bytes` re-encoded with the idempotency key `key` instead of its own.
+fn with_key(bytes: &[u8], key: Option<&str>) -> Vec<u8> {
+    let entry = decode(bytes).expect("an entry");
+    let header = EntryHeader {
+        idempotency_key: key.map(|k| IdempotencyKey::parse(k).expect("a key")),
+        ..entry.header
+    };
+    encode(
+        &header,
+        &Record::parse(entry.record.get().as_bytes()).expect("a record"),
+    )
+}
+
+/// A chain of `LEDGER` from seq 1, entry `i + 1` appended with `keys[i]`, with matching
+/// claims and head.
+fn keyed_chain(keys: &[Option<&str>]) -> Chain {
+    let ledger_id = LedgerId::parse(LEDGER).expect("ledger id");
+    let mut chain = Chain {
+        stored: BTreeMap::new(),
+        claims: BTreeMap::new(),
+        head: None,
+    };
+    let mut prev_hash = Hash::GENESIS;
+    for (seq, key) in (1..).zip(keys) {
+        let header = EntryHeader {
+            ledger_id: ledger_id.clone(),
+            seq,
+            prev_hash,
+            timestamp: Timestamp::from_unix_micros(1_764_384_000_000_000 + seq as i64)
+                .expect("a timestamp"),
+            idempotency_key: key.map(|k| IdempotencyKey::parse(k).expect("a key")),
+        };
+        let bytes = encode(
+            &header,
+            &Record::parse(format!(r#"{{"n":{seq}}}"#).as_bytes()).expect("a record"),
+        );
+        prev_hash = Hash::of_entry(&bytes);
+        chain.claims.insert(seq, claim_for(&bytes));
+        chain.stored.insert(seq, bytes);
+        chain.head = Some(Head {
+            seq,
+            last_hash: prev_hash,
+        });
+    }
     chain
 }
 
@@ -104,6 +185,24 @@ fn without_claims(chain: &Chain) -> Chain {
 }
 
 fn rust_verify(ledger: &str, chain: &Chain) -> (bool, Failures) {
+    let outcome = rust_outcome(ledger, chain);
+    let failures = outcome
+        .failures
+        .iter()
+        .map(|f| (f.seq, kind_name(f.kind)))
+        .collect();
+    (outcome.ok(), failures)
+}
+
+fn kind_name(kind: eleanor_ledger::chain::verify::FailureKind) -> String {
+    serde_json::to_value(kind)
+        .expect("kind")
+        .as_str()
+        .expect("kind")
+        .to_owned()
+}
+
+fn rust_outcome(ledger: &str, chain: &Chain) -> Outcome {
     let id = LedgerId::parse(ledger).expect("ledger id");
     let last = [
         chain.stored.keys().last(),
@@ -129,22 +228,7 @@ fn rust_verify(ledger: &str, chain: &Chain) -> (bool, Failures) {
         verifier.push(evidence, chain.claims.get(&seq));
     }
     verifier.skip_missing(last);
-    let outcome = verifier.finish(chain.head);
-    let failures = outcome
-        .failures
-        .iter()
-        .map(|f| {
-            (
-                f.seq,
-                serde_json::to_value(f.kind)
-                    .expect("kind")
-                    .as_str()
-                    .expect("kind")
-                    .to_owned(),
-            )
-        })
-        .collect();
-    (outcome.ok(), failures)
+    verifier.finish(chain.head)
 }
 
 /// The Python interpreter, resolved once: `python3` on PATH may be a slow wrapper script
@@ -228,6 +312,20 @@ fn python_verify(ledger: &str, chain: &Chain, mode: Mode) -> Report {
                 )
             })
             .collect(),
+        details: report["failures"]
+            .as_array()
+            .expect("failures")
+            .iter()
+            .map(|f| {
+                (
+                    (
+                        f["seq"].as_u64().expect("seq"),
+                        f["kind"].as_str().expect("kind").to_owned(),
+                    ),
+                    f["detail"].as_str().expect("detail").to_owned(),
+                )
+            })
+            .collect(),
     }
 }
 
@@ -299,7 +397,7 @@ fn both_verifiers_accept_the_vectors_chain() {
     ] {
         assert!(both_agree(LEDGER, &chain, mode, "the vectors chain").is_empty());
         let py = python_verify(LEDGER, &chain, mode);
-        assert_eq!(py.verified, 5);
+        assert_eq!(py.verified, chain.stored.len() as u64);
         assert_eq!(py.last_hash, Some(head.last_hash.to_hex()));
     }
 }
@@ -336,14 +434,16 @@ fn the_committed_chain_files_verify_as_they_are() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(
-            stdout.starts_with("OK: ledger audit-demo: 5 entries verified"),
+            stdout.starts_with(&format!(
+                "OK: ledger audit-demo: {head_seq} entries verified"
+            )),
             "{stdout}"
         );
     }
 }
 
 /// Byte positions worth flipping in an entry: its first and last bytes, one inside each header
-/// field, and some inside the record.
+/// field (a key's escapes included), and some inside the record.
 fn positions(bytes: &[u8]) -> Vec<usize> {
     let text = String::from_utf8_lossy(bytes);
     let at = |needle: &str, offset: usize| {
@@ -364,6 +464,14 @@ fn positions(bytes: &[u8]) -> Vec<usize> {
         bytes.len() - 3,
         bytes.len() - 1,
     ];
+    // In a key: its first character, and the escape of its first quote or backslash.
+    if let Some(key) = text.find("\"idempotency_key\":\"") {
+        let key = key + "\"idempotency_key\":\"".len();
+        p.push(key);
+        if let Some(escape) = text[key..].find('\\') {
+            p.extend([key + escape, key + escape + 1]);
+        }
+    }
     p.sort_unstable();
     p.dedup();
     p
@@ -438,7 +546,8 @@ fn a_missing_entry_is_reported_at_its_seq_by_both() {
 fn a_stray_entry_far_past_the_end_is_one_missing_run_for_both_not_a_walk_to_it() {
     const FAR: u64 = 1_000_000_000_000;
     let mut chain = vectors_chain();
-    let last = chain.stored[&5].clone();
+    let end = last_seq(&chain);
+    let last = chain.stored[&end].clone();
     chain.stored.insert(FAR, last);
     chain.stored.remove(&3);
     for (mode, chain) in [
@@ -448,15 +557,15 @@ fn a_stray_entry_far_past_the_end_is_one_missing_run_for_both_not_a_walk_to_it()
         let failures = both_agree(LEDGER, &chain, mode, "a stray entry at 10^12");
         let expected = BTreeSet::from([
             (3, "missing_entry".to_owned()),
-            (5, "head_mismatch".to_owned()),
-            (6, "missing_entry".to_owned()),
+            (end, "head_mismatch".to_owned()),
+            (end + 1, "missing_entry".to_owned()),
             (FAR, "malformed_entry".to_owned()),
         ]);
         assert_eq!(failures, expected, "{mode:?}");
     }
     let beyond = Chain {
         head: Some(Head {
-            seq: 9,
+            seq: end + 4,
             last_hash: Hash::GENESIS,
         }),
         ..without_claims(&vectors_chain())
@@ -468,8 +577,8 @@ fn a_stray_entry_far_past_the_end_is_one_missing_run_for_both_not_a_walk_to_it()
             Mode::Dir,
             "a head four past the last entry"
         ),
-        BTreeSet::from([(6, "missing_entry".to_owned())]),
-        "one run for seqs 6..=9"
+        BTreeSet::from([(end + 1, "missing_entry".to_owned())]),
+        "one run for the four seqs after the last entry"
     );
 }
 
@@ -497,38 +606,39 @@ fn swapped_entries_are_reported_at_both_seqs_by_both() {
 fn a_head_that_is_not_the_chain_end_is_a_head_mismatch_for_both() {
     let chain = without_claims(&vectors_chain());
     let head = chain.head.expect("a head");
+    let end = head.seq;
     let wrong_hash = Chain {
         head: Some(Head {
-            seq: 5,
+            seq: end,
             last_hash: Hash::GENESIS,
         }),
         ..chain.clone()
     };
     assert_eq!(
         both_agree(LEDGER, &wrong_hash, Mode::Dir, "head with a wrong hash"),
-        BTreeSet::from([(5, "head_mismatch".to_owned())])
+        BTreeSet::from([(end, "head_mismatch".to_owned())])
     );
     let short = Chain {
         head: Some(Head {
-            seq: 4,
+            seq: end - 1,
             last_hash: head.last_hash,
         }),
         ..chain.clone()
     };
     assert_eq!(
         both_agree(LEDGER, &short, Mode::Dir, "head below the last entry"),
-        BTreeSet::from([(4, "head_mismatch".to_owned())])
+        BTreeSet::from([(end - 1, "head_mismatch".to_owned())])
     );
     let beyond = Chain {
         head: Some(Head {
-            seq: 6,
+            seq: end + 1,
             last_hash: head.last_hash,
         }),
         ..chain
     };
     assert_eq!(
         both_agree(LEDGER, &beyond, Mode::Dir, "head above the last entry"),
-        BTreeSet::from([(6, "missing_entry".to_owned())])
+        BTreeSet::from([(end + 1, "missing_entry".to_owned())])
     );
 }
 
@@ -541,7 +651,11 @@ fn entries_of_another_ledger_are_malformed_for_both() {
         Mode::Dir,
         "verified as another ledger",
     );
-    assert_eq!(failures.len(), 5, "each entry is malformed: {failures:?}");
+    assert_eq!(
+        failures.len(),
+        chain.stored.len(),
+        "each entry is malformed: {failures:?}"
+    );
 }
 
 #[test]
@@ -564,6 +678,113 @@ fn every_rejected_entry_vector_is_malformed_for_both() {
             r["name"]
         );
     }
+}
+
+/// Runs both verifiers (index and directory input) over `chain`, asserts they name exactly
+/// `expected` and give the same detail for each `duplicate_idempotency_key`; returns the
+/// details by seq.
+fn both_name_duplicates(chain: &Chain, expected: &Failures, what: &str) -> BTreeMap<u64, String> {
+    let rust: BTreeMap<u64, String> = rust_outcome(LEDGER, chain)
+        .failures
+        .into_iter()
+        .filter(|f| kind_name(f.kind) == "duplicate_idempotency_key")
+        .map(|f| (f.seq, f.detail))
+        .collect();
+    for (mode, chain) in [
+        (Mode::Jsonl, chain.clone()),
+        (Mode::Dir, without_claims(chain)),
+    ] {
+        assert_eq!(
+            &both_agree(LEDGER, &chain, mode, what),
+            expected,
+            "{what} ({mode:?})"
+        );
+        let py = python_verify(LEDGER, &chain, mode);
+        for (seq, detail) in &rust {
+            let key = (*seq, "duplicate_idempotency_key".to_owned());
+            assert_eq!(
+                py.details.get(&key),
+                Some(detail),
+                "{what} ({mode:?}): detail"
+            );
+        }
+    }
+    rust
+}
+
+#[test]
+fn a_key_planted_again_in_the_vectors_chain_is_named_by_both_at_the_later_seq() {
+    let mut chain = vectors_chain();
+    let end = last_seq(&chain);
+    let (first, key) = chain
+        .stored
+        .iter()
+        .find_map(|(seq, b)| Some((*seq, decode(b).ok()?.header.idempotency_key?)))
+        .expect("a keyed entry");
+    // The last entry re-written with that key: still linked, so only the key gives it away.
+    let planted = with_key(&chain.stored[&end], Some(key.as_str()));
+    chain.claims.insert(end, claim_for(&planted));
+    chain.head = Some(Head {
+        seq: end,
+        last_hash: Hash::of_entry(&planted),
+    });
+    chain.stored.insert(end, planted);
+    let expected = BTreeSet::from([(end, "duplicate_idempotency_key".to_owned())]);
+    let details = both_name_duplicates(&chain, &expected, "a key planted in the last entry");
+    assert_eq!(
+        details[&end],
+        format!(
+            "idempotency key {:?} is also the key of seq {first}",
+            key.as_str()
+        )
+    );
+}
+
+#[test]
+fn every_later_use_of_a_key_is_named_by_both_and_distinct_keys_pass() {
+    let k = r#"order "42" \ retry"#;
+    let chain = keyed_chain(&[Some(k), None, Some("other"), Some(k), Some("K"), Some(k)]);
+    let expected = BTreeSet::from([
+        (4, "duplicate_idempotency_key".to_owned()),
+        (6, "duplicate_idempotency_key".to_owned()),
+    ]);
+    let details = both_name_duplicates(&chain, &expected, "a key at seqs 1, 4 and 6");
+    assert!(
+        details.values().all(|d| d.ends_with("of seq 1")),
+        "{details:?}"
+    );
+    let distinct = keyed_chain(&[
+        Some("a"),
+        Some("A"),
+        None,
+        Some("a "),
+        Some("\""),
+        Some("\\"),
+    ]);
+    both_name_duplicates(&distinct, &BTreeSet::new(), "distinct keys");
+}
+
+#[test]
+fn a_key_is_not_compared_with_a_malformed_entrys_key_by_either() {
+    // Seq 1's bytes hold seq 2's entry (so seq 1 is malformed): its key counts for nothing.
+    let mut chain = keyed_chain(&[Some("k"), Some("k"), Some("k")]);
+    let two = chain.stored[&2].clone();
+    chain.stored.insert(1, two);
+    let expected = BTreeSet::from([
+        (1, "malformed_entry".to_owned()),
+        (3, "duplicate_idempotency_key".to_owned()),
+    ]);
+    let failures = both_agree(
+        LEDGER,
+        &without_claims(&chain),
+        Mode::Dir,
+        "seq 1 malformed",
+    );
+    assert!(
+        expected.is_subset(&failures)
+            && !failures.contains(&(2, "duplicate_idempotency_key".into())),
+        "{failures:?}"
+    );
 }
 
 #[test]

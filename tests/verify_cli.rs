@@ -8,10 +8,12 @@ use std::process::Command;
 use std::sync::Arc;
 
 use eleanor_ledger::chain::checkpoint::{CheckpointBody, Signer};
-use eleanor_ledger::chain::entry::{LedgerId, Record, Timestamp};
+use eleanor_ledger::chain::entry::{
+    EntryHeader, IdempotencyKey, LedgerId, Record, Timestamp, decode, encode,
+};
 use eleanor_ledger::chain::hash::Hash;
 use eleanor_ledger::chain::keys::checkpoint_key;
-use eleanor_ledger::ledger::{Ledger, LedgerMetrics, Options, Receipt, VerifyRange};
+use eleanor_ledger::ledger::{Append, Ledger, LedgerMetrics, Options, Receipt, VerifyRange};
 use eleanor_ledger::store::fault;
 use eleanor_ledger::store::local::{DB_FILE, LocalStore};
 use eleanor_ledger::store::{BackendMetrics, NewObject};
@@ -569,4 +571,65 @@ async fn a_stray_entry_object_far_past_the_end_is_named_without_walking_to_it() 
         endpoint.contains(&(N, "head_mismatch".into())),
         "{endpoint:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_stored_in_two_entries_is_a_duplicate_idempotency_key_at_the_later_seq() {
+    let (dir, _) = fixture().await;
+    let ledger = ledger_over(dir.path(), false);
+    for (seq, key) in [(N + 1, "order-1"), (N + 2, "order-2")] {
+        let record = Record::parse(format!(r#"{{"n":{seq}}}"#).as_bytes()).unwrap();
+        let key = IdempotencyKey::parse(key).unwrap();
+        let receipt = ledger
+            .append(&id(), Append::new(record, Some(key)))
+            .await
+            .unwrap();
+        assert_eq!(receipt.seq, seq);
+    }
+    ledger.shutdown().await;
+    drop(ledger);
+    // The last entry re-written with the key of the one before (as a writer that skipped the
+    // key check would have stored it): still linked, so only the key gives it away.
+    let last = read_object(dir.path(), &entry_key(N + 2));
+    let entry = decode(&last).unwrap();
+    let header = EntryHeader {
+        idempotency_key: Some(IdempotencyKey::parse("order-1").unwrap()),
+        ..entry.header
+    };
+    let planted = encode(
+        &header,
+        &Record::parse(entry.record.get().as_bytes()).unwrap(),
+    );
+    write_object(dir.path(), &entry_key(N + 2), &planted);
+
+    // From the objects alone it is the one failure, and the detail names both seqs.
+    let run = verify_dir(dir.path(), &["--objects-only"]);
+    assert_eq!(run.code, 1, "{} {}", run.report, run.stderr);
+    assert_eq!(
+        kinds(&run.report),
+        [(N + 2, "duplicate_idempotency_key".to_owned())]
+    );
+    let detail = format!(
+        r#"idempotency key "order-1" is also the key of seq {}"#,
+        N + 1
+    );
+    assert_eq!(run.report["failures"][0]["detail"], detail.as_str());
+    let human = cli(&[
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--ledger",
+        LEDGER,
+        "--objects-only",
+    ]);
+    assert_eq!(human.code, 1);
+    let text = human.report.as_str().unwrap().to_owned();
+    assert!(
+        text.contains(&format!(
+            "seq {}: duplicate_idempotency_key: {detail}",
+            N + 2
+        )),
+        "{text}"
+    );
+    // With the index (which recorded the bytes first written) and through the service.
+    both_name(dir.path(), N + 2, "duplicate_idempotency_key").await;
 }

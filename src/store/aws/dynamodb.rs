@@ -397,7 +397,8 @@ impl IndexStore for DynamoIndex {
                     (":base".to_owned(), n(expected.base)),
                     (":seqs".to_owned(), s(seqs_text(&expected.seqs))),
                 ]);
-                let condition = "attribute_exists(#sk) AND claim_base = :base AND claim_seqs = :seqs";
+                let condition =
+                    "attribute_exists(#sk) AND claim_base = :base AND claim_seqs = :seqs";
                 self.put_if(item, condition, values).await?
             }
         };
