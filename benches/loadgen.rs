@@ -6,8 +6,13 @@
 //! of the machine's cores from the server it measures. It prints one `key=value` line:
 //!
 //! ```text
-//! requests=… ok=… errors=… elapsed_s=… rate=… p50_ms=… p95_ms=… p99_ms=… max_ms=…
+//! requests=… ok=… errors=… elapsed_s=… rate=… records_rate=… p50_ms=… p95_ms=… p99_ms=… max_ms=…
 //! ```
+//!
+//! Modes: `append` (one event per request), `keyed` (the same with an `Idempotency-Key` that
+//! is new for every request), `batch` (`--batch-records` events per `records:batch` request,
+//! each with a new key when `--batch-keyed` is given), `health`. `records_rate` counts events
+//! committed per second (`rate` times the events per request).
 //!
 //! Only loopback addresses are accepted. Run with no `--addr` (as plain `cargo bench` does),
 //! it does nothing.
@@ -23,8 +28,12 @@ use tokio::net::TcpStream;
 
 struct Args {
     addr: SocketAddr,
-    /// `append` (POST 1 KiB JSON events) or `health` (GET /health).
+    /// `append`, `keyed`, `batch` or `health` (see the module docs).
     mode: String,
+    /// Events per request in `batch` mode.
+    batch_records: usize,
+    /// In `batch` mode, a key per event.
+    batch_keyed: bool,
     ledger: String,
     connections: usize,
     duration: Duration,
@@ -42,6 +51,8 @@ fn parse_args() -> Result<Option<Args>, String> {
         duration: Duration::from_secs(10),
         max_requests: 1_000_000,
         body_bytes: 1024,
+        batch_records: 100,
+        batch_keyed: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -55,6 +66,8 @@ fn parse_args() -> Result<Option<Args>, String> {
             "--duration-secs" => args.duration = Duration::from_secs(number(value()?)?),
             "--max-requests" => args.max_requests = number(value()?)?,
             "--body-bytes" => args.body_bytes = number(value()?)? as usize,
+            "--batch-records" => args.batch_records = number(value()?)? as usize,
+            "--batch-keyed" => args.batch_keyed = true,
             // What `cargo bench` passes to every harness-less bench.
             "--bench" => {}
             other => return Err(format!("unknown argument {other}")),
@@ -64,11 +77,14 @@ fn parse_args() -> Result<Option<Args>, String> {
     if !addr.ip().is_loopback() {
         return Err(format!("{addr} is not a loopback address"));
     }
-    if !["append", "health"].contains(&args.mode.as_str()) {
-        return Err("--mode is append or health".into());
+    if !["append", "keyed", "batch", "health"].contains(&args.mode.as_str()) {
+        return Err("--mode is append, keyed, batch or health".into());
     }
-    if args.connections == 0 || args.body_bytes < 64 {
-        return Err("--connections must be positive and --body-bytes at least 64".into());
+    if args.connections == 0 || args.body_bytes < 64 || args.batch_records == 0 {
+        return Err(
+            "--connections and --batch-records must be positive and --body-bytes at least 64"
+                .into(),
+        );
     }
     args.addr = addr;
     Ok(Some(args))
@@ -88,20 +104,56 @@ fn event_body(size: usize) -> Vec<u8> {
     body
 }
 
-fn request(args: &Args) -> Vec<u8> {
+/// Events one request carries.
+fn records_per_request(args: &Args) -> usize {
+    match args.mode.as_str() {
+        "batch" => args.batch_records,
+        "health" => 0,
+        _ => 1,
+    }
+}
+
+/// The `n`th request of connection `conn` (keys are unique per run: connection and count).
+fn request(args: &Args, conn: usize, n: u64) -> Vec<u8> {
+    let post = |path: &str, content_type: &str, extra: &str, body: &[u8]| {
+        let mut req = format!(
+            "POST /v1/ledgers/{}/{path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n{extra}Content-Length: {}\r\n\r\n",
+            args.ledger,
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(body);
+        req
+    };
     match args.mode.as_str() {
         "health" => b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".to_vec(),
-        _ => {
-            let body = event_body(args.body_bytes);
-            let mut req = format!(
-                "POST /v1/ledgers/{}/records HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                args.ledger,
-                body.len()
-            )
-            .into_bytes();
-            req.extend_from_slice(&body);
-            req
+        "keyed" => post(
+            "records",
+            "application/json",
+            &format!("Idempotency-Key: lg-{conn}-{n}\r\n"),
+            &event_body(args.body_bytes),
+        ),
+        "batch" => {
+            let event = String::from_utf8(event_body(args.body_bytes)).expect("ASCII");
+            let mut body = Vec::with_capacity(args.batch_records * (args.body_bytes + 64));
+            for i in 0..args.batch_records {
+                let line = match args.batch_keyed {
+                    true => {
+                        format!(r#"{{"record":{event},"idempotency_key":"lg-{conn}-{n}-{i}"}}"#)
+                    }
+                    false => format!(r#"{{"record":{event}}}"#),
+                };
+                body.extend_from_slice(line.as_bytes());
+                body.push(b'\n');
+            }
+            post("records:batch", "application/x-ndjson", "", &body)
         }
+        _ => post(
+            "records",
+            "application/json",
+            "",
+            &event_body(args.body_bytes),
+        ),
     }
 }
 
@@ -153,14 +205,28 @@ struct ConnStats {
 
 async fn connection(
     args: Rc<Args>,
-    req: Rc<Vec<u8>>,
+    conn: usize,
     sent: Rc<AtomicU64>,
     deadline: Instant,
 ) -> ConnStats {
     let mut stats = ConnStats::default();
     let mut buf = Vec::with_capacity(8192);
     let mut stream = None;
+    // Built once when every request is the same; per request when each carries a new key.
+    let fixed = matches!(args.mode.as_str(), "append" | "health")
+        || (args.mode == "batch" && !args.batch_keyed);
+    let same = fixed.then(|| request(&args, conn, 0));
+    let mut n = 0u64;
     while Instant::now() < deadline && sent.fetch_add(1, Ordering::Relaxed) < args.max_requests {
+        n += 1;
+        let fresh;
+        let req = match &same {
+            Some(req) => req,
+            None => {
+                fresh = request(&args, conn, n);
+                &fresh
+            }
+        };
         let s = match stream.as_mut() {
             Some(s) => s,
             None => match TcpStream::connect(args.addr).await {
@@ -176,7 +242,7 @@ async fn connection(
             },
         };
         let started = Instant::now();
-        let result = match s.write_all(&req).await {
+        let result = match s.write_all(req).await {
             Ok(()) => read_response(s, &mut buf).await,
             Err(e) => Err(e),
         };
@@ -206,20 +272,12 @@ fn percentile_ms(sorted: &[u32], p: f64) -> f64 {
 
 async fn run(args: Args) -> String {
     let args = Rc::new(args);
-    let req = Rc::new(request(&args));
     let sent = Rc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + args.duration;
     let local = tokio::task::LocalSet::new();
     let handles: Vec<_> = (0..args.connections)
-        .map(|_| {
-            local.spawn_local(connection(
-                args.clone(),
-                req.clone(),
-                sent.clone(),
-                deadline,
-            ))
-        })
+        .map(|conn| local.spawn_local(connection(args.clone(), conn, sent.clone(), deadline)))
         .collect();
     let all = local
         .run_until(async {
@@ -237,9 +295,10 @@ async fn run(args: Args) -> String {
     let mut lat: Vec<u32> = all.into_iter().flat_map(|s| s.latencies_us).collect();
     lat.sort_unstable();
     format!(
-        "requests={} ok={ok} errors={errors} elapsed_s={elapsed:.3} rate={:.1} p50_ms={:.3} p95_ms={:.3} p99_ms={:.3} max_ms={:.3}",
+        "requests={} ok={ok} errors={errors} elapsed_s={elapsed:.3} rate={:.1} records_rate={:.1} p50_ms={:.3} p95_ms={:.3} p99_ms={:.3} max_ms={:.3}",
         ok + errors,
         ok as f64 / elapsed,
+        (ok * records_per_request(&args) as u64) as f64 / elapsed,
         percentile_ms(&lat, 0.50),
         percentile_ms(&lat, 0.95),
         percentile_ms(&lat, 0.99),
