@@ -5,7 +5,9 @@
 //!
 //! Bounded: `KILLS` kills (default 20; `ELEANOR_LEDGER_KILLS=100` for the documented longer
 //! run), each after at most 400 ms of load. Loopback only. A second test does the same with 5
-//! kills against the S3/DynamoDB emulator.
+//! kills against the S3/DynamoDB emulator. The keyed runs retry every append with its
+//! `Idempotency-Key` (single appends, and batch appends of [`BATCH`] records): then no event
+//! may be stored twice, and a batch is stored whole at consecutive seqs or not at all.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "support/aws.rs"]
@@ -22,6 +24,19 @@ use serde_json::{Value, json};
 
 const APPENDERS: usize = 32;
 const LEDGER: &str = "kill9";
+/// Records per batch append in [`Mode::KeyedBatch`].
+const BATCH: usize = 4;
+
+/// How the appenders append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// One record per request, retried without a key (at least once).
+    Plain,
+    /// One record per request, retried with its key (exactly once).
+    Keyed,
+    /// [`BATCH`] records per `records:batch` request, each with its key, retried whole.
+    KeyedBatch,
+}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -70,29 +85,60 @@ struct Ack {
 
 async fn appender(
     client: reqwest::Client,
-    url: String,
+    base: String,
     id: usize,
+    mode: Mode,
     stop: Arc<AtomicBool>,
     acks: Arc<Mutex<Vec<Ack>>>,
     retries: Arc<AtomicU64>,
 ) {
     let mut n = 0u64;
     while !stop.load(Ordering::SeqCst) {
-        let event = format!("{id}-{n}");
-        let body = json!({"event": event, "pad": "x".repeat(200)});
-        // Retry the same event until it is acknowledged (at-least-once, as a real client does).
+        let events: Vec<String> = match mode {
+            Mode::KeyedBatch => (0..BATCH).map(|i| format!("{id}-{n}-{i}")).collect(),
+            Mode::Plain | Mode::Keyed => vec![format!("{id}-{n}")],
+        };
+        let body = |event: &str| json!({"event": event, "pad": "x".repeat(200)});
+        let request = match mode {
+            Mode::KeyedBatch => {
+                let lines: Vec<String> = events
+                    .iter()
+                    .map(|e| json!({"record": body(e), "idempotency_key": e}).to_string())
+                    .collect();
+                client
+                    .post(format!("{base}/v1/ledgers/{LEDGER}/records:batch"))
+                    .header("content-type", "application/x-ndjson")
+                    .body(lines.join("\n"))
+            }
+            Mode::Keyed => client
+                .post(format!("{base}/v1/ledgers/{LEDGER}/records"))
+                .header("idempotency-key", &events[0])
+                .json(&body(&events[0])),
+            Mode::Plain => client
+                .post(format!("{base}/v1/ledgers/{LEDGER}/records"))
+                .json(&body(&events[0])),
+        };
+        // Retry the same request until it is acknowledged, as a real client does.
         loop {
             if stop.load(Ordering::SeqCst) {
                 return;
             }
-            match client.post(&url).json(&body).send().await {
-                Ok(resp) if resp.status() == 201 || resp.status() == 202 => {
-                    let receipt: Value = resp.json().await.unwrap();
-                    acks.lock().unwrap().push(Ack {
-                        seq: receipt["seq"].as_u64().unwrap(),
-                        entry_hash: receipt["entry_hash"].as_str().unwrap().to_owned(),
-                        event: event.clone(),
-                    });
+            let request = request.try_clone().expect("a body in memory clones");
+            match request.send().await {
+                Ok(resp) if [200, 201, 202].contains(&resp.status().as_u16()) => {
+                    let answer: Value = resp.json().await.unwrap();
+                    let receipts = match mode {
+                        Mode::KeyedBatch => answer["receipts"].as_array().unwrap().clone(),
+                        Mode::Plain | Mode::Keyed => vec![answer],
+                    };
+                    let mut acks = acks.lock().unwrap();
+                    for (receipt, event) in receipts.iter().zip(&events) {
+                        acks.push(Ack {
+                            seq: receipt["seq"].as_u64().unwrap(),
+                            entry_hash: receipt["entry_hash"].as_str().unwrap().to_owned(),
+                            event: event.clone(),
+                        });
+                    }
                     break;
                 }
                 Ok(resp) if resp.status().is_server_error() => {}
@@ -114,12 +160,37 @@ async fn acknowledged_records_survive_repeated_kill_9_under_load() {
         .unwrap_or(20);
     let dir = tempfile::tempdir().unwrap();
     let storage = vec!["--data-dir".to_owned(), dir.path().display().to_string()];
-    kill_loop(&storage, kills, APPENDERS).await;
+    kill_loop(&storage, kills, APPENDERS, Mode::Plain).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_retried_with_their_keys_through_kill_9_are_stored_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = vec!["--data-dir".to_owned(), dir.path().display().to_string()];
+    kill_loop(&storage, 10, APPENDERS, Mode::Keyed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_appends_through_kill_9_are_stored_whole_once_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = vec!["--data-dir".to_owned(), dir.path().display().to_string()];
+    kill_loop(&storage, 10, APPENDERS / 2, Mode::KeyedBatch).await;
 }
 
 /// The same against the S3/DynamoDB emulator, with fewer kills and appenders (moto is slow).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_records_survive_kill_9_on_the_emulator() {
+    kill_loop(&emulator_storage().await, 5, 8, Mode::Plain).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_appends_and_batches_through_kill_9_are_stored_exactly_once_on_the_emulator() {
+    kill_loop(&emulator_storage().await, 4, 6, Mode::Keyed).await;
+    kill_loop(&emulator_storage().await, 4, 4, Mode::KeyedBatch).await;
+}
+
+/// Storage flags for a fresh bucket and table on the emulator.
+async fn emulator_storage() -> Vec<String> {
     let settings = aws_support::fresh_settings().await;
     let storage: Vec<String> = [
         "--backend",
@@ -136,13 +207,12 @@ async fn acknowledged_records_survive_kill_9_on_the_emulator() {
     .iter()
     .map(|s| (*s).to_owned())
     .collect();
-    kill_loop(&storage, 5, 8).await;
+    storage
 }
 
-async fn kill_loop(storage: &[String], kills: usize, appenders: usize) {
+async fn kill_loop(storage: &[String], kills: usize, appenders: usize, mode: Mode) {
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let url = format!("{base}/v1/ledgers/{LEDGER}/records");
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
@@ -156,8 +226,9 @@ async fn kill_loop(storage: &[String], kills: usize, appenders: usize) {
         .map(|id| {
             tokio::spawn(appender(
                 client.clone(),
-                url.clone(),
+                base.clone(),
                 id,
+                mode,
                 stop.clone(),
                 acks.clone(),
                 retries.clone(),
@@ -229,6 +300,32 @@ async fn kill_loop(storage: &[String], kills: usize, appenders: usize) {
         }
     }
     assert_eq!(after, head, "the records end before the head");
+    if mode != Mode::Plain {
+        // Retried with keys: no event twice, whatever was killed when.
+        let mut seen = std::collections::HashMap::new();
+        for (seq, (_, event)) in &stored {
+            if let Some(first) = seen.insert(event.clone(), *seq) {
+                panic!("{event} is stored twice, at seqs {first} and {seq}");
+            }
+        }
+    }
+    if mode == Mode::KeyedBatch {
+        // Each batch whole, in order, at consecutive seqs, or not at all.
+        for (seq, (_, event)) in &stored {
+            let Some(prefix) = event.strip_suffix("-0") else {
+                continue;
+            };
+            for i in 1..BATCH as u64 {
+                let next = stored.get(&(seq + i)).map(|(_, e)| e.as_str());
+                assert_eq!(
+                    next,
+                    Some(format!("{prefix}-{i}").as_str()),
+                    "batch {prefix} at seq {seq}"
+                );
+            }
+        }
+        assert_eq!(stored.len() % BATCH, 0, "a batch stored in part");
+    }
     let mut lost = 0;
     for ack in &acks {
         match stored.get(&ack.seq) {
@@ -242,7 +339,7 @@ async fn kill_loop(storage: &[String], kills: usize, appenders: usize) {
     server.kill().unwrap();
     server.wait().unwrap();
     eprintln!(
-        "kill -9 x{kills}: {} acknowledged, {head} stored, {} client retries, {lost} lost",
+        "kill -9 x{kills} ({mode:?}): {} acknowledged, {head} stored, {} client retries, {lost} lost",
         acks.len(),
         retries.load(Ordering::Relaxed)
     );
