@@ -306,3 +306,77 @@ async fn appends_fail_fast_while_storage_is_cut_or_stalled_and_resume_by_themsel
         report["head"]["seq"]
     );
 }
+
+impl App {
+    /// A keyed append of `{"key": key}`.
+    async fn append_keyed(&self, key: &str) -> (u16, Value) {
+        let resp = self
+            .client
+            .post(format!("{}/v1/ledgers/chaos-keyed/records", self.base))
+            .header("Idempotency-Key", key)
+            .json(&json!({ "key": key }))
+            .send()
+            .await
+            .expect("the service itself always answers");
+        (
+            resp.status().as_u16(),
+            resp.json().await.unwrap_or(Value::Null),
+        )
+    }
+}
+
+/// A client whose append failed (`503`: cut, stalled past the request timeout, circuit open)
+/// or was slow retries it with the same key once storage is back: one entry per key, and an
+/// append that was acknowledged is answered again with the same receipt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_retried_with_their_keys_after_storage_failures_are_stored_once() {
+    let upstream = aws_support::endpoint()
+        .trim_start_matches("http://")
+        .to_owned();
+    let proxy = Proxy::start(upstream).await;
+    let app = spawn_app(&proxy.addr).await;
+    let mut firsts = Vec::new();
+    for (mode, name) in [(CUT, "cut"), (STALL, "stall"), (DELAY, "delay")] {
+        proxy.set(mode);
+        for i in 0..3 {
+            let key = format!("{name}-{i}");
+            let (status, body) = app.append_keyed(&key).await;
+            assert!([201, 202, 503].contains(&status), "{key}: {status} {body}");
+            firsts.push((key, status, body));
+        }
+        proxy.set(PASS);
+    }
+    let mut found = 0;
+    for (key, status, first) in &firsts {
+        let mut answer = None;
+        for _ in 0..200 {
+            match app.append_keyed(key).await {
+                (503, _) => tokio::time::sleep(Duration::from_millis(50)).await,
+                other => {
+                    answer = Some(other);
+                    break;
+                }
+            }
+        }
+        let (retry_status, retry) = answer.unwrap_or_else(|| panic!("{key}: still 503 after 10 s"));
+        assert!(
+            [200, 201].contains(&retry_status),
+            "{key}: {retry_status} {retry}"
+        );
+        if *status == 201 || *status == 202 {
+            assert_eq!(
+                retry_status, 200,
+                "{key}: an acknowledged append is replayed"
+            );
+            assert_eq!(retry["seq"], first["seq"], "{key}");
+            assert_eq!(retry["entry_hash"], first["entry_hash"], "{key}");
+        }
+        let (again, replay) = app.append_keyed(key).await;
+        assert_eq!((again, &replay["seq"]), (200, &retry["seq"]), "{key}");
+        found += 1;
+    }
+    let (status, report) = app.get("/v1/ledgers/chaos-keyed/verify").await;
+    assert_eq!(status, 200);
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["head"]["seq"], found, "one entry per key: {report}");
+}
