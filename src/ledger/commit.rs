@@ -188,8 +188,9 @@ impl Writer {
         let one_step = self.stores.batches.clone();
         let started = Instant::now();
         let mut attempt: u32 = 0;
-        // What this writer knows of each key's item. In steps a key not in here is written as
-        // new (`expected: None`) and read only if that is refused: one request per new key.
+        // What this writer knows of each key's item. A key not in here is written as new
+        // (`expected: None`) and read only if that is refused: in steps one request per new
+        // key, in one step nothing beyond the batch's transaction.
         let mut known: HashMap<IdempotencyKey, Option<KeyClaim>> = HashMap::new();
         loop {
             // Step 0.
@@ -197,9 +198,6 @@ impl Writer {
             // Step 1.
             self.ensure_written_out(&head).await?;
             // Which appends are new, which are answered by what is stored.
-            if one_step.is_some() {
-                self.read_keys(requests, &mut known).await?;
-            }
             let Some(plan) = self.plan(requests, &head, &known).await? else {
                 // A key's item names a head past this one: ours is stale.
                 self.head = None;
@@ -249,9 +247,11 @@ impl Writer {
                     return Ok((plan, entries, one_step.is_some()));
                 }
                 Attempt::KeyMoved => {
-                    // Another writer changed a key's item: decide the key again, on it.
+                    // A key's item is not what this writer expected (in steps, `known` now
+                    // holds what it is): decide the key again on it.
                     if one_step.is_some() {
                         known.clear();
+                        self.read_keys(requests, &mut known).await?;
                     }
                 }
                 Attempt::Conflict(current) => {
@@ -292,8 +292,7 @@ impl Writer {
     }
 
     /// Reads the item of every key of `requests` not in `known` (on a store that commits in
-    /// one step, where a read is a local lookup and the batch's key writes are conditional on
-    /// what it read).
+    /// one step, after it refused the batch's key writes: it does not say which).
     async fn read_keys(
         &self,
         requests: &[Vec<Append>],

@@ -105,11 +105,13 @@ impl Committer {
         let results = match self.writer.commit(&requests).await {
             Err(e) => vec![Err(e); requests.len()],
             Ok(committed) => {
-                let new = committed.iter().flatten().flatten();
-                let new = new.filter(|a| !a.replayed).count();
+                let appended = committed.iter().flatten().flatten();
+                let replays = appended.clone().filter(|a| a.replayed).count();
+                let new = appended.count() - replays;
                 if new > 0 {
                     self.metrics.batch_size.observe(new as f64);
                 }
+                self.metrics.replays.inc_by(replays as u64);
                 committed
                     .into_iter()
                     .map(|appended| {

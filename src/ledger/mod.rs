@@ -186,6 +186,7 @@ impl Default for Options {
 pub struct LedgerMetrics {
     batch_size: Histogram,
     conflicts: IntCounter,
+    replays: IntCounter,
     roll_forwards: IntCounter,
     corruption: IntCounter,
     verify_last_ok: prometheus::IntGaugeVec,
@@ -242,6 +243,10 @@ impl LedgerMetrics {
                 "ledger_commit_conflicts_total",
                 "META compare-and-set attempts lost to another writer and retried.",
             )?,
+            replays: IntCounter::new(
+                "ledger_idempotent_replays_total",
+                "Appends answered with the original receipt of their idempotency key (nothing appended).",
+            )?,
             roll_forwards: IntCounter::new(
                 "ledger_roll_forwards_total",
                 "Pending batches found unfinished (another writer's, or left by a crash) and written out.",
@@ -279,6 +284,7 @@ impl LedgerMetrics {
         };
         registry.register(Box::new(m.batch_size.clone()))?;
         registry.register(Box::new(m.conflicts.clone()))?;
+        registry.register(Box::new(m.replays.clone()))?;
         registry.register(Box::new(m.roll_forwards.clone()))?;
         registry.register(Box::new(m.corruption.clone()))?;
         registry.register(Box::new(m.verify_last_ok.clone()))?;
