@@ -27,7 +27,8 @@
 //! batches are written out); [`Writer::commit`] runs a batch through every step and
 //! [`Writer::finish_pending`] (startup, reads, verification) runs steps 0-1 alone.
 //!
-//! The file is ~900 lines (and its unit tests) on purpose: the protocol is read in one place.
+//! The file is ~1000 lines (and its unit tests) on purpose: the protocol, idempotency keys
+//! included, is read in one place.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -199,8 +200,14 @@ impl Writer {
             self.ensure_written_out(&head).await?;
             // Which appends are new, which are answered by what is stored.
             let Some(plan) = self.plan(requests, &head, &known).await? else {
-                // A key's item names a head past this one: ours is stale.
+                // A key's item names a head past this one: ours is stale. Read it again,
+                // within the attempts a claim has (an item that stays ahead of every head
+                // read is none this protocol wrote).
                 self.head = None;
+                attempt += 1;
+                if attempt >= self.options.max_claim_attempts {
+                    return Err(LedgerError::Contention);
+                }
                 continue;
             };
             if plan.new.is_empty() {

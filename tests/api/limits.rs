@@ -32,6 +32,8 @@ async fn beyond_the_in_flight_cap_requests_get_503_server_busy_at_once_and_chang
             tokio::spawn(async move { api.append("busy", &format!(r#"{{"held":{i}}}"#)).await })
         })
         .collect();
+    // Real time, not a paused clock: the two appends travel over real sockets and are held by
+    // the server's own linger timer; this only gives them time to arrive.
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     // Every counted route is refused at once, appends included, while the slots are held.

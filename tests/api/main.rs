@@ -5,6 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod append;
+mod auth;
+mod checkpoints;
 mod errors;
 mod fuzz;
 mod helpers;

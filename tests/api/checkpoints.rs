@@ -2,96 +2,47 @@
 //! latest checkpoint and verifies offline with `ledger-verify --bundle` and with
 //! `scripts/verify_chain.py` (signatures checked with the `cryptography` package, installed
 //! into a venv when the system Python lacks it; if that fails the test fails, never skips).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use base64::Engine;
 use clap::Parser;
-use eleanor_ledger::app::Application;
 use eleanor_ledger::chain::checkpoint::Signer;
-use eleanor_ledger::config::ServerArgs;
 use reqwest::StatusCode;
 use serde_json::Value;
 use tempfile::TempDir;
-use tokio::sync::oneshot;
 
-struct App {
-    url: String,
-    client: reqwest::Client,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-    dir: TempDir,
+use crate::helpers::{Api, TestApp, spawn_app_in};
+
+/// The app over `dir` (which the test may also use for files of its own), signing with `key`.
+async fn start(dir: TempDir, key: Option<&Path>, extra: &[&str]) -> TestApp {
+    let key = key.map(|k| k.display().to_string());
+    let mut args: Vec<&str> = Vec::new();
+    if let Some(key) = &key {
+        args.extend(["--signing-key-file", key]);
+    }
+    args.extend_from_slice(extra);
+    spawn_app_in(dir, &args).await
 }
 
-impl App {
-    async fn start(dir: TempDir, key: Option<&Path>, extra: &[&str]) -> App {
-        let data = dir.path().join("data");
-        let mut argv = vec![
-            "ledger-server".to_owned(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--data-dir".into(),
-            data.to_str().unwrap().into(),
-        ];
-        if let Some(key) = key {
-            argv.push("--signing-key-file".into());
-            argv.push(key.to_str().unwrap().into());
-        }
-        argv.extend(extra.iter().map(|s| (*s).to_owned()));
-        let config = ServerArgs::try_parse_from(argv)
-            .unwrap()
-            .into_config()
-            .unwrap();
-        let app = Application::build(config).await.unwrap();
-        let url = format!("http://{}", app.local_addr());
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            app.run_until(async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-        });
-        App {
-            url,
-            client: reqwest::Client::new(),
-            stop: Some(tx),
-            task,
-            dir,
-        }
+/// `POST path` with `body` as JSON (or no body): the status and the JSON answer.
+async fn post(api: &Api, path: &str, body: Option<&str>) -> (StatusCode, Value) {
+    let mut req = api.client.post(api.url(path));
+    if let Some(body) = body {
+        req = req
+            .header("content-type", "application/json")
+            .body(body.to_owned());
     }
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
 
-    async fn stop(mut self) -> TempDir {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        (&mut self.task).await.unwrap();
-        self.dir
-    }
-
-    async fn post(&self, path: &str, body: Option<&str>) -> (StatusCode, Value) {
-        let mut req = self.client.post(format!("{}{path}", self.url));
-        if let Some(body) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(body.to_owned());
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        (status, resp.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, String) {
-        let resp = self
-            .client
-            .get(format!("{}{path}", self.url))
-            .send()
-            .await
-            .unwrap();
-        (resp.status(), resp.text().await.unwrap())
-    }
+/// `GET path`: the status and the body's text.
+async fn get_text(api: &Api, path: &str) -> (StatusCode, String) {
+    let resp = api.get(path).await;
+    (resp.status(), resp.text().await.unwrap())
 }
 
 fn key_file(dir: &Path) -> (PathBuf, Signer) {
@@ -106,48 +57,51 @@ fn key_file(dir: &Path) -> (PathBuf, Signer) {
 async fn checkpoints_are_signed_stored_once_per_seq_and_served_with_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let (key, signer) = key_file(dir.path());
-    let app = App::start(dir, Some(&key), &["--checkpoint-interval", "0"]).await;
+    let app = start(dir, Some(&key), &["--checkpoint-interval", "0"]).await;
 
-    let (status, body) = app.post("/v1/ledgers/cp/checkpoints", None).await;
+    let (status, body) = post(&app, "/v1/ledgers/cp/checkpoints", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
-    let (status, _) = app.get("/v1/ledgers/cp/checkpoints/latest").await;
+    let (status, _) = get_text(&app, "/v1/ledgers/cp/checkpoints/latest").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     for n in 1..=3 {
-        let (status, receipt) = app
-            .post("/v1/ledgers/cp/records", Some(&format!(r#"{{"n":{n}}}"#)))
-            .await;
+        let (status, receipt) = post(
+            &app,
+            "/v1/ledgers/cp/records",
+            Some(&format!(r#"{{"n":{n}}}"#)),
+        )
+        .await;
         assert_eq!(status, StatusCode::CREATED);
         assert_eq!(receipt["receipt"]["key_id"], signer.key_id().to_string());
         assert_eq!(receipt["receipt"]["signature"].as_str().unwrap().len(), 128);
     }
-    let (status, latest) = app.get("/v1/ledgers/cp/checkpoints/latest").await;
+    let (status, latest) = get_text(&app, "/v1/ledgers/cp/checkpoints/latest").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{latest}");
     assert!(latest.contains("checkpoint_not_found"), "{latest}");
 
-    let (status, first) = app.post("/v1/ledgers/cp/checkpoints", None).await;
+    let (status, first) = post(&app, "/v1/ledgers/cp/checkpoints", None).await;
     assert_eq!(status, StatusCode::CREATED, "{first}");
     assert_eq!(first["seq"], 3);
-    let (status, again) = app.post("/v1/ledgers/cp/checkpoints", None).await;
+    let (status, again) = post(&app, "/v1/ledgers/cp/checkpoints", None).await;
     assert_eq!(
         status,
         StatusCode::OK,
         "the head has not moved: the same one"
     );
     assert_eq!(again, first);
-    let (status, latest) = app.get("/v1/ledgers/cp/checkpoints/latest").await;
+    let (status, latest) = get_text(&app, "/v1/ledgers/cp/checkpoints/latest").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(serde_json::from_str::<Value>(&latest).unwrap(), first);
     let cp = eleanor_ledger::chain::checkpoint::Checkpoint::from_json(latest.as_bytes()).unwrap();
     cp.verify(signer.public_key()).unwrap();
 
-    let (status, keys) = app.get("/v1/keys").await;
+    let (status, keys) = get_text(&app, "/v1/keys").await;
     assert_eq!(status, StatusCode::OK);
     let keys: Value = serde_json::from_str(&keys).unwrap();
     assert_eq!(keys["keys"][0]["public_key"], signer.public_key().to_hex());
     assert_eq!(keys["keys"][0]["key_id"], signer.key_id().to_string());
 
-    let (_, report) = app.get("/v1/ledgers/cp/verify").await;
+    let (_, report) = get_text(&app, "/v1/ledgers/cp/verify").await;
     let report: Value = serde_json::from_str(&report).unwrap();
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["checkpoints_checked"], 1);
@@ -156,14 +110,14 @@ async fn checkpoints_are_signed_stored_once_per_seq_and_served_with_the_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_key_checkpoints_answer_503_signing_disabled_and_receipts_are_unsigned() {
-    let app = App::start(tempfile::tempdir().unwrap(), None, &[]).await;
-    let (status, receipt) = app.post("/v1/ledgers/k/records", Some("{}")).await;
+    let app = start(tempfile::tempdir().unwrap(), None, &[]).await;
+    let (status, receipt) = post(&app, "/v1/ledgers/k/records", Some("{}")).await;
     assert_eq!(status, StatusCode::CREATED);
     assert!(receipt.get("receipt").is_none(), "{receipt}");
-    let (status, body) = app.post("/v1/ledgers/k/checkpoints", None).await;
+    let (status, body) = post(&app, "/v1/ledgers/k/checkpoints", None).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body["error"]["code"], "signing_disabled");
-    let (status, keys) = app.get("/v1/keys").await;
+    let (status, keys) = get_text(&app, "/v1/keys").await;
     assert_eq!((status, keys.as_str()), (StatusCode::OK, r#"{"keys":[]}"#));
     app.stop().await;
 }
@@ -192,9 +146,12 @@ fn a_key_file_readable_by_others_is_refused_and_gen_key_never_overwrites() {
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("key_id "));
     // The server refuses a readable key at startup, in one sentence naming it.
-    let args =
-        ServerArgs::try_parse_from(["ledger-server", "--signing-key-file", key.to_str().unwrap()])
-            .unwrap();
+    let args = eleanor_ledger::config::ServerArgs::try_parse_from([
+        "ledger-server",
+        "--signing-key-file",
+        key.to_str().unwrap(),
+    ])
+    .unwrap();
     let err = args.into_config().unwrap_err();
     assert!(
         err.0.starts_with("ELEANOR_LEDGER_SIGNING_KEY_FILE"),
@@ -206,11 +163,11 @@ fn a_key_file_readable_by_others_is_refused_and_gen_key_never_overwrites() {
 async fn periodic_checkpoints_follow_the_head() {
     let dir = tempfile::tempdir().unwrap();
     let (key, _) = key_file(dir.path());
-    let app = App::start(dir, Some(&key), &["--checkpoint-interval", "1"]).await;
-    app.post("/v1/ledgers/tick/records", Some("{}")).await;
+    let app = start(dir, Some(&key), &["--checkpoint-interval", "1"]).await;
+    post(&app, "/v1/ledgers/tick/records", Some("{}")).await;
     let mut seen = None;
     for _ in 0..50 {
-        let (status, body) = app.get("/v1/ledgers/tick/checkpoints/latest").await;
+        let (status, body) = get_text(&app, "/v1/ledgers/tick/checkpoints/latest").await;
         if status == StatusCode::OK {
             seen = Some(serde_json::from_str::<Value>(&body).unwrap());
             break;
@@ -269,24 +226,27 @@ fn python_with_cryptography() -> PathBuf {
 async fn an_export_carries_its_checkpoint_and_verifies_offline_in_rust_and_python() {
     let dir = tempfile::tempdir().unwrap();
     let (key, signer) = key_file(dir.path());
-    let app = App::start(dir, Some(&key), &["--checkpoint-interval", "0"]).await;
+    let app = start(dir, Some(&key), &["--checkpoint-interval", "0"]).await;
     let mut receipt = Value::Null;
     for n in 1..=20 {
-        let (_, r) = app
-            .post("/v1/ledgers/ex/records", Some(&format!(r#"{{"n":{n}}}"#)))
-            .await;
+        let (_, r) = post(
+            &app,
+            "/v1/ledgers/ex/records",
+            Some(&format!(r#"{{"n":{n}}}"#)),
+        )
+        .await;
         if n == 12 {
             receipt = r;
         }
     }
-    let (status, _) = app.post("/v1/ledgers/ex/checkpoints", None).await;
+    let (status, _) = post(&app, "/v1/ledgers/ex/checkpoints", None).await;
     assert_eq!(status, StatusCode::CREATED);
-    let (status, export) = app.get("/v1/ledgers/ex/export").await;
+    let (status, export) = get_text(&app, "/v1/ledgers/ex/export").await;
     assert_eq!(status, StatusCode::OK);
     let first: Value = serde_json::from_str(export.lines().next().unwrap()).unwrap();
     assert_eq!(first["checkpoint"]["seq"], 20, "the first line: {first}");
     // A range below the checkpoint leaves it out.
-    let (_, short) = app.get("/v1/ledgers/ex/export?to=5").await;
+    let (_, short) = get_text(&app, "/v1/ledgers/ex/export?to=5").await;
     assert_eq!(short.lines().count(), 5);
     let dir = app.stop().await;
 

@@ -1,6 +1,5 @@
 //! JWT authentication and roles over HTTP: refusals have no side effect, roles and ledgers are
 //! enforced, and rotating the keys file under load drops no valid request.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,11 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use clap::Parser;
-use eleanor_ledger::app::Application;
-use eleanor_ledger::config::ServerArgs;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, spawn_app_in};
 
 const OLD_SECRET: &[u8] = b"old-secret-for-tests-only-0123456789";
 const NEW_SECRET: &[u8] = b"new-secret-for-tests-only-9876543210";
@@ -60,50 +58,30 @@ fn ed_token(roles: &[&str], ledgers: &Value) -> String {
     encode(&header, &claims, &EncodingKey::from_ed_pem(&pem).unwrap()).unwrap()
 }
 
+/// The app with `--auth jwt` and a keys file (kid `old`, and an Ed25519 key) in its data dir.
 struct App {
-    base: String,
-    client: reqwest::Client,
-    _dir: tempfile::TempDir,
+    app: TestApp,
     keys: PathBuf,
-    _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 async fn spawn_app(extra: &[&str]) -> App {
     let dir = tempfile::tempdir().unwrap();
     let keys = keys_file(dir.path(), &[("old", OLD_SECRET)], true);
-    let data = dir.path().join("data");
-    let mut argv = vec!["ledger-server", "--listen", "127.0.0.1:0", "--auth", "jwt"];
-    argv.extend_from_slice(extra);
-    let mut argv: Vec<String> = argv.into_iter().map(String::from).collect();
-    argv.extend(["--jwt-keys-file".into(), keys.display().to_string()]);
-    argv.extend(["--data-dir".into(), data.display().to_string()]);
-    let app = Application::build(
-        ServerArgs::try_parse_from(argv)
-            .unwrap()
-            .into_config()
-            .unwrap(),
-    )
-    .await
-    .unwrap();
-    let base = format!("http://{}", app.local_addr());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.run_until(async {
-        let _ = stopped.await;
-    }));
+    let keys_arg = keys.display().to_string();
+    let mut args = vec!["--auth", "jwt", "--jwt-keys-file", &keys_arg];
+    args.extend_from_slice(extra);
     App {
-        base,
-        client: reqwest::Client::new(),
-        _dir: dir,
+        app: spawn_app_in(dir, &args).await,
         keys,
-        _stop: stop,
     }
 }
 
 impl App {
     async fn append(&self, ledger: &str, token: Option<&str>) -> reqwest::Response {
         let mut req = self
+            .app
             .client
-            .post(format!("{}/v1/ledgers/{ledger}/records", self.base))
+            .post(self.app.url(&format!("/v1/ledgers/{ledger}/records")))
             .json(&json!({"a": 1}));
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -112,7 +90,7 @@ impl App {
     }
 
     async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
-        let mut req = self.client.get(format!("{}{path}", self.base));
+        let mut req = self.app.client.get(self.app.url(path));
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -292,6 +270,9 @@ async fn rotating_the_keys_file_under_load_drops_no_valid_request() {
         .collect();
 
     let dir = app.keys.parent().unwrap().to_owned();
+    // Real time throughout: the subject is the server noticing a file change through the
+    // operating system's file watcher, which a paused tokio clock does not drive. The waits
+    // are bounded polls, not assumptions about how fast it is.
     tokio::time::sleep(Duration::from_millis(300)).await;
     keys_file(&dir, &[("old", OLD_SECRET), ("new", NEW_SECRET)], true);
     let new_token = hs_token("new", NEW_SECRET, &["writer"], &json!("*"), now() + 600);
