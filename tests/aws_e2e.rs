@@ -21,6 +21,8 @@
 
 #[path = "support/aws.rs"]
 mod aws_support;
+#[path = "support/report.rs"]
+mod report_support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -45,6 +47,8 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use report_support::failure_kinds;
+
 const GENESIS_HEX: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 /// Six years: the default retention is 2557 days (about seven).
 const SIX_YEARS_SECS: i64 = 6 * 365 * 86_400;
@@ -64,24 +68,15 @@ impl AwsApp {
     /// The service as `ledger-server --backend aws ...` would run it on `settings`' bucket,
     /// table and prefix, on `127.0.0.1:0`; `observer` sees every request it sends to AWS.
     async fn spawn(settings: &AwsSettings, observer: Option<RequestObserver>) -> AwsApp {
-        let endpoint = aws_support::endpoint();
-        let argv = [
-            "ledger-server",
-            "--listen",
-            "127.0.0.1:0",
-            "--backend",
-            "aws",
-            "--s3-bucket",
-            &settings.bucket,
-            "--s3-prefix",
-            &settings.prefix,
-            "--ddb-table",
-            &settings.table,
-            "--ddb-region",
-            aws_support::REGION,
-            "--aws-endpoint-url",
-            &endpoint,
+        let mut argv = vec![
+            "ledger-server".to_owned(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
         ];
+        argv.extend(aws_support::storage_flags(
+            settings,
+            &aws_support::endpoint(),
+        ));
         let mut config = ServerArgs::try_parse_from(argv)
             .expect("the flags parse")
             .into_config()
@@ -587,20 +582,11 @@ struct CliRun {
 async fn ledger_verify(settings: &AwsSettings, ledger: &str, extra: &[&str]) -> CliRun {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ledger-verify"));
     command
-        .args(["--ledger", ledger, "--json", "--backend", "aws"])
-        .args([
-            "--s3-bucket",
-            &settings.bucket,
-            "--s3-prefix",
-            &settings.prefix,
-        ])
-        .args([
-            "--ddb-table",
-            &settings.table,
-            "--ddb-region",
-            aws_support::REGION,
-        ])
-        .args(["--aws-endpoint-url", &aws_support::endpoint()])
+        .args(["--ledger", ledger, "--json"])
+        .args(aws_support::storage_flags(
+            settings,
+            &aws_support::endpoint(),
+        ))
         .args(extra);
     let out = tokio::task::spawn_blocking(move || command.output())
         .await
@@ -616,21 +602,6 @@ async fn ledger_verify(settings: &AwsSettings, ledger: &str, extra: &[&str]) -> 
             )
         }),
     }
-}
-
-/// `(seq, kind)` of each failure in a `ledger-verify --json` report.
-fn cli_kinds(report: &Value) -> Vec<(u64, String)> {
-    report["failures"]
-        .as_array()
-        .unwrap_or_else(|| panic!("a report: {report}"))
-        .iter()
-        .map(|f| {
-            (
-                f["seq"].as_u64().unwrap(),
-                f["kind"].as_str().unwrap().into(),
-            )
-        })
-        .collect()
 }
 
 fn unix_now() -> i64 {
@@ -1127,7 +1098,7 @@ async fn tampering_with_s3_or_dynamodb_is_reported_at_its_seq_with_its_kind() {
     // `ledger-verify` over the same bucket and table, without the service: the same verdicts.
     for ledger in ledgers {
         let run = ledger_verify(&settings, ledger, &[]).await;
-        let found = cli_kinds(&run.report);
+        let found = failure_kinds(&run.report);
         let endpoint: Vec<(u64, String)> = kinds(ledger)
             .into_iter()
             .map(|(seq, kind)| (seq, kind.to_owned()))
@@ -1154,7 +1125,7 @@ async fn tampering_with_s3_or_dynamodb_is_reported_at_its_seq_with_its_kind() {
         ("tail-hidden", Some((3, "missing_entry"))),
     ] {
         let run = ledger_verify(&settings, ledger, &["--objects-only"]).await;
-        let found = cli_kinds(&run.report);
+        let found = failure_kinds(&run.report);
         match expected {
             None => {
                 assert_eq!(run.code, 0, "{ledger}: {}", run.report);
@@ -1175,7 +1146,7 @@ async fn tampering_with_s3_or_dynamodb_is_reported_at_its_seq_with_its_kind() {
     .await;
     assert_eq!(run.code, 1, "{}", run.report);
     assert_eq!(
-        cli_kinds(&run.report),
+        failure_kinds(&run.report),
         [1, 2, 3].map(|seq| (seq, "not_locked".to_owned()))
     );
     assert!(

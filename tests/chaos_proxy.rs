@@ -132,28 +132,24 @@ fn ack(status: u16, body: &Value, acked: &mut Vec<(u64, String)>) {
 
 async fn spawn_app(endpoint: &str) -> App {
     let settings = aws_support::fresh_settings().await;
-    let args = ServerArgs::try_parse_from([
-        "ledger-server",
-        "--listen",
-        "127.0.0.1:0",
-        "--backend",
-        "aws",
-        "--s3-bucket",
-        &settings.bucket,
-        "--ddb-table",
-        &settings.table,
-        "--ddb-region",
-        aws_support::REGION,
-        "--aws-endpoint-url",
-        endpoint,
-        "--request-timeout-ms",
-        &REQUEST_TIMEOUT_MS.to_string(),
-        "--circuit-failures",
-        "3",
-        "--circuit-cooldown-ms",
-        "500",
-    ])
-    .unwrap();
+    let mut argv = vec![
+        "ledger-server".to_owned(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+    ];
+    argv.extend(aws_support::storage_flags(&settings, endpoint));
+    argv.extend(
+        [
+            "--request-timeout-ms",
+            &REQUEST_TIMEOUT_MS.to_string(),
+            "--circuit-failures",
+            "3",
+            "--circuit-cooldown-ms",
+            "500",
+        ]
+        .map(str::to_owned),
+    );
+    let args = ServerArgs::try_parse_from(argv).unwrap();
     let app = Application::build(args.into_config().unwrap())
         .await
         .unwrap();

@@ -192,22 +192,7 @@ async fn keyed_appends_and_batches_through_kill_9_are_stored_exactly_once_on_the
 /// Storage flags for a fresh bucket and table on the emulator.
 async fn emulator_storage() -> Vec<String> {
     let settings = aws_support::fresh_settings().await;
-    let storage: Vec<String> = [
-        "--backend",
-        "aws",
-        "--s3-bucket",
-        &settings.bucket,
-        "--ddb-table",
-        &settings.table,
-        "--ddb-region",
-        aws_support::REGION,
-        "--aws-endpoint-url",
-        &aws_support::endpoint(),
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
-    storage
+    aws_support::storage_flags(&settings, &aws_support::endpoint())
 }
 
 async fn kill_loop(storage: &[String], kills: usize, appenders: usize, mode: Mode) {

@@ -3,6 +3,9 @@
 //! kind. Tampering edits the redb file directly while no server holds it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/report.rs"]
+mod report_support;
+
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -20,6 +23,8 @@ use eleanor_ledger::store::{BackendMetrics, NewObject};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::Value;
 use tempfile::TempDir;
+
+use report_support::failure_kinds as kinds;
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -116,20 +121,6 @@ fn verify_dir(dir: &Path, extra: &[&str]) -> Run {
     ];
     args.extend_from_slice(extra);
     cli(&args)
-}
-
-fn kinds(report: &Value) -> Vec<(u64, String)> {
-    report["failures"]
-        .as_array()
-        .unwrap_or_else(|| panic!("a report: {report}"))
-        .iter()
-        .map(|f| {
-            (
-                f["seq"].as_u64().unwrap(),
-                f["kind"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
 }
 
 /// What the service's own verification says about the same directory.

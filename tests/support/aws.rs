@@ -91,6 +91,27 @@ pub async fn fresh_settings() -> AwsSettings {
     settings
 }
 
+/// The storage flags of `ledger-server` and `ledger-verify` for `settings` on the emulator
+/// at `endpoint` (the emulator's own, or a proxy in front of it).
+pub fn storage_flags(settings: &AwsSettings, endpoint: &str) -> Vec<String> {
+    [
+        "--backend",
+        "aws",
+        "--s3-bucket",
+        &settings.bucket,
+        "--s3-prefix",
+        &settings.prefix,
+        "--ddb-table",
+        &settings.table,
+        "--ddb-region",
+        REGION,
+        "--aws-endpoint-url",
+        endpoint,
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
 /// Connects the backend with `settings`.
 pub async fn connect_with(settings: &AwsSettings, metrics: BackendMetrics) -> Stores {
     connect(settings, metrics).await.expect("valid settings")
