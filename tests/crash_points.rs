@@ -339,6 +339,12 @@ async fn every_keyed_crash_point(make: impl AsyncFn() -> Stores, wrap: Wrap) {
     eprintln!("calls per keyed batch: {calls:?}\n{}", outcomes.join("\n"));
 }
 
+/// A fresh bucket and table on the emulator, shared by the scenarios of one test.
+async fn emulator() -> Stores {
+    let settings = aws_support::fresh_settings().await;
+    aws_support::connect_with(&settings, BackendMetrics::unregistered()).await
+}
+
 async fn embedded() -> Stores {
     let dir = tempfile::tempdir().unwrap().keep();
     LocalStore::open(&dir, BackendMetrics::unregistered())
@@ -363,8 +369,7 @@ async fn every_crash_point_of_a_batch_in_steps_heals_on_the_embedded_backend() {
 /// is per ledger, and a fresh bucket and table per scenario would cost more than the scenario.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_crash_point_of_a_batch_heals_on_the_emulator() {
-    let settings = aws_support::fresh_settings().await;
-    let stores = aws_support::connect_with(&settings, BackendMetrics::unregistered()).await;
+    let stores = emulator().await;
     every_crash_point(async || stores.clone(), fault::wrap, false).await;
 }
 
@@ -376,8 +381,7 @@ async fn a_batch_whose_claim_answer_was_lost_is_acknowledged_once_on_the_embedde
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_whose_claim_answer_was_lost_is_acknowledged_once_on_the_emulator() {
-    let settings = aws_support::fresh_settings().await;
-    let stores = aws_support::connect_with(&settings, BackendMetrics::unregistered()).await;
+    let stores = emulator().await;
     a_claim_whose_answer_was_lost(async || stores.clone(), fault::wrap).await;
 }
 
@@ -389,7 +393,6 @@ async fn every_crash_point_of_a_keyed_batch_gives_each_key_one_entry_on_the_embe
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_crash_point_of_a_keyed_batch_gives_each_key_one_entry_on_the_emulator() {
-    let settings = aws_support::fresh_settings().await;
-    let stores = aws_support::connect_with(&settings, BackendMetrics::unregistered()).await;
+    let stores = emulator().await;
     every_keyed_crash_point(async || stores.clone(), fault::wrap).await;
 }

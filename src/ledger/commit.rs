@@ -1070,10 +1070,14 @@ mod tests {
 
     /// The embedded store, and the same store taken in the protocol's separate steps under
     /// the fault injector.
-    fn stores_in_steps(dir: &std::path::Path) -> (Stores, Stores, FaultHandle) {
-        let stores = LocalStore::open(dir, BackendMetrics::unregistered())
+    fn embedded(dir: &std::path::Path) -> Stores {
+        LocalStore::open(dir, BackendMetrics::unregistered())
             .unwrap()
-            .into_stores();
+            .into_stores()
+    }
+
+    fn stores_in_steps(dir: &std::path::Path) -> (Stores, Stores, FaultHandle) {
+        let stores = embedded(dir);
         let (faulty, handle) = fault::wrap_in_steps(&stores);
         (stores, faulty, handle)
     }
@@ -1125,9 +1129,7 @@ mod tests {
     #[tokio::test]
     async fn a_batch_in_one_step_leaves_no_pending_batch() {
         let dir = tempfile::tempdir().unwrap();
-        let stores = LocalStore::open(dir.path(), BackendMetrics::unregistered())
-            .unwrap()
-            .into_stores();
+        let stores = embedded(dir.path());
         let (faulty, handle) = fault::wrap(&stores);
         let (written, ok) = entries(writer(&faulty).commit(&records(3)).await.unwrap());
         assert!(ok);
@@ -1180,9 +1182,7 @@ mod tests {
     #[tokio::test]
     async fn a_writer_with_a_stale_head_loses_the_race_and_rebuilds_on_the_winner() {
         let dir = tempfile::tempdir().unwrap();
-        let stores = LocalStore::open(dir.path(), BackendMetrics::unregistered())
-            .unwrap()
-            .into_stores();
+        let stores = embedded(dir.path());
         let (in_steps, _) = fault::wrap_in_steps(&stores);
         let (mut a, mut b) = (writer(&in_steps), writer(&in_steps));
         a.commit(&records(1)).await.unwrap();
@@ -1198,9 +1198,7 @@ mod tests {
     #[tokio::test]
     async fn an_edited_head_is_refused_before_anything_is_written() {
         let dir = tempfile::tempdir().unwrap();
-        let stores = LocalStore::open(dir.path(), BackendMetrics::unregistered())
-            .unwrap()
-            .into_stores();
+        let stores = embedded(dir.path());
         writer(&stores).commit(&records(1)).await.unwrap();
         let mut head = stores.index.head(&ledger()).await.unwrap().unwrap();
         let edited = Meta {
@@ -1359,9 +1357,7 @@ mod tests {
     #[tokio::test]
     async fn a_key_whose_claim_lost_is_taken_over_and_a_racing_retry_replays() {
         let dir = tempfile::tempdir().unwrap();
-        let stores = LocalStore::open(dir.path(), BackendMetrics::unregistered())
-            .unwrap()
-            .into_stores();
+        let stores = embedded(dir.path());
         let (in_steps, _) = fault::wrap_in_steps(&stores);
         let (mut a, mut b) = (writer(&in_steps), writer(&in_steps));
         one(&mut a, keyed("x", "{}")).await.unwrap();
