@@ -296,9 +296,10 @@ fn requirement<'a>(method: &Method, path: &'a str) -> Option<(Role, Option<&'a s
     };
     let tail: Vec<&str> = parts.collect();
     let role = match (method, tail.as_slice()) {
-        (&Method::POST, ["records"]) => Role::Writer,
-        (&Method::POST, ["checkpoints"]) => Role::Admin,
-        _ => Role::Auditor,
+        (&Method::POST, ["records" | "records:batch"]) => Role::Writer,
+        (&Method::GET | &Method::HEAD, _) => Role::Auditor,
+        // Checkpoints, and anything else that is not a read: fail closed.
+        _ => Role::Admin,
     };
     Some((role, ledger))
 }
@@ -363,6 +364,16 @@ mod tests {
         assert_eq!(
             requirement(&Method::GET, "/v1/ledgers/a/records/1"),
             Some((Role::Auditor, Some("a")))
+        );
+        assert_eq!(
+            requirement(&Method::POST, "/v1/ledgers/a/records:batch"),
+            Some((Role::Writer, Some("a"))),
+            "a batch append is an append"
+        );
+        assert_eq!(
+            requirement(&Method::PUT, "/v1/ledgers/a/records/1"),
+            Some((Role::Admin, Some("a"))),
+            "what is not a read or an append needs admin"
         );
         assert_eq!(
             requirement(&Method::GET, "/v1/ledgers/a/verify"),

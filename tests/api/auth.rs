@@ -199,6 +199,22 @@ async fn roles_and_ledgers_are_enforced_with_403_and_no_side_effect() {
         (403, "forbidden"),
         "a token for ledger a cannot write b"
     );
+    // A batch append is an append: writers of the ledger only.
+    let batch = |token: &str| {
+        app.app
+            .client
+            .post(app.app.url("/v1/ledgers/a/records:batch"))
+            .bearer_auth(token)
+            .json(&json!([{"record": {"batched": true}}]))
+            .send()
+    };
+    let (status, code, _) = refusal(batch(&auditor).await.unwrap()).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (403, "forbidden"),
+        "auditors do not batch"
+    );
+    assert_eq!(batch(&writer_a).await.unwrap().status(), 201);
     let (status, _, _) = refusal(app.get("/v1/ledgers/a/records/1", Some(&writer_a)).await).await;
     assert_eq!(status, 403, "writers do not read");
     assert_eq!(
@@ -221,7 +237,7 @@ async fn roles_and_ledgers_are_enforced_with_403_and_no_side_effect() {
     assert_eq!(app.get("/metrics", Some(&auditor)).await.status(), 200);
     assert_eq!(
         (app.head_seq("a").await, app.head_seq("b").await),
-        (1, 1),
+        (2, 1),
         "refusals changed nothing"
     );
 
