@@ -303,7 +303,10 @@ async fn check(api: &Api, ops: &[Operation], seen: &Seen, case: Case) -> Result<
         let body: Value = serde_json::from_slice(&bytes)
             .map_err(|e| format!("{what}: {status} without a JSON error body ({e}): {text}"))?;
         let shape_ok = body.as_object().is_some_and(|o| o.len() == 1)
-            && body["error"].as_object().is_some_and(|e| e.len() == 2)
+            // `code` and `message`, and for a batch item at fault its `index`.
+            && body["error"].as_object().is_some_and(|e| {
+                e.len() == 2 || (e.len() == 3 && e.get("index").is_some_and(Value::is_u64))
+            })
             && body["error"]["code"].as_str().is_some_and(|c| {
                 !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
             })
