@@ -16,6 +16,7 @@
 //! are apart in [`codec`].
 
 mod codec;
+mod keys;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -33,18 +34,17 @@ use super::{
     ScannedObject, SeqItem, SeqPut, StoreError, StoreResult, StoredObject, Stores, Taken,
 };
 use crate::chain::entry::{IdempotencyKey, LedgerId};
-use codec::{
-    decode_key_claim, decode_meta, decode_seq_item, encode_key_claim, encode_meta, encode_seq_item,
-};
+use codec::{decode_meta, decode_seq_item, encode_meta, encode_seq_item};
 
 /// Entry objects: key -> stored bytes.
-const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
+pub(super) const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 /// Ledger heads: ledger id -> encoded [`Meta`]. Its keys are also the list of ledgers.
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// `SEQ#` items: (ledger id, seq) -> encoded [`SeqItem`].
 const SEQ: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("seq");
-/// `IDEM#` items: (ledger id, idempotency key) -> encoded [`KeyClaim`].
-const KEYS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("idempotency_keys");
+/// Per ledger, the seq of its first entry that may carry an idempotency key (absent: none
+/// does); the key rows themselves are in [`keys`], a file of their own.
+pub(super) const KEYED_FROM: TableDefinition<&str, u64> = TableDefinition::new("keyed_from");
 
 const DEPENDENCY: &str = crate::store::Backend::Local.dependencies().0;
 /// redb's page cache.
@@ -52,6 +52,9 @@ const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// The file name inside the data directory.
 pub const DB_FILE: &str = "ledger.redb";
+pub use keys::KEYS_FILE;
+/// The key index's page cache.
+const KEYS_CACHE_BYTES: usize = 16 * 1024 * 1024;
 /// Page cache of a read-only open ([`LocalStore::open_read_only`]).
 const READ_ONLY_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -79,14 +82,14 @@ const WRITES: [&str; 6] = [
 /// The database, opened for reading and writing (the service) or only for reading
 /// (`ledger-verify`, which must never change what it audits).
 enum Handle {
-    ReadWrite(Database),
+    ReadWrite(Database, keys::KeyIndex),
     ReadOnly(ReadOnlyDatabase),
 }
 
 impl Handle {
     fn begin_read(&self) -> Result<ReadTransaction, redb::Error> {
         Ok(match self {
-            Handle::ReadWrite(db) => db.begin_read()?,
+            Handle::ReadWrite(db, _) => db.begin_read()?,
             Handle::ReadOnly(db) => db.begin_read()?,
         })
     }
@@ -103,9 +106,20 @@ impl Handle {
         Ok(txn)
     }
 
+    /// The main database and the key index (a read-only open has no key index).
+    fn with_keys(&self) -> Result<(&Database, &keys::KeyIndex), redb::Error> {
+        match self {
+            Handle::ReadWrite(db, keys) => Ok((db, keys)),
+            Handle::ReadOnly(_) => Err(redb::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "the embedded store was opened read-only: its idempotency keys are not read",
+            ))),
+        }
+    }
+
     fn begin_write(&self) -> Result<WriteTransaction, redb::Error> {
         match self {
-            Handle::ReadWrite(db) => Ok(db.begin_write()?),
+            Handle::ReadWrite(db, _) => Ok(db.begin_write()?),
             Handle::ReadOnly(_) => Err(redb::Error::Io(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
                 "the embedded store was opened read-only",
@@ -139,10 +153,19 @@ impl LocalStore {
             txn.open_table(OBJECTS).map_err(|e| io(e.to_string()))?;
             txn.open_table(META).map_err(|e| io(e.to_string()))?;
             txn.open_table(SEQ).map_err(|e| io(e.to_string()))?;
-            txn.open_table(KEYS).map_err(|e| io(e.to_string()))?;
+            txn.open_table(KEYED_FROM).map_err(|e| io(e.to_string()))?;
         }
         txn.commit().map_err(|e| io(e.to_string()))?;
-        Ok(LocalStore::from_handle(Handle::ReadWrite(db), metrics))
+        // Opened after the main file, whose lock keeps a second process out of both.
+        let keys = Database::builder()
+            .set_cache_size(KEYS_CACHE_BYTES)
+            .create(data_dir.join(keys::KEYS_FILE))
+            .map_err(|e| io(e.to_string()))
+            .and_then(|db| keys::KeyIndex::open(db).map_err(|e| io(e.to_string())))?;
+        Ok(LocalStore::from_handle(
+            Handle::ReadWrite(db, keys),
+            metrics,
+        ))
     }
 
     /// Opens an existing store in `data_dir` for reading only: nothing is created, repaired or
@@ -241,7 +264,7 @@ fn unavailable(detail: String) -> StoreError {
 }
 
 /// Decoding failures are reported as corruption through redb's error type.
-fn corrupt(what: &str, e: impl std::fmt::Display) -> redb::Error {
+pub(super) fn corrupt(what: &str, e: impl std::fmt::Display) -> redb::Error {
     redb::Error::Corrupted(format!("{what}: {e}"))
 }
 
@@ -262,11 +285,14 @@ impl ObjectStore for LocalStore {
         for _ in 0..10_000 {
             match Arc::try_unwrap(handle) {
                 Ok(db) => {
-                    // Make deferred commits durable before the file is released.
-                    if let Handle::ReadWrite(_) = &db
-                        && let Err(e) = db.begin_write().and_then(|txn| Ok(txn.commit()?))
-                    {
-                        tracing::error!(error = %e, "final commit of the embedded store failed; recovery will redo the last batch");
+                    // Make deferred commits durable before the files are released.
+                    if let Handle::ReadWrite(_, keys) = &db {
+                        if let Err(e) = db.begin_write().and_then(|txn| Ok(txn.commit()?)) {
+                            tracing::error!(error = %e, "final commit of the embedded store failed; recovery will redo the last batch");
+                        }
+                        if let Err(e) = keys.flush() {
+                            tracing::error!(error = %e, "final commit of the key index failed; the next open rebuilds what it lacks from the entries");
+                        }
                     }
                     drop(db);
                     return;
@@ -554,16 +580,8 @@ impl IndexStore for LocalStore {
     ) -> StoreResult<Option<KeyClaim>> {
         let (ledger, key) = (ledger.clone(), key.clone());
         self.run("get_key_claim", move |db| {
-            let txn = db.begin_read()?;
-            // Stores written before keys existed have no such table: no key is claimed there.
-            let table = match txn.open_table(KEYS) {
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-                table => table?,
-            };
-            table
-                .get((ledger.as_str(), key.as_str()))?
-                .map(|v| decode_key_claim(v.value()))
-                .transpose()
+            let (main, keys) = db.with_keys()?;
+            keys.get(main, &ledger, &key)
         })
         .await
     }
@@ -579,23 +597,8 @@ impl IndexStore for LocalStore {
         let (expected, new) = (expected.cloned(), new.clone());
         let result = self
             .run("put_key_claim", move |db| {
-                let txn = db.begin_write()?;
-                let outcome = {
-                    let mut table = txn.open_table(KEYS)?;
-                    let row = (ledger.as_str(), key.as_str());
-                    let current = table
-                        .get(row)?
-                        .map(|v| decode_key_claim(v.value()))
-                        .transpose()?;
-                    if current == expected {
-                        table.insert(row, encode_key_claim(&new).as_slice())?;
-                        KeyPut::Applied
-                    } else {
-                        KeyPut::Conflict(current)
-                    }
-                };
-                txn.commit()?;
-                Ok(outcome)
+                let (main, keys) = db.with_keys()?;
+                keys.put(main, &ledger, &key, expected.as_ref(), &new)
             })
             .await;
         if let Ok(KeyPut::Conflict(_)) = result {
@@ -643,15 +646,20 @@ impl AtomicBatchStore for LocalStore {
         writes: &BatchWrites,
     ) -> StoreResult<BatchCommit> {
         let (ledger, meta, writes) = (ledger.clone(), encode_meta(new), writes.clone());
+        let new_seq = new.seq_counter;
         let result = self
             .run("commit_batch", move |db| {
-                let txn = db.begin_write()?;
-                let outcome = write_batch(&txn, &ledger, expected_seq, &meta, &writes)?;
-                if outcome == BatchCommit::Applied {
-                    txn.commit()?;
+                if writes.keys.is_empty() {
+                    let txn = db.begin_write()?;
+                    let outcome = write_batch(&txn, &ledger, expected_seq, &meta, &writes)?;
+                    if outcome == BatchCommit::Applied {
+                        txn.commit()?;
+                    }
+                    // Otherwise dropped: the transaction aborts, and whatever it wrote with it.
+                    return Ok(outcome);
                 }
-                // Otherwise dropped: the transaction aborts, and whatever it wrote with it.
-                Ok(outcome)
+                let (main, keys) = db.with_keys()?;
+                keys.commit_batch(main, &ledger, expected_seq, &meta, new_seq, &writes)
             })
             .await;
         if let Ok(BatchCommit::Conflict(_) | BatchCommit::Occupied(_) | BatchCommit::KeyMoved) =
@@ -665,7 +673,7 @@ impl AtomicBatchStore for LocalStore {
 
 /// The writes of [`AtomicBatchStore::commit_batch`] inside `txn`, which the caller commits only if
 /// they were all made.
-fn write_batch(
+pub(super) fn write_batch(
     txn: &WriteTransaction,
     ledger: &LedgerId,
     expected_seq: u64,
@@ -682,17 +690,12 @@ fn write_batch(
         other => return Ok(BatchCommit::Conflict(other)),
     }
     // An insert that replaced something is undone with the rest: the caller aborts.
-    let mut table = txn.open_table(KEYS)?;
-    for write in &writes.keys {
-        let row = (ledger.as_str(), write.key.as_str());
-        let current = table
-            .get(row)?
-            .map(|v| decode_key_claim(v.value()))
-            .transpose()?;
-        if current != write.expected {
-            return Ok(BatchCommit::KeyMoved);
+    if !writes.keys.is_empty() {
+        // The first keyed batch of the ledger marks where the key index must look.
+        let mut keyed_from = txn.open_table(KEYED_FROM)?;
+        if keyed_from.get(ledger.as_str())?.is_none() {
+            keyed_from.insert(ledger.as_str(), expected_seq + 1)?;
         }
-        table.insert(row, encode_key_claim(&write.new).as_slice())?;
     }
     let mut table = txn.open_table(OBJECTS)?;
     for object in &writes.objects {
@@ -727,5 +730,84 @@ mod tests {
         let _first = LocalStore::open(dir.path(), BackendMetrics::unregistered()).unwrap();
         let second = LocalStore::open(dir.path(), BackendMetrics::unregistered());
         assert!(matches!(second, Err(OpenError::InUse(_))));
+    }
+
+    /// The key index may lose what it wrote since its last durable commit (a crash), or the
+    /// whole file: the keys are rebuilt from the entries, which hold them.
+    #[tokio::test]
+    async fn a_lost_key_index_is_rebuilt_from_the_entries() {
+        use crate::chain::entry::{EntryHeader, Record, Timestamp, encode};
+        use crate::chain::hash::Hash;
+        use crate::store::{KeyWrite, NewObject};
+
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = LedgerId::parse("rebuilt").unwrap();
+        let key = IdempotencyKey::parse("k-2").unwrap();
+        let store = LocalStore::open(dir.path(), BackendMetrics::unregistered()).unwrap();
+        store.create_ledger(&ledger).await.unwrap();
+        // Two entries, the second keyed, committed in one step as a writer does.
+        let mut prev_hash = Hash::GENESIS;
+        let mut objects = Vec::new();
+        for seq in 1..=2u64 {
+            let header = EntryHeader {
+                ledger_id: ledger.clone(),
+                seq,
+                prev_hash,
+                timestamp: Timestamp::from_unix_micros(1_764_000_000_000_000).unwrap(),
+                idempotency_key: (seq == 2).then(|| key.clone()),
+            };
+            let bytes = encode(&header, &Record::parse(b"{}").unwrap());
+            prev_hash = Hash::of_entry(&bytes);
+            objects.push(NewObject {
+                key: crate::chain::keys::entry_key(&ledger, seq),
+                body: Bytes::from(bytes),
+            });
+        }
+        let meta = Meta {
+            seq_counter: 2,
+            last_hash: prev_hash,
+            pending: None,
+        };
+        let writes = BatchWrites {
+            objects,
+            items: Vec::new(),
+            keys: vec![KeyWrite {
+                key: key.clone(),
+                expected: None,
+                new: KeyClaim {
+                    base: 0,
+                    seqs: vec![2],
+                },
+            }],
+        };
+        assert_eq!(
+            store
+                .commit_batch(&ledger, 0, &meta, &writes)
+                .await
+                .unwrap(),
+            BatchCommit::Applied
+        );
+        ObjectStore::close(&store).await;
+        std::fs::remove_file(dir.path().join(KEYS_FILE)).unwrap();
+
+        let reopened = LocalStore::open(dir.path(), BackendMetrics::unregistered()).unwrap();
+        let found = reopened.key_claim(&ledger, &key).await.unwrap();
+        assert_eq!(found.map(|c| c.seqs), Some(vec![2]), "rebuilt from entry 2");
+        let other = IdempotencyKey::parse("k-1").unwrap();
+        assert_eq!(reopened.key_claim(&ledger, &other).await.unwrap(), None);
+        // And a writer that believed the key new is refused.
+        let mut again = writes.clone();
+        again.keys[0].new.seqs = vec![3];
+        let next = Meta {
+            seq_counter: 3,
+            ..meta
+        };
+        assert_eq!(
+            reopened
+                .commit_batch(&ledger, 2, &next, &again)
+                .await
+                .unwrap(),
+            BatchCommit::KeyMoved
+        );
     }
 }
