@@ -1,5 +1,6 @@
 //! The embedded backend: both stores in one [redb](https://docs.rs/redb) file under the data
-//! directory (`<data_dir>/ledger.redb`).
+//! directory (`<data_dir>/ledger.redb`), and the index of idempotency keys in a second one
+//! ([`keys`], `<data_dir>/keys.redb`), which the entries can always rebuild.
 //!
 //! Why redb (see `docs/STORAGE.md`): it is pure Rust (nothing to build or install), every
 //! write transaction is atomic, and a commit returns only after its pages and the new header
@@ -12,8 +13,8 @@
 //! ([`AtomicBatchStore::commit_batch`]: the claim, the entry objects and the `SEQ#` items), so one
 //! commit and one fsync cover the whole batch: group commit at the storage level.
 //!
-//! Its length (~640 lines) is the three traits implemented over one engine; the row formats
-//! are apart in [`codec`].
+//! Its length (~700 lines and tests) is the three traits implemented over one engine; the row
+//! formats are apart in [`codec`], the key index in [`keys`].
 
 mod codec;
 mod keys;
