@@ -196,6 +196,7 @@ pub fn router(state: AppState) -> Router {
         )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, RequestIds::default()))
+        .layer(middleware::from_fn(bound_request_id))
         .layer(CatchPanicLayer::custom(|_| ApiError::Panic.into_response()))
         .with_state(state)
 }
@@ -203,6 +204,23 @@ pub fn router(state: AppState) -> Router {
 /// `x-request-id`: taken from the client when it sends one, else made here; echoed in the
 /// response and carried by every log line of the request.
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The longest client-chosen request id kept.
+const MAX_REQUEST_ID: usize = 128;
+
+/// A client's `x-request-id` is kept (logged and echoed) only if it is one header of 1 to
+/// [`MAX_REQUEST_ID`] visible ASCII characters; any other is dropped, and one is made here.
+async fn bound_request_id(mut request: Request, next: Next) -> Response {
+    let ids = request.headers().get_all(REQUEST_ID);
+    let acceptable = ids.iter().count() == 1
+        && ids.iter().all(|v| {
+            (1..=MAX_REQUEST_ID).contains(&v.len()) && v.as_bytes().iter().all(u8::is_ascii_graphic)
+        });
+    if !acceptable {
+        request.headers_mut().remove(REQUEST_ID);
+    }
+    next.run(request).await
+}
 
 /// Request ids: a random per-process prefix and a counter, unique without coordination.
 #[derive(Clone)]

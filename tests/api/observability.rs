@@ -99,3 +99,40 @@ async fn metrics_count_appends_batches_backend_requests_and_the_process() {
         "a raw path leaked into the metrics:\n{metrics}"
     );
 }
+
+/// A client's `x-request-id` is echoed when it is one short printable token, and replaced by
+/// one of the server's otherwise (it goes into every log line of the request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_request_id_is_kept_only_when_short_and_printable() {
+    let app = crate::helpers::spawn_app().await;
+    let id_of = |response: &reqwest::Response| {
+        response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    let sent = |ids: &[&str]| {
+        let mut request = app.client.get(app.url("/livez"));
+        for id in ids {
+            request = request.header("x-request-id", *id);
+        }
+        request.send()
+    };
+    let response = sent(&["order-42/retry.1"]).await.unwrap();
+    assert_eq!(id_of(&response), "order-42/retry.1");
+    let made = id_of(&sent(&[]).await.unwrap());
+    assert!(!made.is_empty() && made.len() <= 128, "{made}");
+    for bad in [
+        &["x".repeat(129)][..],
+        &["two words".to_owned()],
+        &["a".into(), "b".into()],
+    ] {
+        let bad: Vec<&str> = bad.iter().map(String::as_str).collect();
+        let echoed = id_of(&sent(&bad).await.unwrap());
+        assert!(!bad.contains(&echoed.as_str()), "{bad:?} was kept");
+        assert!(
+            echoed.len() <= 128 && echoed.bytes().all(|b| b.is_ascii_graphic()),
+            "{echoed}"
+        );
+    }
+}
