@@ -133,7 +133,7 @@ impl FromRequestParts<AppState> for KeyHeader {
             ApiError::InvalidIdempotencyKey("the key must be printable ASCII".into())
         })?;
         let key = match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
-            Some(quoted) if text.len() >= 2 => unquote(quoted).ok_or_else(|| {
+            Some(quoted) => unquote(quoted).ok_or_else(|| {
                 ApiError::InvalidIdempotencyKey(
                     "a quoted key may escape only '\"' and '\\' with a backslash".into(),
                 )
