@@ -297,8 +297,10 @@ async fn run_keyed_scenario(
         "{case}: one entry per key"
     );
     for (append, receipt) in keyed_batch(id).iter().zip(&retried) {
-        let found = restarted.seq_of_key(id, append.key.as_ref().unwrap()).await;
-        assert_eq!(found.unwrap(), Some(receipt.seq), "{case}");
+        let found = restarted
+            .record_by_key(id, append.key.as_ref().unwrap())
+            .await;
+        assert_eq!(found.unwrap().map(|r| r.seq), Some(receipt.seq), "{case}");
     }
     restarted.shutdown().await;
     format!(

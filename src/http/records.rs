@@ -116,13 +116,12 @@ pub async fn page(
             LedgerError::LedgerNotFound => LedgerError::RecordNotFound,
             e => e,
         };
-        let seq = state
+        let record = state
             .ledger
-            .seq_of_key(&path.ledger, &key)
+            .record_by_key(&path.ledger, &key)
             .await
             .map_err(not_found)?
             .ok_or(LedgerError::RecordNotFound)?;
-        let record = state.ledger.record(&path.ledger, seq).await?;
         return Ok(Json(record).into_response());
     }
     Ok(Json(list(&state, &path, params).await?).into_response())

@@ -143,10 +143,13 @@ impl Writer {
         Ok(plan.answers(&entries, written_out))
     }
 
-    /// Where `key` stands, for a lookup: the seq of its entry, `None` if it has none (and no
-    /// claim in progress can give it one), or [`LedgerError::IdempotencyKeyInFlight`] while
-    /// writers are claiming it from the current head. Rolls the pending batch forward first.
-    pub async fn find_key(&mut self, key: &IdempotencyKey) -> Result<Option<u64>, LedgerError> {
+    /// Where `key` stands, for a lookup: its entry, `None` if it has none (and no claim in
+    /// progress can give it one), or [`LedgerError::IdempotencyKeyInFlight`] while writers are
+    /// claiming it from the current head. Rolls the pending batch forward first.
+    pub async fn find_key(
+        &mut self,
+        key: &IdempotencyKey,
+    ) -> Result<Option<PendingEntry>, LedgerError> {
         for _ in 0..8 {
             let Some(head) = self.stores.index.head(&self.ledger).await? else {
                 return Err(LedgerError::LedgerNotFound);
@@ -156,7 +159,7 @@ impl Writer {
             match self.key_state(key, claim, &head).await? {
                 // The head moved between the two reads: read both again.
                 None => continue,
-                Some(KeyState::Committed(entry, _)) => return Ok(Some(entry.seq)),
+                Some(KeyState::Committed(entry, _)) => return Ok(Some(entry)),
                 Some(KeyState::Open(_)) => return Err(LedgerError::IdempotencyKeyInFlight),
                 Some(KeyState::Free(_)) => return Ok(None),
             }
@@ -1348,7 +1351,8 @@ mod tests {
         assert_eq!(
             w.find_key(&IdempotencyKey::parse("k").unwrap())
                 .await
-                .unwrap(),
+                .unwrap()
+                .map(|e| e.seq),
             Some(1)
         );
         assert_eq!(stored_seqs(&stores).await, [1]);
@@ -1376,7 +1380,7 @@ mod tests {
             .unwrap();
         one(&mut a, keyed("w", "{}")).await.unwrap();
         assert_eq!(
-            a.find_key(&z).await.unwrap(),
+            a.find_key(&z).await.unwrap().map(|e| e.seq),
             None,
             "decided: not committed"
         );

@@ -514,16 +514,6 @@ impl Ledger {
         Ok(receipts)
     }
 
-    /// The seq of the entry appended with `key`: `None` if none is, and none can be without a
-    /// new append. [`LedgerError::IdempotencyKeyInFlight`] while a writer is claiming it.
-    pub async fn seq_of_key(
-        &self,
-        ledger: &LedgerId,
-        key: &IdempotencyKey,
-    ) -> Result<Option<u64>, LedgerError> {
-        self.writer(ledger).find_key(key).await
-    }
-
     fn writer(&self, ledger: &LedgerId) -> commit::Writer {
         commit::Writer::new(
             ledger.clone(),

@@ -95,6 +95,26 @@ impl Ledger {
         }
     }
 
+    /// The record appended with `key`: `None` if none is, and none can be without a new
+    /// append; [`LedgerError::IdempotencyKeyInFlight`] while a writer is claiming it. Built
+    /// from the entry the lookup reads to decide the key.
+    pub async fn record_by_key(
+        &self,
+        ledger: &LedgerId,
+        key: &IdempotencyKey,
+    ) -> Result<Option<StoredRecord>, LedgerError> {
+        match self.writer(ledger).find_key(key).await? {
+            Some(entry) => Ok(Some(to_record(
+                ledger,
+                entry.seq,
+                entry.key,
+                &entry.bytes,
+                None,
+            )?)),
+            None => Ok(None),
+        }
+    }
+
     /// Up to `limit` records with seq greater than `after`, in order.
     pub async fn records(
         &self,

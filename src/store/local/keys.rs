@@ -68,18 +68,7 @@ impl KeyIndex {
         ledger: &LedgerId,
         key: &IdempotencyKey,
     ) -> Result<Option<KeyClaim>, redb::Error> {
-        let mut flushed = self.lock.lock().expect("key index lock is never poisoned");
-        let txn = self.begin(&mut flushed)?;
-        let row = {
-            let mut table = txn.open_table(KEYS)?;
-            catch_up(main, &txn, ledger, &mut table)?;
-            table
-                .get((ledger.as_str(), key.as_str()))?
-                .map(|v| decode_key_claim(v.value()))
-                .transpose()?
-        };
-        txn.commit()?;
-        Ok(row)
+        self.with_rows(main, ledger, |rows| read_row(rows, ledger, key))
     }
 
     /// Writes `new` if the row is `expected`.
@@ -91,27 +80,37 @@ impl KeyIndex {
         expected: Option<&KeyClaim>,
         new: &KeyClaim,
     ) -> Result<KeyPut, redb::Error> {
-        let mut flushed = self.lock.lock().expect("key index lock is never poisoned");
         // A claim from head `base` can give the key to an entry past it.
         keyed_from(main, ledger, new.base + 1)?;
-        let txn = self.begin(&mut flushed)?;
-        let outcome = {
-            let mut table = txn.open_table(KEYS)?;
-            catch_up(main, &txn, ledger, &mut table)?;
-            let row = (ledger.as_str(), key.as_str());
-            let current = table
-                .get(row)?
-                .map(|v| decode_key_claim(v.value()))
-                .transpose()?;
-            if current.as_ref() == expected {
-                table.insert(row, encode_key_claim(new).as_slice())?;
-                KeyPut::Applied
-            } else {
-                KeyPut::Conflict(current)
+        self.with_rows(main, ledger, |rows| {
+            let current = read_row(rows, ledger, key)?;
+            if current.as_ref() != expected {
+                return Ok(KeyPut::Conflict(current));
             }
+            rows.insert(
+                (ledger.as_str(), key.as_str()),
+                encode_key_claim(new).as_slice(),
+            )?;
+            Ok(KeyPut::Applied)
+        })
+    }
+
+    /// Runs `work` on the key rows under the lock, caught up with `main`, and commits.
+    fn with_rows<T>(
+        &self,
+        main: &Database,
+        ledger: &LedgerId,
+        work: impl FnOnce(&mut Rows<'_>) -> Result<T, redb::Error>,
+    ) -> Result<T, redb::Error> {
+        let mut flushed = self.lock.lock().expect("key index lock is never poisoned");
+        let txn = self.begin(&mut flushed)?;
+        let out = {
+            let mut rows = txn.open_table(KEYS)?;
+            catch_up(main, &txn, ledger, &mut rows)?;
+            work(&mut rows)?
         };
         txn.commit()?;
-        Ok(outcome)
+        Ok(out)
     }
 
     /// [`AtomicBatchStore::commit_batch`](crate::store::AtomicBatchStore::commit_batch): checks
@@ -132,11 +131,7 @@ impl KeyIndex {
             let mut table = txn.open_table(KEYS)?;
             catch_up(main, &txn, ledger, &mut table)?;
             for write in &writes.keys {
-                let current = table
-                    .get((ledger.as_str(), write.key.as_str()))?
-                    .map(|v| decode_key_claim(v.value()))
-                    .transpose()?;
-                if current != write.expected {
+                if read_row(&table, ledger, &write.key)? != write.expected {
                     return Ok(BatchCommit::KeyMoved);
                 }
             }
@@ -182,6 +177,19 @@ impl KeyIndex {
     }
 }
 
+/// The key rows table.
+type Rows<'t> = redb::Table<'t, (&'static str, &'static str), &'static [u8]>;
+
+fn read_row(
+    rows: &Rows<'_>,
+    ledger: &LedgerId,
+    key: &IdempotencyKey,
+) -> Result<Option<KeyClaim>, redb::Error> {
+    rows.get((ledger.as_str(), key.as_str()))?
+        .map(|v| decode_key_claim(v.value()))
+        .transpose()
+}
+
 /// Records in `main`, durably, that `ledger`'s entries may carry keys from `seq` on, unless
 /// an earlier seq is recorded.
 fn keyed_from(main: &Database, ledger: &LedgerId, seq: u64) -> Result<(), redb::Error> {
@@ -193,8 +201,16 @@ fn keyed_from(main: &Database, ledger: &LedgerId, seq: u64) -> Result<(), redb::
     if recorded.is_some_and(|r| r <= seq) {
         return Ok(());
     }
+    // Read again in the write transaction: redb's one writer makes the check and the write
+    // one step, so a later seq never replaces an earlier one.
     let txn = main.begin_write()?;
-    txn.open_table(KEYED_FROM)?.insert(ledger.as_str(), seq)?;
+    {
+        let mut table = txn.open_table(KEYED_FROM)?;
+        let recorded = table.get(ledger.as_str())?.map(|v| v.value());
+        if recorded.is_none_or(|r| r > seq) {
+            table.insert(ledger.as_str(), seq)?;
+        }
+    }
     txn.commit()?;
     Ok(())
 }
@@ -205,7 +221,7 @@ fn catch_up(
     main: &Database,
     txn: &WriteTransaction,
     ledger: &LedgerId,
-    table: &mut redb::Table<'_, (&'static str, &'static str), &'static [u8]>,
+    table: &mut Rows<'_>,
 ) -> Result<(), redb::Error> {
     let mut through = txn.open_table(THROUGH)?;
     let read = main.begin_read()?;
