@@ -1,6 +1,6 @@
 //! The embedded backend: both stores in one [redb](https://docs.rs/redb) file under the data
-//! directory (`<data_dir>/ledger.redb`), and the index of idempotency keys in a second one
-//! ([`keys`], `<data_dir>/keys.redb`), which the entries can always rebuild.
+//! directory (`<data_dir>/ledger.redb`), and the index of idempotency keys beside it
+//! ([`keys`], an LSM tree in `<data_dir>/keys/`), which the entries can always rebuild.
 //!
 //! Why redb (see `docs/STORAGE.md`): it is pure Rust (nothing to build or install), every
 //! write transaction is atomic, and a commit returns only after its pages and the new header
@@ -53,9 +53,7 @@ const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// The file name inside the data directory.
 pub const DB_FILE: &str = "ledger.redb";
-pub use keys::KEYS_FILE;
-/// The key index's page cache.
-const KEYS_CACHE_BYTES: usize = 16 * 1024 * 1024;
+pub use keys::KEYS_DIR;
 /// Page cache of a read-only open ([`LocalStore::open_read_only`]).
 const READ_ONLY_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -158,11 +156,7 @@ impl LocalStore {
         }
         txn.commit().map_err(|e| io(e.to_string()))?;
         // Opened after the main file, whose lock keeps a second process out of both.
-        let keys = Database::builder()
-            .set_cache_size(KEYS_CACHE_BYTES)
-            .create(data_dir.join(keys::KEYS_FILE))
-            .map_err(|e| io(e.to_string()))
-            .and_then(|db| keys::KeyIndex::open(db).map_err(|e| io(e.to_string())))?;
+        let keys = keys::KeyIndex::open(data_dir).map_err(|e| io(e.to_string()))?;
         Ok(LocalStore::from_handle(
             Handle::ReadWrite(db, keys),
             metrics,
@@ -789,7 +783,7 @@ mod tests {
             BatchCommit::Applied
         );
         ObjectStore::close(&store).await;
-        std::fs::remove_file(dir.path().join(KEYS_FILE)).unwrap();
+        std::fs::remove_dir_all(dir.path().join(KEYS_DIR)).unwrap();
 
         let reopened = LocalStore::open(dir.path(), BackendMetrics::unregistered()).unwrap();
         let found = reopened.key_claim(&ledger, &key).await.unwrap();
