@@ -12,7 +12,7 @@ use crate::http::auth::Authenticator;
 use crate::http::metrics::HttpMetrics;
 use crate::http::{AppState, Shared, router};
 use crate::ledger::{Ledger, LedgerMetrics};
-use crate::store::{self, Access, Backend, BackendMetrics, breaker};
+use crate::store::{self, Access, Backend, BackendMetrics, Stores, breaker};
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -36,14 +36,13 @@ impl Application {
     /// (port 0 picks a free port; see [`local_addr`](Self::local_addr)).
     pub async fn build(config: Config) -> Result<Application, StartError> {
         let registry = prometheus::Registry::new();
-        let failed = |e: prometheus::Error| StartError::Failed(format!("metrics registry: {e}"));
         #[cfg(target_os = "linux")]
         registry
             .register(Box::new(
                 prometheus::process_collector::ProcessCollector::for_self(),
             ))
-            .map_err(failed)?;
-        let backend_metrics = BackendMetrics::new(&registry).map_err(failed)?;
+            .map_err(registry_failed)?;
+        let backend_metrics = BackendMetrics::new(&registry).map_err(registry_failed)?;
         let stores = store::open(&config.backend, Access::ReadWrite, backend_metrics)
             .await
             .map_err(|e| StartError::Config(e.to_string()))?;
@@ -54,6 +53,17 @@ impl Application {
                 result.map_err(|e| StartError::Failed(format!("the {what} is not usable: {e}")))?;
             }
         }
+        Application::over(config, stores, registry).await
+    }
+
+    /// [`build`](Self::build) over stores already open (`build` opens the configured ones; a
+    /// test may wrap them first), whose metrics are in `registry`.
+    pub async fn over(
+        config: Config,
+        stores: Stores,
+        registry: prometheus::Registry,
+    ) -> Result<Application, StartError> {
+        let failed = registry_failed;
         let (stores, circuits) =
             breaker::guard(&stores, config.breaker, &registry).map_err(failed)?;
         match &config.ledger.signer {
@@ -148,6 +158,11 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+#[expect(clippy::needless_pass_by_value, reason = "a map_err callback")]
+fn registry_failed(e: prometheus::Error) -> StartError {
+    StartError::Failed(format!("metrics registry: {e}"))
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

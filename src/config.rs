@@ -287,6 +287,12 @@ impl ServerArgs {
             )));
         }
         let request_timeout = Duration::from_millis(self.request_timeout_ms);
+        if Duration::from_micros(self.batch_linger_us) >= request_timeout {
+            return Err(ConfigError(format!(
+                "ELEANOR_LEDGER_BATCH_LINGER_US ({} µs) must be shorter than ELEANOR_LEDGER_REQUEST_TIMEOUT_MS ({} ms): an append would wait out its whole timeout before its batch even started",
+                self.batch_linger_us, self.request_timeout_ms
+            )));
+        }
         bounded(
             "ELEANOR_LEDGER_CHECKPOINT_INTERVAL",
             self.checkpoint_interval,

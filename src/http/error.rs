@@ -46,10 +46,21 @@ pub enum ApiError {
     RouteNotFound,
     #[error("this route does not accept that method")]
     MethodNotAllowed,
+    /// Timed out before any append of it was queued.
     #[error(
-        "the request took longer than {0:?}; retry it with the same Idempotency-Key (a retry never appends twice), or without a key look the record up before appending it again"
+        "the request took longer than {0:?} and was stopped before anything was appended; retry it"
     )]
     Timeout(Duration),
+    /// Timed out while its body was still arriving.
+    #[error(
+        "the request body did not arrive within {0:?}; nothing was appended; send the body at once, or fewer records per request"
+    )]
+    BodyTimeout(Duration),
+    /// Timed out after its appends were queued: they may still be committed.
+    #[error(
+        "the append was queued and its batch had not finished within {0:?}; it may still be committed: retry with the same Idempotency-Key (a retry never appends twice), or without a key look the record up before appending it again"
+    )]
+    CommitPending(Duration),
     #[error(
         "the server is processing as many requests as it may (ELEANOR_LEDGER_MAX_IN_FLIGHT); nothing was done, retry later"
     )]
@@ -92,6 +103,8 @@ impl ApiError {
             ApiError::RouteNotFound => (StatusCode::NOT_FOUND, "route_not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Timeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
+            ApiError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+            ApiError::CommitPending(_) => (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown"),
             ApiError::ServerBusy => (StatusCode::SERVICE_UNAVAILABLE, "server_busy"),
             ApiError::Panic => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
             ApiError::Unauthenticated(TokenError::Missing) => {
@@ -171,6 +184,7 @@ impl ApiError {
     fn retry_after(&self) -> Option<u64> {
         match self {
             ApiError::Timeout(_)
+            | ApiError::CommitPending(_)
             | ApiError::ServerBusy
             | ApiError::Ledger(
                 LedgerError::IdempotencyKeyInFlight

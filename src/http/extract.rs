@@ -285,7 +285,8 @@ async fn read_body(
     {
         return Err(too_large);
     }
-    axum::body::to_bytes(request.into_body(), limit)
+    let progress = request.extensions().get::<super::Progress>().cloned();
+    let body = axum::body::to_bytes(request.into_body(), limit)
         .await
         .map_err(|e| {
             let over_limit = std::error::Error::source(&e)
@@ -295,5 +296,9 @@ async fn read_body(
             } else {
                 ApiError::InvalidBody(e.to_string())
             }
-        })
+        })?;
+    if let Some(progress) = progress {
+        progress.received();
+    }
+    Ok(body)
 }

@@ -21,13 +21,13 @@ mod openapi;
 mod records;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{FromRequestParts, Request, State};
 use axum::handler::Handler;
-use axum::http::{HeaderName, HeaderValue, Method};
+use axum::http::{HeaderName, HeaderValue, Method, request::Parts};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
@@ -35,7 +35,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tower_http::trace::TraceLayer;
 
 use crate::ledger::Ledger;
 use crate::store::breaker::CircuitBreaker;
@@ -192,7 +192,8 @@ pub fn router(state: AppState) -> Router {
                     let id = request.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
                     tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path())
                 })
-                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+                .on_response(log_response)
+                .on_failure(()),
         )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, RequestIds::default()))
@@ -247,10 +248,75 @@ impl MakeRequestId for RequestIds {
     }
 }
 
-async fn timeout(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// One line per response: at warn for client errors, else at debug (probes and scrapes
+/// included: at full load an info line per append is gigabytes a day). A server error is
+/// logged once, at error and with its cause, where it is answered ([`error`]).
+fn log_response(response: &Response, latency: Duration, _: &tracing::Span) {
+    let status = response.status().as_u16();
+    let latency_ms = latency.as_secs_f64() * 1000.0;
+    if response.status().is_client_error() {
+        tracing::warn!(status, latency_ms, "request refused");
+    } else {
+        tracing::debug!(status, latency_ms, "request done");
+    }
+}
+
+/// How far a request has got, so that its timeout answers truthfully ([`timeout`]).
+#[derive(Clone, Default)]
+pub struct Progress(Arc<AtomicU8>);
+
+/// Still reading the request's body: a timeout is the client's (`408`).
+const RECEIVING: u8 = 0;
+/// Being handled: a timeout means nothing was appended (`503 timeout`).
+const HANDLING: u8 = 1;
+/// Appends queued for a batch ([`crate::ledger::Ledger::submit`]): they may still be
+/// committed, so a timeout says the outcome is unknown (`503 outcome_unknown`).
+const QUEUED: u8 = 2;
+
+impl Progress {
+    /// The body is read.
+    pub fn received(&self) {
+        self.0.fetch_max(HANDLING, Ordering::SeqCst);
+    }
+
+    /// The request's appends are queued.
+    pub fn queued(&self) {
+        self.0.store(QUEUED, Ordering::SeqCst);
+    }
+}
+
+/// The request's [`Progress`] (a detached one outside the timed routes).
+impl<S: Send + Sync> FromRequestParts<S> for Progress {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<Progress>()
+            .cloned()
+            .unwrap_or_default())
+    }
+}
+
+/// Bounds a request by `ELEANOR_LEDGER_REQUEST_TIMEOUT_MS`, answering by how far it got: a body
+/// still arriving is `408`; appends already queued may still be committed, so they are
+/// answered `503 outcome_unknown` (retry with the same key), never `timeout`.
+async fn timeout(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let limit = state.limits.request_timeout;
+    let start = if axum::body::HttpBody::is_end_stream(request.body()) {
+        HANDLING
+    } else {
+        RECEIVING
+    };
+    let progress = Progress(Arc::new(AtomicU8::new(start)));
+    request.extensions_mut().insert(progress.clone());
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
-        Err(_) => ApiError::Timeout(limit).into_response(),
+        Err(_) => match progress.0.load(Ordering::SeqCst) {
+            RECEIVING => ApiError::BodyTimeout(limit),
+            HANDLING => ApiError::Timeout(limit),
+            _ => ApiError::CommitPending(limit),
+        }
+        .into_response(),
     }
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::error::ApiError;
 use super::extract::{BatchBody, KeyHeader, LedgerPath, Params, RecordBody};
-use super::{AppState, MAX_PAGE};
+use super::{AppState, MAX_PAGE, Progress};
 use crate::chain::entry::IdempotencyKey;
 use crate::ledger::{Append, LedgerError, Receipt, RecordPage, StoredRecord};
 
@@ -21,14 +21,14 @@ const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 /// committed before with the same record.
 pub async fn append(
     State(state): State<AppState>,
+    progress: Progress,
     path: LedgerPath,
     KeyHeader(key): KeyHeader,
     RecordBody(record): RecordBody,
 ) -> Result<Response, ApiError> {
-    let receipt = state
-        .ledger
-        .append(&path.ledger, Append::new(record, key))
-        .await?;
+    let appends = vec![Append::new(record, key)];
+    let mut receipts = submit(&state, &progress, &path, appends).await?;
+    let receipt = receipts.pop().expect("one receipt per record");
     let status = status_of(std::slice::from_ref(&receipt));
     let mut response = (status, Json(receipt)).into_response();
     if status == StatusCode::OK {
@@ -37,6 +37,19 @@ pub async fn append(
             .insert(REPLAYED, HeaderValue::from_static("true"));
     }
     Ok(response)
+}
+
+/// Queues the appends, marks the request as queued (a timeout from then on says the outcome
+/// is unknown), and waits for their batch.
+async fn submit(
+    state: &AppState,
+    progress: &Progress,
+    path: &LedgerPath,
+    appends: Vec<Append>,
+) -> Result<Vec<Receipt>, ApiError> {
+    let submitted = state.ledger.submit(&path.ledger, appends)?;
+    progress.queued();
+    Ok(submitted.outcome().await?)
 }
 
 /// 202 if any record is not written out yet, else 200 if every one was replayed, else 201.
@@ -71,10 +84,11 @@ struct BatchAnswer {
 /// replayed).
 pub async fn append_batch(
     State(state): State<AppState>,
+    progress: Progress,
     path: LedgerPath,
     BatchBody(appends): BatchBody,
 ) -> Result<Response, ApiError> {
-    let receipts = state.ledger.append_all(&path.ledger, appends).await?;
+    let receipts = submit(&state, &progress, &path, appends).await?;
     let status = status_of(&receipts);
     let receipts = receipts
         .into_iter()

@@ -402,6 +402,31 @@ struct Committers {
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// Appends queued by [`Ledger::submit`], awaiting their batch.
+#[must_use = "queued appends may be committed whether or not their outcome is awaited"]
+pub struct Submitted {
+    answer: oneshot::Receiver<Result<Vec<Receipt>, LedgerError>>,
+    signer: Option<Arc<Signer>>,
+}
+
+impl Submitted {
+    /// The receipts, in request order, once the batch is committed (signed when a key is
+    /// configured), or why it was not.
+    pub async fn outcome(self) -> Result<Vec<Receipt>, LedgerError> {
+        // Dropped unanswered: the committer stopped, perhaps mid-commit.
+        let stopped = |_| {
+            LedgerError::OutcomeUnknown("the ledger's committer stopped before it answered".into())
+        };
+        let mut receipts = self.answer.await.map_err(stopped)??;
+        if let Some(signer) = &self.signer {
+            for receipt in &mut receipts {
+                receipt.receipt = Some(signer.sign_receipt(&receipt.body()));
+            }
+        }
+        Ok(receipts)
+    }
+}
+
 impl Ledger {
     pub fn new(stores: Stores, options: Options, metrics: LedgerMetrics) -> Ledger {
         Ledger {
@@ -468,6 +493,18 @@ impl Ledger {
         ledger: &LedgerId,
         appends: Vec<Append>,
     ) -> Result<Vec<Receipt>, LedgerError> {
+        self.submit(ledger, appends)?.outcome().await
+    }
+
+    /// Checks `appends` as [`append_all`](Self::append_all) does and queues them for their
+    /// ledger's next batch. From the moment this returns `Ok` the records may be committed,
+    /// whether or not anyone awaits [`Submitted::outcome`]: a caller that gives up waiting
+    /// must say the outcome is unknown, never that nothing was appended.
+    pub fn submit(
+        &self,
+        ledger: &LedgerId,
+        appends: Vec<Append>,
+    ) -> Result<Submitted, LedgerError> {
         let options = &self.inner.options;
         let bytes: usize = appends.iter().map(Append::stored_size).sum();
         if appends.len() > options.batch_max_records || bytes > options.batch_max_bytes {
@@ -505,13 +542,10 @@ impl Ledger {
             }
             sent => sent.map_err(refused)?,
         }
-        let mut receipts = answer.await.map_err(|_| LedgerError::ShuttingDown)??;
-        if let Some(signer) = &self.inner.options.signer {
-            for receipt in &mut receipts {
-                receipt.receipt = Some(signer.sign_receipt(&receipt.body()));
-            }
-        }
-        Ok(receipts)
+        Ok(Submitted {
+            answer,
+            signer: self.inner.options.signer.clone(),
+        })
     }
 
     fn writer(&self, ledger: &LedgerId) -> commit::Writer {

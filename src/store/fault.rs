@@ -8,6 +8,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 
@@ -34,6 +35,8 @@ struct Plan {
     calls: AtomicUsize,
     crashed: AtomicBool,
     fault: Mutex<Option<(usize, Fault)>>,
+    /// Every call of this operation waits this long before it runs (a slow dependency).
+    stall: Mutex<Option<(&'static str, Duration)>>,
     log: Mutex<Vec<&'static str>>,
 }
 
@@ -106,6 +109,11 @@ impl FaultHandle {
         *self.plan.fault.lock().expect("plan lock") = Some((base + at, fault));
     }
 
+    /// Makes every later call of `op` wait `delay` before it runs (and take effect as usual).
+    pub fn stall(&self, op: &'static str, delay: Duration) {
+        *self.plan.stall.lock().expect("stall lock") = Some((op, delay));
+    }
+
     /// Calls made so far, in order, by operation name.
     pub fn calls(&self) -> Vec<&'static str> {
         self.plan.log.lock().expect("log lock").clone()
@@ -130,7 +138,11 @@ impl Around for Faulty {
         run: impl FnOnce(Part) -> BoxFuture<'a, StoreResult<T>> + Send + 'a,
     ) -> impl Future<Output = StoreResult<T>> + Send + 'a {
         let step = self.plan.step(call.op);
+        let stall = *self.plan.stall.lock().expect("stall lock");
         async move {
+            if let Some((_, delay)) = stall.filter(|(op, _)| *op == call.op) {
+                tokio::time::sleep(delay).await;
+            }
             match step {
                 Step::Fail => Err(injected()),
                 Step::Run => run(Part::All).await,

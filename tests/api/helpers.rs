@@ -11,6 +11,8 @@ use std::time::Duration;
 use clap::Parser;
 use eleanor_ledger::app::{Application, StartError};
 use eleanor_ledger::config::ServerArgs;
+use eleanor_ledger::store::fault::{self, FaultHandle};
+use eleanor_ledger::store::{self, Access, BackendMetrics};
 use reqwest::StatusCode;
 use reqwest::header::CONTENT_TYPE;
 use serde::Deserialize;
@@ -402,6 +404,28 @@ pub async fn spawn_app_in(data_dir: TempDir, args: &[&str]) -> TestApp {
     let app = try_build(data_dir.path(), args)
         .await
         .unwrap_or_else(|e| panic!("the app builds: {e}"));
+    serve(app, data_dir, args)
+}
+
+/// The service over a fresh embedded store seen through the fault-injecting wrapper
+/// (`store::fault`), and the handle that plans its faults (a slow `commit_batch`, say).
+pub async fn spawn_faulty_app(args: &[&str]) -> (TestApp, FaultHandle) {
+    init_tracing();
+    let data_dir = tempfile::tempdir().expect("temp data dir");
+    let config = config(data_dir.path(), args);
+    let registry = prometheus::Registry::new();
+    let metrics = BackendMetrics::new(&registry).expect("backend metrics register");
+    let stores = store::open(&config.backend, Access::ReadWrite, metrics)
+        .await
+        .expect("the embedded store opens");
+    let (stores, faults) = fault::wrap(&stores);
+    let app = Application::over(config, stores, registry)
+        .await
+        .unwrap_or_else(|e| panic!("the app builds: {e}"));
+    (serve(app, data_dir, args), faults)
+}
+
+fn serve(app: Application, data_dir: TempDir, args: &[&str]) -> TestApp {
     let address = format!("http://{}", app.local_addr());
     let (shutdown, stop) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until(async move {

@@ -1,5 +1,7 @@
 //! Limits and the API contract: the in-flight cap sheds load at once with `503 server_busy`
-//! and no side effect, slow requests get `503 timeout`, page sizes are capped, and
+//! and no side effect, slow requests are answered by how far they got (`408` for a body still
+//! arriving, `503 timeout` before anything was queued, `503 outcome_unknown` after), page
+//! sizes are capped, and
 //! `/openapi.json` documents exactly the routes the router serves.
 
 use std::collections::BTreeSet;
@@ -9,7 +11,7 @@ use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::helpers::{expect_error, spawn_app, spawn_app_with};
+use crate::helpers::{expect_error, spawn_app, spawn_app_with, spawn_faulty_app};
 
 /// The `Retry-After` seconds of a response, if it has one.
 fn retry_after(response: &reqwest::Response) -> Option<u64> {
@@ -74,15 +76,93 @@ async fn beyond_the_in_flight_cap_requests_get_503_server_busy_at_once_and_chang
 }
 
 #[tokio::test]
-async fn a_request_slower_than_the_timeout_gets_503_timeout_with_retry_after() {
-    let app = spawn_app_with(&["--request-timeout-ms", "100", "--batch-linger-us", "300000"]).await;
-    let response = app.append("slow", r#"{"slow":true}"#).await;
+async fn a_request_slower_than_the_timeout_before_anything_is_queued_gets_503_timeout() {
+    let (app, faults) = spawn_faulty_app(&["--request-timeout-ms", "100"]).await;
+    app.append_ok("slow", r#"{"n":1}"#).await;
+    faults.stall("ledgers", Duration::from_millis(400));
+    let response = app.ledgers("").await;
     assert_eq!(retry_after(&response), Some(1));
     let message = expect_error(response, StatusCode::SERVICE_UNAVAILABLE, "timeout").await;
-    assert!(message.contains("look the record up"), "{message}");
+    assert!(
+        message.contains("before anything was appended"),
+        "{message}"
+    );
     // Fast requests are unaffected.
     assert_eq!(app.get("/v1/keys").await.status(), StatusCode::OK);
     assert_eq!(app.health().await.status(), StatusCode::OK);
+}
+
+/// Issue 14, section 2: an append answered `503 timeout` was committed afterwards. Once an
+/// append is queued its batch cannot be taken back, so the timeout says the outcome is unknown,
+/// and the retry with the same key finds the one entry.
+#[tokio::test]
+async fn an_append_whose_batch_outlasts_the_timeout_is_outcome_unknown_and_its_retry_finds_it() {
+    let (app, faults) = spawn_faulty_app(&["--request-timeout-ms", "100"]).await;
+    faults.stall("commit_batch", Duration::from_millis(500));
+    let send = || {
+        app.client
+            .post(app.url("/v1/ledgers/late/records"))
+            .header(CONTENT_TYPE, "application/json")
+            .header("Idempotency-Key", "late-1")
+            .body(r#"{"late":true}"#)
+            .send()
+    };
+    let response = send().await.expect("the request is answered");
+    assert_eq!(retry_after(&response), Some(1));
+    let message = expect_error(response, StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown").await;
+    assert!(
+        message.contains("may still be committed") && message.contains("Idempotency-Key"),
+        "{message}"
+    );
+    // The batch finishes after the answer: the record is committed.
+    faults.stall("commit_batch", Duration::ZERO);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let head = app.head("late").await;
+        if head.status() == StatusCode::OK && app.head_ok("late").await.seq == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the queued append never committed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let retry = send().await.expect("the retry is answered");
+    assert_eq!(retry.status(), StatusCode::OK, "the retry is a replay");
+    assert_eq!(app.head_ok("late").await.seq, 1, "one entry for the key");
+}
+
+/// A body that stops arriving is the client's fault: `408 request_timeout`, not a 5xx.
+#[tokio::test]
+async fn a_body_that_stops_arriving_gets_408_request_timeout() {
+    let app = spawn_app_with(&["--request-timeout-ms", "200"]).await;
+    let response = app
+        .raw(
+            b"POST /v1/ledgers/trickle/records HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"half\":",
+        )
+        .await;
+    response.expect_error(408, "request_timeout");
+    assert_eq!(app.head("trickle").await.status(), StatusCode::NOT_FOUND);
+}
+
+#[test]
+fn a_linger_not_shorter_than_the_request_timeout_is_refused_at_startup() {
+    use clap::Parser;
+    let args = eleanor_ledger::config::ServerArgs::try_parse_from([
+        "ledger-server",
+        "--request-timeout-ms",
+        "100",
+        "--batch-linger-us",
+        "100000",
+    ])
+    .unwrap();
+    let err = args.into_config().unwrap_err();
+    assert!(
+        err.0
+            .starts_with("ELEANOR_LEDGER_BATCH_LINGER_US (100000 µs) must be shorter than"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
