@@ -4,15 +4,18 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::http::auth::Authenticator;
 use crate::http::metrics::HttpMetrics;
 use crate::http::{AppState, Shared, router};
-use crate::ledger::{Ledger, LedgerMetrics};
-use crate::store::{self, Access, Backend, BackendMetrics, Stores, breaker};
+use crate::ledger::{Ledger, LedgerError, LedgerMetrics};
+use crate::store::{self, Access, BackendMetrics, StoreError, Stores, breaker};
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +32,8 @@ pub enum StartError {
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    /// Retrying the storage part of startup, if storage did not answer at first.
+    startup: Option<JoinHandle<()>>,
 }
 
 impl Application {
@@ -46,13 +51,6 @@ impl Application {
         let stores = store::open(&config.backend, Access::ReadWrite, backend_metrics)
             .await
             .map_err(|e| StartError::Config(e.to_string()))?;
-        if config.backend.backend() == Backend::Aws {
-            // Fail at startup, in one sentence, if the bucket or table cannot be reached.
-            let (objects, index) = tokio::join!(stores.objects.check(), stores.index.check());
-            for (what, result) in [("bucket", objects), ("table", index)] {
-                result.map_err(|e| StartError::Failed(format!("the {what} is not usable: {e}")))?;
-            }
-        }
         Application::over(config, stores, registry).await
     }
 
@@ -81,18 +79,21 @@ impl Application {
             config.ledger.clone(),
             LedgerMetrics::new(&registry).map_err(failed)?,
         );
-        match ledger.recover().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(
-                batches = n,
-                "finished batches that an earlier run had committed but not written out"
-            ),
-            Err(e) => {
-                return Err(StartError::Failed(format!(
-                    "recovering interrupted batches failed: {e}"
-                )));
+        let started = Arc::new(AtomicBool::new(false));
+        let startup = match start_storage(&ledger).await {
+            Ok(()) => {
+                started.store(true, Ordering::SeqCst);
+                None
             }
-        }
+            Err(e) if e.retryable => {
+                tracing::warn!(error = %e.message, "storage does not answer yet: serving /livez, /health answers 503 until it does, retrying in the background");
+                Some(tokio::spawn(retry_start_storage(
+                    ledger.clone(),
+                    started.clone(),
+                )))
+            }
+            Err(e) => return Err(StartError::Failed(e.message)),
+        };
         let auth = match &config.auth {
             None => {
                 if !config.listen.ip().is_loopback() {
@@ -116,6 +117,7 @@ impl Application {
         let metrics = Arc::new(HttpMetrics::new(&registry).map_err(failed)?);
         Ok(Application {
             listener,
+            startup,
             state: AppState::new(Shared {
                 ledger,
                 metrics,
@@ -123,6 +125,7 @@ impl Application {
                 limits: config.limits,
                 circuits,
                 auth,
+                started,
             }),
         })
     }
@@ -152,11 +155,70 @@ impl Application {
             .await;
         // A round cut short leaves each checkpoint object whole or absent (write-once).
         checkpoints.abort();
+        if let Some(startup) = self.startup {
+            startup.abort();
+        }
         served?;
         ledger.shutdown().await;
         ledger.stores().objects.close().await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Why the storage part of startup failed, and whether trying again can help.
+struct StorageStartError {
+    message: String,
+    /// Storage did not answer (an outage, a network partition): worth retrying. Otherwise
+    /// (corrupt data) it is not.
+    retryable: bool,
+}
+
+/// The part of startup that needs storage: both stores answer, then the batches an earlier
+/// run committed but did not write out are finished. `/health` is `503` until it succeeds.
+async fn start_storage(ledger: &Ledger) -> Result<(), StorageStartError> {
+    let stores = ledger.stores();
+    let (objects, index) = tokio::join!(stores.objects.check(), stores.index.check());
+    let (objects_what, index_what) = stores.backend.dependencies();
+    for (what, result) in [(objects_what, objects), (index_what, index)] {
+        result.map_err(|e| StorageStartError {
+            retryable: !matches!(e, StoreError::Corrupt(_)),
+            message: format!("{what} is not usable: {e}"),
+        })?;
+    }
+    match ledger.recover().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            batches = n,
+            "finished batches that an earlier run had committed but not written out"
+        ),
+        Err(e) => {
+            return Err(StorageStartError {
+                retryable: matches!(e, LedgerError::Unavailable { .. }),
+                message: format!("recovering interrupted batches failed: {e}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Retries [`start_storage`] (1 s, doubling to 30 s between tries) until it succeeds, then
+/// marks the service started.
+async fn retry_start_storage(ledger: Ledger, started: Arc<AtomicBool>) {
+    let mut wait = Duration::from_secs(1);
+    loop {
+        tokio::time::sleep(wait).await;
+        match start_storage(&ledger).await {
+            Ok(()) => {
+                started.store(true, Ordering::SeqCst);
+                tracing::info!("storage answers: startup finished, /health follows the stores");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.message, retry_in_secs = wait.as_secs(), "storage still does not answer");
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+        }
     }
 }
 

@@ -376,3 +376,42 @@ async fn appends_retried_with_their_keys_after_storage_failures_are_stored_once(
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["head"]["seq"], found, "one entry per key: {report}");
 }
+
+/// Issue 14, section 3: a service started while storage does not answer (a rollout during an
+/// outage) used to exit 1, so every pod crash-looped. It starts, is alive but not healthy,
+/// refuses appends with `503 dependency_unavailable`, and serves once storage answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_started_during_a_storage_outage_serves_once_storage_answers() {
+    let upstream = aws_support::endpoint()
+        .trim_start_matches("http://")
+        .to_owned();
+    let proxy = Proxy::start(upstream).await;
+    proxy.set(CUT);
+    let app = spawn_app(&proxy.addr).await;
+
+    let (status, _) = app.get("/livez").await;
+    assert_eq!(status, 200, "alive while storage is out");
+    let (status, health) = app.get("/health").await;
+    assert_eq!(status, 503, "{health}");
+    assert_eq!(health["checks"]["startup"], "pending", "{health}");
+    let (status, body, _) = app.append(1).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "dependency_unavailable", "{body}");
+
+    proxy.set(PASS);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, health) = app.get("/health").await;
+        if status == 200 {
+            assert_eq!(health["checks"]["startup"], "ok", "{health}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still unhealthy 60 s after storage came back: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, body, _) = app.append(2).await;
+    assert_eq!(status, 201, "{body}");
+}

@@ -395,12 +395,12 @@ fn probes_hit_health_and_livez_on_the_container_port_that_the_service_and_config
     for (probe, path) in [
         ("readinessProbe", "/health"),
         ("livenessProbe", "/livez"),
-        ("startupProbe", "/health"),
+        ("startupProbe", "/livez"),
     ] {
         let get = &container[probe]["httpGet"];
         assert_eq!(
             get["path"], path,
-            "{probe}: readiness follows the dependencies, liveness only the process"
+            "{probe}: readiness follows the dependencies; liveness and startup only the process (a pod started during an outage must wait, not crash-loop)"
         );
         assert_eq!(resolve_port(&get["port"], &container), port, "{probe}");
     }

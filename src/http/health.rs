@@ -1,5 +1,6 @@
-//! `GET /health`: 200 when both stores answer and no circuit is open; 503 naming what failed
-//! with a stable code per check (the cause is in the log, not on this unauthenticated route).
+//! `GET /health`: 200 when both stores answer, startup has finished with them (a service started
+//! during a storage outage keeps retrying) and no circuit is open; 503 naming what failed with a
+//! stable code per check (the cause is in the log, not on this unauthenticated route).
 
 use std::collections::BTreeMap;
 
@@ -17,7 +18,8 @@ use crate::store::breaker::CircuitState;
 pub struct Health {
     status: &'static str,
     backend: Backend,
-    /// Per store: `ok`, `unavailable`, `circuit_open` or `corrupt`.
+    /// Per store: `ok`, `unavailable`, `circuit_open` or `corrupt`; and `startup`: `ok`, or
+    /// `pending` while the service waits for storage to answer to finish starting.
     checks: BTreeMap<&'static str, &'static str>,
     /// Circuit breaker state per dependency: `closed`, `open` or `half_open`.
     circuits: BTreeMap<&'static str, &'static str>,
@@ -25,11 +27,14 @@ pub struct Health {
 
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     let storage = state.ledger.check_storage().await;
+    let started = state.started.load(std::sync::atomic::Ordering::SeqCst);
     let checks = BTreeMap::from([
         ("objects", storage.objects.code()),
         ("index", storage.index.code()),
+        ("startup", if started { "ok" } else { "pending" }),
     ]);
-    let mut healthy = storage.objects == StoreCheck::Ok && storage.index == StoreCheck::Ok;
+    let mut healthy =
+        started && storage.objects == StoreCheck::Ok && storage.index == StoreCheck::Ok;
     let mut circuits = BTreeMap::new();
     for circuit in &state.circuits {
         let circuit_state = circuit.state();

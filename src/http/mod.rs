@@ -70,6 +70,9 @@ pub struct Shared {
     pub circuits: Vec<Arc<CircuitBreaker>>,
     /// Token checks (`ELEANOR_LEDGER_AUTH=jwt`); `None` when auth is off.
     pub auth: Option<Arc<auth::Authenticator>>,
+    /// The storage part of startup (stores answer, interrupted batches finished) is done;
+    /// until it is, `/health` is `503` with `startup: pending`.
+    pub started: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Request limits (from [`crate::config`]).
