@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::http::auth::Authenticator;
 use crate::http::metrics::HttpMetrics;
+use crate::http::serve::{ConnectionLimits, ConnectionMetrics, serve};
 use crate::http::{AppState, Shared, router};
 use crate::ledger::{Ledger, LedgerError, LedgerMetrics};
 use crate::store::{self, Access, BackendMetrics, StoreError, Stores, breaker};
@@ -31,6 +32,8 @@ pub enum StartError {
 /// A bound, ready-to-serve service.
 pub struct Application {
     listener: TcpListener,
+    connections: ConnectionLimits,
+    connection_metrics: ConnectionMetrics,
     state: AppState,
     /// Retrying the storage part of startup, if storage did not answer at first.
     startup: Option<JoinHandle<()>>,
@@ -117,6 +120,8 @@ impl Application {
         let metrics = Arc::new(HttpMetrics::new(&registry).map_err(failed)?);
         Ok(Application {
             listener,
+            connections: config.connections,
+            connection_metrics: ConnectionMetrics::new(&registry).map_err(failed)?,
             startup,
             state: AppState::new(Shared {
                 ledger,
@@ -138,10 +143,7 @@ impl Application {
 
     /// Serves until `shutdown` resolves, then stops accepting, answers requests in flight,
     /// lets every queued batch commit, and returns.
-    pub async fn run_until(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let ledger = self.state.ledger.clone();
         tracing::info!(addr = %self.local_addr(), backend = %ledger.stores().backend, "serving");
         let interval = ledger.options().checkpoint_interval;
@@ -150,19 +152,22 @@ impl Application {
                 .clone()
                 .run_checkpoints(interval, std::future::pending()),
         );
-        let served = axum::serve(self.listener, router(self.state))
-            .with_graceful_shutdown(shutdown)
-            .await;
+        serve(
+            self.listener,
+            router(self.state),
+            self.connections,
+            self.connection_metrics,
+            shutdown,
+        )
+        .await;
         // A round cut short leaves each checkpoint object whole or absent (write-once).
         checkpoints.abort();
         if let Some(startup) = self.startup {
             startup.abort();
         }
-        served?;
         ledger.shutdown().await;
         ledger.stores().objects.close().await;
         tracing::info!("stopped");
-        Ok(())
     }
 }
 

@@ -10,6 +10,7 @@ use clap::{ArgAction, Parser, ValueEnum};
 use crate::chain::entry::LedgerId;
 use crate::chain::entry::{ENTRY_OVERHEAD, MAX_KEY_OVERHEAD};
 use crate::http::Limits;
+use crate::http::serve::ConnectionLimits;
 use crate::ledger::Options;
 use crate::store::aws::AwsSettings;
 use crate::store::breaker::BreakerSettings;
@@ -140,6 +141,23 @@ pub struct ServerArgs {
     /// API requests processed at once; more are refused at once with `503 server_busy`.
     #[arg(long, env = "ELEANOR_LEDGER_MAX_IN_FLIGHT", default_value_t = 1024)]
     pub max_in_flight: usize,
+    /// Time a client has to send a request head, counted from the connection's start (its
+    /// first request) or from the head's first byte, in milliseconds.
+    #[arg(
+        long,
+        env = "ELEANOR_LEDGER_HEADER_READ_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub header_read_timeout_ms: u64,
+    /// Time an idle kept-alive connection is held open, in milliseconds (keep it longer
+    /// than the idle timeout of a load balancer in front, 60 s on an AWS ALB).
+    #[arg(long, env = "ELEANOR_LEDGER_IDLE_TIMEOUT_MS", default_value_t = 75_000)]
+    pub idle_timeout_ms: u64,
+    /// Most client connections open at once; at the cap a new connection closes the oldest
+    /// one with no request in progress. Default 10000, and never more than the descriptor
+    /// limit (raised to its hard limit at startup) less 256.
+    #[arg(long, env = "ELEANOR_LEDGER_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
     /// Authentication of `/v1` requests.
     #[arg(long, env = "ELEANOR_LEDGER_AUTH", value_enum, default_value = "none")]
     pub auth: AuthMode,
@@ -192,6 +210,7 @@ pub struct Config {
     pub backend: BackendConfig,
     pub ledger: Options,
     pub limits: Limits,
+    pub connections: ConnectionLimits,
     pub breaker: BreakerSettings,
     /// The JWT keys file and clock leeway, when auth is on.
     pub auth: Option<(PathBuf, Duration)>,
@@ -294,6 +313,23 @@ impl ServerArgs {
             )));
         }
         bounded(
+            "ELEANOR_LEDGER_HEADER_READ_TIMEOUT_MS",
+            self.header_read_timeout_ms,
+            100,
+            600_000,
+        )?;
+        bounded(
+            "ELEANOR_LEDGER_IDLE_TIMEOUT_MS",
+            self.idle_timeout_ms,
+            100,
+            3_600_000,
+        )?;
+        if self.max_connections == Some(0) {
+            return Err(ConfigError(
+                "ELEANOR_LEDGER_MAX_CONNECTIONS must be at least 1".into(),
+            ));
+        }
+        bounded(
             "ELEANOR_LEDGER_CHECKPOINT_INTERVAL",
             self.checkpoint_interval,
             0,
@@ -349,6 +385,11 @@ impl ServerArgs {
                 request_timeout,
                 protect_metrics: self.metrics_auth,
                 max_in_flight: self.max_in_flight,
+            },
+            connections: ConnectionLimits {
+                header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+                idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+                max_connections: self.max_connections,
             },
             breaker: BreakerSettings {
                 threshold: self.circuit_failures,

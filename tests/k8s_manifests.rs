@@ -1257,7 +1257,7 @@ async fn exported_metrics() -> Exported {
         .await
         .unwrap();
     stop.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    server.await.unwrap();
 
     let mut exported: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for line in text.lines() {

@@ -28,11 +28,6 @@ async fn main() -> ExitCode {
             });
         }
     };
-    match app.run_until(eleanor_ledger::app::shutdown_signal()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("server failed: {e}");
-            ExitCode::from(1)
-        }
-    }
+    app.run_until(eleanor_ledger::app::shutdown_signal()).await;
+    ExitCode::SUCCESS
 }

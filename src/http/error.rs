@@ -40,6 +40,10 @@ pub enum ApiError {
     },
     #[error("{0}; nothing was appended")]
     BatchTooLarge(String),
+    #[error(
+        "the request carries both Content-Length and Transfer-Encoding, which disagree on where it ends (RFC 9112 section 6.1); send one of them; nothing was done"
+    )]
+    ConflictingLength,
     #[error("send the record as JSON with 'Content-Type: application/json'")]
     UnsupportedMediaType,
     #[error("no such route; see the API in README.md")]
@@ -97,6 +101,7 @@ impl ApiError {
             }
             ApiError::InvalidBatch { .. } => (StatusCode::BAD_REQUEST, "invalid_batch"),
             ApiError::BatchTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large"),
+            ApiError::ConflictingLength => (StatusCode::BAD_REQUEST, "conflicting_length"),
             ApiError::UnsupportedMediaType => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }

@@ -19,6 +19,7 @@ mod limit;
 pub mod metrics;
 mod openapi;
 mod records;
+pub mod serve;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -185,6 +186,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(state.clone(), auth::require))
+        .layer(middleware::from_fn(refuse_conflicting_length))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             metrics::track,
@@ -222,6 +224,19 @@ async fn bound_request_id(mut request: Request, next: Next) -> Response {
         });
     if !acceptable {
         request.headers_mut().remove(REQUEST_ID);
+    }
+    next.run(request).await
+}
+
+/// A request [`serve`] found to carry both `Content-Length` and `Transfer-Encoding` is
+/// answered `400` (logged and counted like any other; hyper closes the connection after it).
+async fn refuse_conflicting_length(request: Request, next: Next) -> Response {
+    if request
+        .extensions()
+        .get::<serve::ConflictingLength>()
+        .is_some()
+    {
+        return ApiError::ConflictingLength.into_response();
     }
     next.run(request).await
 }

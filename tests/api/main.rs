@@ -7,6 +7,7 @@
 mod append;
 mod auth;
 mod checkpoints;
+mod connections;
 mod errors;
 mod fuzz;
 mod helpers;
