@@ -239,3 +239,27 @@ async fn hundreds_of_silent_connections_beyond_the_descriptor_limit_do_not_keep_
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[tokio::test]
+async fn a_body_cut_off_by_its_client_is_a_400_not_a_server_error() {
+    let app = spawn_app_with(&[]).await;
+    let mut stream = connect(&app.api.address).await;
+    stream
+        .write_all(b"POST /v1/ledgers/cut/records HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"event\":")
+        .await
+        .unwrap();
+    stream.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("an answer within 5 s")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("\"invalid_body\""), "{answer}");
+    assert_eq!(
+        app.api.head("cut").await.status(),
+        404,
+        "nothing was appended"
+    );
+}
