@@ -8,7 +8,8 @@
 //!   backend ([`store::local`]) and the shared conformance suite.
 //! - [`ledger`]: the service. Group commit and the commit protocol over the two traits,
 //!   reads, verification over storage, crash recovery.
-//! - [`http`]: the axum API, its one error mapping, health and metrics.
+//! - [`http`]: the axum API, its one error mapping, health and metrics, and the connection
+//!   loop that serves it.
 //! - [`config`], [`telemetry`], [`app`]: settings, logging, startup and shutdown;
 //!   [`init`]: one-time provisioning (`ledger-init`); [`audit`]: offline verification
 //!   (`ledger-verify`); [`keyfile`]: the signing key file.

@@ -7,6 +7,8 @@
 //! - [`health`], [`metrics`]: `/health` and `/metrics` plus request metrics.
 //! - [`limit`]: load shedding beyond `ELEANOR_LEDGER_MAX_IN_FLIGHT`.
 //! - [`openapi`]: `GET /openapi.json`, the OpenAPI document of every route in [`route_list`].
+//! - [`serve`]: the connection loop under it all (HTTP/1.1; head and idle deadlines, the
+//!   connection cap, conflicting length headers).
 
 pub mod auth;
 mod checkpoints;
