@@ -3,14 +3,13 @@
 //! out, and a request with two conflicting length headers is refused. These watch real
 //! sockets, so they wait in real time (a few seconds at most each).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::helpers::spawn_app_with;
+use crate::process::ServerProcess;
 
 const GET_HEALTH: &[u8] = b"GET /livez HTTP/1.1\r\nHost: t\r\n\r\n";
 
@@ -150,56 +149,17 @@ async fn a_request_with_both_content_length_and_transfer_encoding_is_refused_and
     );
 }
 
-/// Starts the real binary with its descriptor limit (soft and hard) at `limit`.
-fn start_with_descriptor_limit(
-    limit: u32,
-    data_dir: &std::path::Path,
-) -> (std::process::Child, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
-        .arg(env!("CARGO_BIN_EXE_ledger-server"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env("ELEANOR_LEDGER_LOG_FORMAT", "json")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start ledger-server");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "ledger-server did not start within 30 s"
-        );
-        match lines.next() {
-            Some(Ok(line)) if line.contains("\"serving\"") => break,
-            Some(Ok(_)) => continue,
-            _ => panic!("ledger-server exited during startup: {:?}", child.wait()),
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    (child, format!("127.0.0.1:{port}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundreds_of_silent_connections_beyond_the_descriptor_limit_do_not_keep_health_checks_out()
 {
     let data_dir = tempfile::tempdir().unwrap();
-    let (mut child, address) = start_with_descriptor_limit(256, data_dir.path());
+    let server = ServerProcess::start(data_dir.path(), &[], Some(256));
+    let address = &server.address;
     // More silent connections than the server has descriptors: without a cap that makes room
     // it runs out (accept: too many open files) and stops answering anyone.
     let mut silent = Vec::new();
     for _ in 0..600 {
-        silent.push(TcpStream::connect(&address).await.expect("connect"));
+        silent.push(TcpStream::connect(address).await.expect("connect"));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let client = reqwest::Client::builder()
@@ -236,8 +196,6 @@ async fn hundreds_of_silent_connections_beyond_the_descriptor_limit_do_not_keep_
         .expect("http_connections_evicted_total in /metrics");
     assert!(evicted > 0, "silent connections were closed to make room");
     drop(silent);
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
 
 #[tokio::test]
