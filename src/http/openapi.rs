@@ -29,8 +29,14 @@ static WITHOUT_AUTH: LazyLock<String> = LazyLock::new(|| {
 
 /// Empties the `security` of every operation.
 fn without_security(doc: &mut serde_json::Value) {
-    let paths = doc["paths"].as_object_mut().into_iter().flat_map(|p| p.values_mut());
-    for op in paths.filter_map(|item| item.as_object_mut()).flat_map(|i| i.values_mut()) {
+    let paths = doc["paths"]
+        .as_object_mut()
+        .into_iter()
+        .flat_map(|p| p.values_mut());
+    for op in paths
+        .filter_map(|item| item.as_object_mut())
+        .flat_map(|i| i.values_mut())
+    {
         if let Some(op) = op.as_object_mut() {
             op.insert("security".into(), serde_json::json!([]));
         }
@@ -79,13 +85,17 @@ mod tests {
                 let mut op = op.clone();
                 let mut original = written["paths"][path][method].clone();
                 op.as_object_mut().expect("an operation").remove("security");
-                original.as_object_mut().expect("an operation").remove("security");
+                original
+                    .as_object_mut()
+                    .expect("an operation")
+                    .remove("security");
                 assert_eq!(op, original, "{method} {path}");
                 operations += 1;
             }
         }
         assert_eq!(operations, super::super::route_list().len());
-        let bearer = written["paths"]["/v1/ledgers/{ledger_id}/records"]["post"]["security"].clone();
+        let bearer =
+            written["paths"]["/v1/ledgers/{ledger_id}/records"]["post"]["security"].clone();
         assert_eq!(bearer, serde_json::json!([{"bearerAuth": []}]));
         assert_eq!(served["components"], written["components"]);
     }
