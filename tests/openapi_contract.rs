@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::json;
 
-/// Cases per operation and phase: about 30 s a run on two cores.
+/// Cases per operation and phase: each run takes under a minute on two cores.
 const MAX_EXAMPLES: &str = "30";
 const SEED: &str = "1";
 
