@@ -7,10 +7,13 @@
 # It installs moto into a cached venv if missing, starts it on a free loopback port, exports
 # ELEANOR_LEDGER_TEST_AWS_ENDPOINT for the tests, runs `cargo nextest run --lib --bins --tests` (benches are built by clippy in .ci/run) and
 # always stops the emulator it started. If the emulator cannot be installed or started, this
-# script fails: the AWS tests never pass or skip silently.
+# script fails: the AWS tests never pass or skip silently. The same goes for the OpenAPI tools
+# (schemathesis, openapi-spec-validator, Redocly CLI; scripts/openapi_tools.sh) that
+# tests/openapi_contract.rs runs: installed at pinned versions into the cache, or this fails.
 #
 # Environment:
-#   ELEANOR_LEDGER_CACHE  cache directory (default: ~/.cache/eleanor-ledger) for the venv and,
+#   ELEANOR_LEDGER_CACHE  cache directory (default: ~/.cache/eleanor-ledger) for the venvs, the
+#                         npm packages and,
 #                         unless CARGO_TARGET_DIR is set, the build directory.
 #   CARGO_TARGET_DIR      respected when set.
 set -euo pipefail
@@ -21,6 +24,9 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/target}"
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/emulator.sh
 source scripts/emulator.sh
+# shellcheck source=scripts/openapi_tools.sh
+source scripts/openapi_tools.sh
+openapi_tools_install
 trap emulator_stop EXIT
 emulator_start
 

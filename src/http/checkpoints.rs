@@ -6,7 +6,7 @@
 //! - `GET /v1/ledgers/{ledger_id}/checkpoints/latest`: the latest stored checkpoint.
 //! - `GET /v1/keys`: the service's public key(s), hex, with their key ids.
 //!
-//! Without a signing key the POST answers `503 signing_disabled`; reading stored checkpoints
+//! Without a signing key the POST answers `409 signing_disabled`; reading stored checkpoints
 //! and the (then empty) key list still work.
 
 use axum::Json;

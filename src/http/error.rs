@@ -132,7 +132,8 @@ impl ApiError {
                 }
                 L::OutcomeUnknown(_) => (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown"),
                 L::Corrupt { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "integrity_error"),
-                L::SigningDisabled => (StatusCode::SERVICE_UNAVAILABLE, "signing_disabled"),
+                // Permanent until the server is configured with a key: not a 5xx to retry.
+                L::SigningDisabled => (StatusCode::CONFLICT, "signing_disabled"),
                 L::CheckpointNotFound => (StatusCode::NOT_FOUND, "checkpoint_not_found"),
                 L::IdempotencyKeyReused { .. } => {
                     (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")

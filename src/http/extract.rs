@@ -175,8 +175,19 @@ pub struct BatchBody(pub Vec<Append>);
 struct BatchItem<'a> {
     #[serde(borrow)]
     record: &'a serde_json::value::RawValue,
-    #[serde(default)]
+    /// A string when present: `null` is refused, not read as "no key".
+    #[serde(default, borrow, deserialize_with = "present_key")]
     idempotency_key: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// An `idempotency_key` that is there is a string (serde's `Option` would take `null` as none).
+fn present_key<'de, D>(d: D) -> Result<Option<std::borrow::Cow<'de, str>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(serde::Deserialize)]
+    struct Key<'a>(#[serde(borrow)] std::borrow::Cow<'a, str>);
+    <Key<'de> as serde::Deserialize>::deserialize(d).map(|Key(key)| Some(key))
 }
 
 impl FromRequest<AppState> for BatchBody {

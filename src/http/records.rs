@@ -116,7 +116,8 @@ pub async fn one(
 /// `GET .../records?after=N&limit=M`: records with seq > N (default 0), at most M (default
 /// 100, at most 1000). `GET .../records?idempotency_key=K`: the one record appended with key
 /// `K` (404 `not_found` if none; 409 `idempotency_key_in_flight` while an append of it is
-/// being committed).
+/// being committed). `after` and `limit` mean the same with a key: the record is found only
+/// if its seq is greater than `after`, and one record is within any valid `limit`.
 pub async fn page(
     State(state): State<AppState>,
     path: LedgerPath,
@@ -125,7 +126,8 @@ pub async fn page(
     if let Some(key) = params.str("idempotency_key") {
         let key = IdempotencyKey::parse(key)
             .map_err(|e| ApiError::InvalidIdempotencyKey(e.to_string()))?;
-        params.only(&["idempotency_key"])?;
+        let params = params.only(&["idempotency_key", "after", "limit"])?;
+        let (after, _) = page_bounds(&params)?;
         let not_found = |e| match e {
             LedgerError::LedgerNotFound => LedgerError::RecordNotFound,
             e => e,
@@ -135,6 +137,7 @@ pub async fn page(
             .record_by_key(&path.ledger, &key)
             .await
             .map_err(not_found)?
+            .filter(|record| record.seq > after)
             .ok_or(LedgerError::RecordNotFound)?;
         return Ok(Json(record).into_response());
     }
@@ -143,6 +146,12 @@ pub async fn page(
 
 async fn list(state: &AppState, path: &LedgerPath, params: Params) -> Result<RecordPage, ApiError> {
     let params = params.only(&["after", "limit"])?;
+    let (after, limit) = page_bounds(&params)?;
+    Ok(state.ledger.records(&path.ledger, after, limit).await?)
+}
+
+/// `after` (default 0) and `limit` (default 100, 1 to [`MAX_PAGE`]) of a records request.
+fn page_bounds(params: &Params) -> Result<(u64, usize), ApiError> {
     let after = params.u64("after")?.unwrap_or(0);
     let limit = params.u64("limit")?.unwrap_or(100);
     if !(1..=MAX_PAGE as u64).contains(&limit) {
@@ -150,8 +159,5 @@ async fn list(state: &AppState, path: &LedgerPath, params: Params) -> Result<Rec
             "limit must be between 1 and {MAX_PAGE}"
         )));
     }
-    Ok(state
-        .ledger
-        .records(&path.ledger, after, limit as usize)
-        .await?)
+    Ok((after, limit as usize))
 }

@@ -322,3 +322,24 @@ async fn rotating_the_keys_file_under_load_drops_no_valid_request() {
         "valid requests were refused during rotation"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_served_openapi_document_asks_for_a_token_only_when_auth_is_on() {
+    let security = |doc: &Value| {
+        let ops = &doc["paths"]["/v1/ledgers/{ledger_id}/records"];
+        (
+            ops["post"]["security"].clone(),
+            doc["paths"]["/v1/keys"]["get"]["security"].clone(),
+        )
+    };
+    let on = spawn_app(&[]).await;
+    let doc: Value = on.app.get("/openapi.json").await.json().await.unwrap();
+    assert_eq!(security(&doc), (json!([{"bearerAuth": []}]), json!([])));
+    // The keys are public with auth on too.
+    let keys = on.app.get("/v1/keys").await;
+    assert_eq!(keys.status(), reqwest::StatusCode::OK);
+
+    let off = crate::helpers::spawn_app().await;
+    let doc: Value = off.get("/openapi.json").await.json().await.unwrap();
+    assert_eq!(security(&doc), (json!([]), json!([])));
+}

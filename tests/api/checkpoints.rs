@@ -109,13 +109,14 @@ async fn checkpoints_are_signed_stored_once_per_seq_and_served_with_the_key() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_a_key_checkpoints_answer_503_signing_disabled_and_receipts_are_unsigned() {
+async fn without_a_key_checkpoints_answer_409_signing_disabled_and_receipts_are_unsigned() {
     let app = start(tempfile::tempdir().unwrap(), None, &[]).await;
     let (status, receipt) = post(&app, "/v1/ledgers/k/records", Some("{}")).await;
     assert_eq!(status, StatusCode::CREATED);
     assert!(receipt.get("receipt").is_none(), "{receipt}");
     let (status, body) = post(&app, "/v1/ledgers/k/checkpoints", None).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    // A permanent state of the server's configuration: a 4xx without Retry-After, not a 503.
+    assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(body["error"]["code"], "signing_disabled");
     let (status, keys) = get_text(&app, "/v1/keys").await;
     assert_eq!((status, keys.as_str()), (StatusCode::OK, r#"{"keys":[]}"#));

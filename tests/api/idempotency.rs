@@ -135,12 +135,43 @@ async fn a_record_is_found_by_its_key_and_an_unused_key_is_not_found() {
         "invalid_idempotency_key",
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_by_key_honours_after_and_limit_as_a_page_does() {
+    let app = spawn_app().await;
+    app.append_ok("lookup-after", "{}").await;
+    expect_json::<Value>(
+        app.append_keyed("lookup-after", "k", r#"{"n":2}"#).await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let url = |query: &str| format!("/v1/ledgers/lookup-after/records?idempotency_key=k&{query}");
+    // The record (seq 2) is past `after=1`, and within any valid limit.
+    let found: Value = expect_json(app.get(&url("after=1&limit=1")).await, StatusCode::OK).await;
+    assert_eq!(found["seq"], 2);
+    assert_eq!(found["record"], json!({"n": 2}));
+    // Not past `after=2`: not found, as a page after 2 would not hold it.
     expect_error(
-        app.get(&format!(
-            "/v1/ledgers/lookup/records?idempotency_key={}&after=1",
-            "k"
-        ))
-        .await,
+        app.get(&url("after=2")).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    expect_error(
+        app.get(&url("limit=0")).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_query",
+    )
+    .await;
+    expect_error(
+        app.get(&url("after=-1")).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_query",
+    )
+    .await;
+    expect_error(
+        app.get(&url("from=1")).await,
         StatusCode::BAD_REQUEST,
         "invalid_query",
     )
@@ -350,6 +381,16 @@ async fn a_batch_with_any_bad_record_is_refused_whole_naming_its_index() {
             StatusCode::BAD_REQUEST,
             "invalid_batch",
             Some(0),
+        ),
+        // A key is a string or absent: a null is a client bug, not "no key".
+        (
+            json_batch(vec![
+                json!({"record": {}}),
+                json!({"record": {}, "idempotency_key": null}),
+            ]),
+            StatusCode::BAD_REQUEST,
+            "invalid_batch",
+            Some(1),
         ),
         (
             json_batch(vec![
