@@ -211,8 +211,7 @@ fn parse_keys(text: &str) -> Result<ParsedKeys, String> {
 /// keys and the file content they came from.
 fn read_keys(path: &Path) -> Result<(HashMap<String, Key>, String), String> {
     let shown = path.display();
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
     let parsed = parse_keys(&text).map_err(|e| format!("{shown}: {e}"))?;
     #[cfg(unix)]
     if parsed.secret {
@@ -245,11 +244,25 @@ pub enum TokenError {
     NotYetValid(&'static str),
 }
 
+/// What makes a keys file worth reading again: its content and its mode (a file refused for
+/// its mode is taken up once it is made 0600, its content unchanged).
+fn fingerprint(path: &Path, text: &str) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    hash.update(text.as_bytes());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).map_or(0, |m| m.permissions().mode());
+        hash.update(mode.to_be_bytes());
+    }
+    hash.finalize().into()
+}
+
 /// Checks tokens against the current keys, and reloads them when the file changes.
 pub struct Authenticator {
     path: PathBuf,
     keys: RwLock<Arc<HashMap<String, Key>>>,
-    /// SHA-256 of the file content the keys came from.
+    /// [`fingerprint`] of the file the keys came from (or of the last one refused).
     loaded: RwLock<[u8; 32]>,
     leeway: Duration,
 }
@@ -261,7 +274,7 @@ impl Authenticator {
         Ok(Authenticator {
             path: path.to_owned(),
             keys: RwLock::new(Arc::new(keys)),
-            loaded: RwLock::new(Sha256::digest(text.as_bytes()).into()),
+            loaded: RwLock::new(fingerprint(path, &text)),
             leeway,
         })
     }
@@ -276,7 +289,7 @@ impl Authenticator {
                 return;
             }
         };
-        let digest: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+        let digest = fingerprint(&self.path, &text);
         if *self.loaded.read().expect("lock") == digest {
             return;
         }
@@ -536,7 +549,10 @@ mod tests {
     #[test]
     fn hs256_secrets_shorter_than_32_bytes_are_refused() {
         let err = parse_keys(&hs256_key(31)).err().unwrap();
-        assert!(err.contains("at least 32 bytes") && err.contains("31"), "{err}");
+        assert!(
+            err.contains("at least 32 bytes") && err.contains("31"),
+            "{err}"
+        );
         assert!(parse_keys(&hs256_key(32)).unwrap().secret);
     }
 
@@ -547,7 +563,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys.json");
         let pem = std::fs::read_to_string("tests/data/auth/ed25519-public.pem").unwrap();
-        let public = serde_json::json!({"keys": [{"kid": "ed", "alg": "EdDSA", "public_key_pem": pem}]});
+        let public =
+            serde_json::json!({"keys": [{"kid": "ed", "alg": "EdDSA", "public_key_pem": pem}]});
         for (content, mode, ok) in [
             (hs256_key(32), 0o644, false),
             (hs256_key(32), 0o640, false),
@@ -571,10 +588,7 @@ mod tests {
         let err = parse_keys(&format!(r#"{{"keys":[{{"kid":"a","alg":"HS256","secret_base64":"{secret}"}},{{"kid":"b","alg":"none","secret_base64":"eA=="}}]}}"#))
             .err()
             .unwrap();
-        assert!(
-            err.contains("key \"b\"") && !err.contains(&secret),
-            "{err}"
-        );
+        assert!(err.contains("key \"b\"") && !err.contains(&secret), "{err}");
         assert!(parse_keys(r#"{"keys":[]}"#).is_err());
         assert!(
             parse_keys(r#"{"keys":[{"kid":"a","alg":"HS256","public_key_pem":"x"}]}"#).is_err()

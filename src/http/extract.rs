@@ -345,6 +345,9 @@ mod tests {
             "{err}"
         );
         let params = Params::from_pairs(pairs(&[("from", "1"), ("to", "2")])).unwrap();
-        assert_eq!((params.u64("from").unwrap(), params.u64("to").unwrap()), (Some(1), Some(2)));
+        assert_eq!(
+            (params.u64("from").unwrap(), params.u64("to").unwrap()),
+            (Some(1), Some(2))
+        );
     }
 }

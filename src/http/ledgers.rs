@@ -49,8 +49,14 @@ pub async fn list(
         // Only the token's own ledgers are looked at, so neither the page nor `next_after`
         // can name another (ids in the token that are not valid ledger ids name none).
         Some(Ledgers::Only(ids)) => {
-            let ids: Vec<LedgerId> = ids.iter().filter_map(|id| LedgerId::parse(id).ok()).collect();
-            state.ledger.ledgers_among(&ids, after.as_ref(), limit).await?
+            let ids: Vec<LedgerId> = ids
+                .iter()
+                .filter_map(|id| LedgerId::parse(id).ok())
+                .collect();
+            state
+                .ledger
+                .ledgers_among(&ids, after.as_ref(), limit)
+                .await?
         }
     };
     let next_after = more

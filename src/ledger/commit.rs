@@ -520,9 +520,7 @@ impl Writer {
         }
         let head = match self.stores.index.head(&self.ledger).await? {
             Some(head) => head,
-            None if self.options.auto_create => {
-                self.cap.create(&self.stores, &self.ledger).await?
-            }
+            None if self.options.auto_create => self.cap.create(&self.stores, &self.ledger).await?,
             None => return Err(LedgerError::LedgerNotFound),
         };
         self.head = Some(head.clone());

@@ -49,7 +49,13 @@ impl Committer {
         cap: Arc<LedgerCap>,
     ) -> Committer {
         Committer {
-            writer: Writer::new(ledger.clone(), stores, options.clone(), metrics.clone(), cap),
+            writer: Writer::new(
+                ledger.clone(),
+                stores,
+                options.clone(),
+                metrics.clone(),
+                cap,
+            ),
             ledger,
             options,
             metrics,
