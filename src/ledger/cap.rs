@@ -36,6 +36,16 @@ impl LedgerCap {
         }
     }
 
+    /// No cap, and nothing to count: the commit protocol's own tests, whose calls to the
+    /// store are the subject.
+    #[cfg(test)]
+    pub fn unbounded() -> LedgerCap {
+        LedgerCap {
+            max: u64::MAX,
+            known: Mutex::new(Some(0)),
+        }
+    }
+
     /// Creates `ledger` (which has no `META`) as [`crate::store::IndexStore::create_ledger`]
     /// does, unless that would make more than the cap: then
     /// [`LedgerError::LedgerLimitReached`], and nothing is written.
@@ -73,5 +83,45 @@ async fn count_ledgers(stores: &Stores) -> Result<u64, LedgerError> {
             Some(last) if page.len() == COUNT_PAGE => after = Some(last.clone()),
             _ => return Ok(count),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::BackendMetrics;
+    use crate::store::local::LocalStore;
+
+    fn id(s: &str) -> LedgerId {
+        LedgerId::parse(s).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_cap_counts_the_store_once_then_each_creation_and_refuses_beyond_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let stores = LocalStore::open(dir.path(), BackendMetrics::unregistered())
+            .unwrap()
+            .into_stores();
+        stores.index.create_ledger(&id("before")).await.unwrap();
+        let cap = LedgerCap::new(3);
+        cap.create(&stores, &id("a")).await.unwrap();
+        assert_eq!(
+            *cap.known.lock().await,
+            Some(2),
+            "one listed before, one made"
+        );
+        cap.create(&stores, &id("b")).await.unwrap();
+        assert!(matches!(
+            cap.create(&stores, &id("c")).await,
+            Err(LedgerError::LedgerLimitReached { max: 3 })
+        ));
+        assert_eq!(
+            stores.index.head(&id("c")).await.unwrap(),
+            None,
+            "nothing written"
+        );
+        // A count from a listing does not replace one already kept.
+        cap.counted(0).await;
+        assert_eq!(*cap.known.lock().await, Some(3));
     }
 }

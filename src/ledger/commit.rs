@@ -1071,7 +1071,7 @@ mod tests {
             stores.clone(),
             Arc::new(Options::default()),
             LedgerMetrics::new(&registry).unwrap(),
-            Arc::new(LedgerCap::new(u64::MAX)),
+            Arc::new(LedgerCap::unbounded()),
         )
     }
 
