@@ -93,6 +93,10 @@ pub struct ServerArgs {
     /// Create a ledger on its first append; when false, appends to unknown ledgers get 404.
     #[arg(long, env = "ELEANOR_LEDGER_AUTO_CREATE", default_value_t = true, action = ArgAction::Set)]
     pub auto_create: bool,
+    /// Most ledgers appends may create; an append that would create one more is refused with
+    /// `403 ledger_limit_reached` (appends to existing ledgers go on).
+    #[arg(long, env = "ELEANOR_LEDGER_MAX_LEDGERS", default_value_t = 100_000)]
+    pub max_ledgers: u64,
     /// Largest append body accepted, in bytes.
     #[arg(
         long,
@@ -164,11 +168,13 @@ pub struct ServerArgs {
     /// JSON file of JWT verification keys (`ELEANOR_LEDGER_AUTH=jwt`); re-read when it changes.
     #[arg(long, env = "ELEANOR_LEDGER_JWT_KEYS_FILE")]
     pub jwt_keys_file: Option<PathBuf>,
-    /// Clock leeway for token expiry, in seconds.
+    /// Clock leeway for token expiry (`exp`), not-before (`nbf`) and issue time (`iat`), in
+    /// seconds.
     #[arg(long, env = "ELEANOR_LEDGER_JWT_LEEWAY_SECS", default_value_t = 30)]
     pub jwt_leeway_secs: u64,
-    /// With auth on, require an auditor token for `/metrics` too.
-    #[arg(long, env = "ELEANOR_LEDGER_METRICS_AUTH", default_value_t = false, action = ArgAction::Set)]
+    /// With auth on, `/metrics` needs a token with the metrics, auditor or admin role (its
+    /// labels name ledgers); false makes it public. No effect with auth off.
+    #[arg(long, env = "ELEANOR_LEDGER_METRICS_AUTH", default_value_t = true, action = ArgAction::Set)]
     pub metrics_auth: bool,
     /// Ed25519 signing key for checkpoints and receipts: a file holding the 32-byte seed, raw
     /// or as 64 hex characters, mode 0600 or stricter (`ledger-init --gen-key FILE` writes one).
@@ -274,6 +280,12 @@ impl ServerArgs {
         )?;
         bounded("ELEANOR_LEDGER_QUEUE_DEPTH", self.queue_depth, 1, 1_000_000)?;
         bounded(
+            "ELEANOR_LEDGER_MAX_LEDGERS",
+            self.max_ledgers,
+            1,
+            1_000_000_000,
+        )?;
+        bounded(
             "ELEANOR_LEDGER_REQUEST_TIMEOUT_MS",
             self.request_timeout_ms,
             100,
@@ -370,6 +382,7 @@ impl ServerArgs {
             backend,
             ledger: Options {
                 auto_create: self.auto_create,
+                max_ledgers: self.max_ledgers,
                 batch_max_records: self.batch_max_records,
                 batch_max_bytes: self.batch_max_bytes,
                 batch_linger: Duration::from_micros(self.batch_linger_us),
@@ -484,6 +497,20 @@ mod tests {
             matches!(&config.backend, BackendConfig::Local { data_dir } if data_dir == Path::new("./data"))
         );
         assert_eq!(config.limits.max_record_bytes, 262_144);
+        assert_eq!(config.ledger.max_ledgers, 100_000);
+        assert!(
+            config.limits.protect_metrics,
+            "with auth on, /metrics needs a token unless made public"
+        );
+    }
+
+    #[test]
+    fn a_ledger_cap_of_zero_is_refused() {
+        let err = args(&["--max-ledgers", "0"]).into_config().unwrap_err();
+        assert_eq!(
+            err.0,
+            "ELEANOR_LEDGER_MAX_LEDGERS must be between 1 and 1000000000, got 0"
+        );
     }
 
     #[test]

@@ -565,12 +565,17 @@ fn the_configmap_holds_every_setting_the_code_reads_and_no_emulator_endpoint() {
 /// Files like the ones the pod's volumes hold, for the settings that name files.
 fn stand_in_files(dir: &Path) -> BTreeMap<String, PathBuf> {
     use std::os::unix::fs::PermissionsExt;
+    // The Secret volume's file is group-readable, so it holds public keys only (an HS256
+    // secret needs mode 0600), here mode 0440 as the kubelet leaves it.
     let jwt = dir.join("keys.json");
+    let pem = fs::read_to_string("tests/data/auth/ed25519-public.pem").unwrap();
     fs::write(
         &jwt,
-        r#"{"keys": [{"kid": "k", "alg": "HS256", "secret_base64": "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"}]}"#,
+        serde_json::json!({"keys": [{"kid": "k", "alg": "EdDSA", "public_key_pem": pem}]})
+            .to_string(),
     )
     .unwrap();
+    fs::set_permissions(&jwt, fs::Permissions::from_mode(0o440)).unwrap();
     // What `ledger-init --gen-key` writes: a 32-byte seed, here as hex, mode 0600.
     let signing = dir.join("ed25519.key");
     fs::write(&signing, "11".repeat(32)).unwrap();
@@ -587,8 +592,13 @@ fn the_configmap_values_pass_the_servers_and_init_validation() {
     let files = stand_in_files(dir.path());
     let argv = argv_from_configmap("ledger-server", &ServerArgs::command(), &files);
     let args = ServerArgs::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
-    if let Err(e) = args.into_config() {
-        panic!("k8s/configmap.yaml is refused by ledger-server: {e}");
+    let config = args
+        .into_config()
+        .unwrap_or_else(|e| panic!("k8s/configmap.yaml is refused by ledger-server: {e}"));
+    // The keys file as the pod's Secret volume holds it (group-readable) loads.
+    if let Some((keys, leeway)) = &config.auth {
+        eleanor_ledger::http::auth::Authenticator::load(keys, *leeway)
+            .unwrap_or_else(|e| panic!("the keys file of the pod is refused: {e}"));
     }
     let mut argv = argv_from_configmap("ledger-init", &InitArgs::command(), &files);
     argv.extend(job_command().into_iter().skip(1));
@@ -674,6 +684,29 @@ fn the_server_and_the_init_job_take_their_settings_from_the_configmap() {
     assert_eq!(command[..3], ["install", "-m", "0600"]);
     assert_eq!(volume_of(&copier, key_file)["name"], signing["name"]);
     assert!(volume_of(&copier, command[3])["secret"]["secretName"].is_string());
+}
+
+#[test]
+fn with_metrics_behind_auth_the_servicemonitor_sends_a_bearer_token_from_a_secret() {
+    let config = configmap();
+    let protected = config["ELEANOR_LEDGER_AUTH"] == "jwt"
+        && config
+            .get("ELEANOR_LEDGER_METRICS_AUTH")
+            .is_none_or(|v| v == "true");
+    let monitor = find("ServiceMonitor", APP);
+    for endpoint in monitor["spec"]["endpoints"].as_array().unwrap() {
+        let authorization = &endpoint["authorization"];
+        if protected {
+            assert_eq!(authorization["type"], "Bearer", "{endpoint}");
+            assert!(
+                authorization["credentials"]["name"].is_string()
+                    && authorization["credentials"]["key"].is_string(),
+                "the token comes from a Secret: {endpoint}"
+            );
+        } else {
+            assert!(authorization.is_null(), "{endpoint}");
+        }
+    }
 }
 
 fn job_command() -> Vec<String> {

@@ -118,12 +118,16 @@ impl ApiError {
             ApiError::Unauthenticated(TokenError::Invalid(_)) => {
                 (StatusCode::UNAUTHORIZED, "invalid_token")
             }
+            ApiError::Unauthenticated(TokenError::NotYetValid(_)) => {
+                (StatusCode::UNAUTHORIZED, "token_not_yet_valid")
+            }
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::Ledger(e) => match e {
                 L::LedgerNotFound => (StatusCode::NOT_FOUND, "ledger_not_found"),
                 L::RecordNotFound => (StatusCode::NOT_FOUND, "not_found"),
                 L::InvalidRange(_) => (StatusCode::BAD_REQUEST, "invalid_range"),
                 L::LedgerFull => (StatusCode::CONFLICT, "ledger_full"),
+                L::LedgerLimitReached { .. } => (StatusCode::FORBIDDEN, "ledger_limit_reached"),
                 L::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
                 L::Contention => (StatusCode::SERVICE_UNAVAILABLE, "contention"),
                 L::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
@@ -220,7 +224,9 @@ impl IntoResponse for ApiError {
         if let ApiError::Unauthenticated(e) = &self {
             let challenge = match e {
                 TokenError::Missing => r#"Bearer realm="eleanor-ledger""#,
-                TokenError::Invalid(_) => r#"Bearer realm="eleanor-ledger", error="invalid_token""#,
+                TokenError::Invalid(_) | TokenError::NotYetValid(_) => {
+                    r#"Bearer realm="eleanor-ledger", error="invalid_token""#
+                }
             };
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

@@ -10,7 +10,10 @@ use super::error::ApiError;
 use crate::chain::entry::{IdempotencyKey, LedgerId, Record};
 use crate::ledger::Append;
 
-/// The `{ledger_id}` (and, where the route has one, `{seq}`) path parameters, validated.
+/// The `{ledger_id}` (and, where the route has one, `{seq}`) path parameters, percent-decoded
+/// and validated. Read once per request: the auth middleware authorises the ledger it names
+/// and leaves it in the request's extensions, where the handler finds that same value.
+#[derive(Debug, Clone)]
 pub struct LedgerPath {
     pub ledger: LedgerId,
     pub seq: Option<u64>,
@@ -20,6 +23,9 @@ impl FromRequestParts<AppState> for LedgerPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if let Some(path) = parts.extensions.get::<LedgerPath>() {
+            return Ok(path.clone());
+        }
         let params = RawPathParams::from_request_parts(parts, state)
             .await
             .map_err(|_| ApiError::InvalidLedgerId)?;
@@ -49,21 +55,37 @@ fn parse_seq(s: &str) -> Option<u64> {
     s.parse().ok().filter(|&n| n > 0)
 }
 
-/// Query parameters, read by name with typed accessors.
+/// Query parameters, read by name with typed accessors. A parameter given more than once
+/// (`?from=1&from=2`) is refused: which one was meant is a guess, and a guess is no answer
+/// for an audit ledger.
 pub struct Params(HashMap<String, String>);
 
 impl FromRequestParts<AppState> for Params {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let Query(map) = Query::<HashMap<String, String>>::from_request_parts(parts, state)
+        let Query(pairs) = Query::<Vec<(String, String)>>::from_request_parts(parts, state)
             .await
             .map_err(|e| ApiError::InvalidQuery(e.body_text()))?;
-        Ok(Params(map))
+        Params::from_pairs(pairs)
     }
 }
 
 impl Params {
+    /// The parameters, each name at most once.
+    fn from_pairs(pairs: Vec<(String, String)>) -> Result<Params, ApiError> {
+        let mut map = HashMap::with_capacity(pairs.len());
+        for (name, value) in pairs {
+            if map.contains_key(&name) {
+                return Err(ApiError::InvalidQuery(format!(
+                    "parameter {name:?} is given more than once; give each parameter once"
+                )));
+            }
+            map.insert(name, value);
+        }
+        Ok(Params(map))
+    }
+
     /// A non-negative integer parameter, if present.
     pub fn u64(&self, name: &str) -> Result<Option<u64>, ApiError> {
         self.0
@@ -312,4 +334,31 @@ async fn read_body(
         progress.received();
     }
     Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn a_repeated_query_parameter_is_refused_not_last_one_wins() {
+        let err = Params::from_pairs(pairs(&[("from", "1"), ("from", "2")]))
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&err, ApiError::InvalidQuery(m) if m.contains("\"from\" is given more than once")),
+            "{err}"
+        );
+        let params = Params::from_pairs(pairs(&[("from", "1"), ("to", "2")])).unwrap();
+        assert_eq!(
+            (params.u64("from").unwrap(), params.u64("to").unwrap()),
+            (Some(1), Some(2))
+        );
+    }
 }

@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::{Extension, Json};
 use serde::Serialize;
 
-use super::auth::Claims;
+use super::auth::{Claims, Ledgers};
 use super::error::ApiError;
 use super::extract::{LedgerPath, Params};
 use super::{AppState, MAX_PAGE};
@@ -21,7 +21,7 @@ pub struct LedgerList {
     next_after: Option<LedgerId>,
 }
 
-/// `GET /v1/ledgers?after=ID&limit=N`.
+/// `GET /v1/ledgers?after=ID&limit=N`: with auth on, only the ledgers the token covers.
 pub async fn list(
     State(state): State<AppState>,
     claims: Option<Extension<Arc<Claims>>>,
@@ -38,14 +38,30 @@ pub async fn list(
         Some(a) => Some(LedgerId::parse(a).map_err(|_| ApiError::InvalidLedgerId)?),
         None => None,
     };
-    let mut ledgers = state.ledger.ledgers(after.as_ref(), limit as usize).await?;
-    // A full page may have more after it; paging walks all ids even when a token sees fewer.
-    let next_after = (ledgers.len() == limit as usize)
+    let limit = limit as usize;
+    let (ledgers, more) = match claims.as_deref().map(|c| &c.ledgers) {
+        None | Some(Ledgers::All) => {
+            let ledgers = state.ledger.ledgers(after.as_ref(), limit).await?;
+            // A full page may have more after it.
+            let more = ledgers.len() == limit;
+            (ledgers, more)
+        }
+        // Only the token's own ledgers are looked at, so neither the page nor `next_after`
+        // can name another (ids in the token that are not valid ledger ids name none).
+        Some(Ledgers::Only(ids)) => {
+            let ids: Vec<LedgerId> = ids
+                .iter()
+                .filter_map(|id| LedgerId::parse(id).ok())
+                .collect();
+            state
+                .ledger
+                .ledgers_among(&ids, after.as_ref(), limit)
+                .await?
+        }
+    };
+    let next_after = more
         .then(|| ledgers.last().map(|l| l.ledger_id.clone()))
         .flatten();
-    if let Some(Extension(claims)) = &claims {
-        ledgers.retain(|l| claims.covers(&l.ledger_id));
-    }
     Ok(Json(LedgerList {
         ledgers,
         next_after,

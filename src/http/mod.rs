@@ -89,7 +89,8 @@ pub struct Limits {
     pub max_batch_records: usize,
     /// Time allowed for one request, verification excepted (`ELEANOR_LEDGER_REQUEST_TIMEOUT_MS`).
     pub request_timeout: Duration,
-    /// With auth on, `/metrics` needs an auditor token too (`ELEANOR_LEDGER_METRICS_AUTH`).
+    /// With auth on, `/metrics` needs a metrics, auditor or admin token
+    /// (`ELEANOR_LEDGER_METRICS_AUTH`, on by default: its labels name ledgers).
     pub protect_metrics: bool,
     /// API requests processed at once; more are shed with `503 server_busy`
     /// (`ELEANOR_LEDGER_MAX_IN_FLIGHT`).

@@ -39,6 +39,7 @@ use futures::future::try_join_all;
 use tokio::time::Instant;
 use tracing::{error, warn};
 
+use super::cap::LedgerCap;
 use super::{Append, LedgerError, LedgerMetrics, Options};
 use crate::chain::entry::{
     self, EntryHeader, IdempotencyKey, LedgerId, MAX_SEQ, Record, Timestamp, encode,
@@ -74,6 +75,8 @@ pub(crate) struct Writer {
     stores: Stores,
     options: Arc<Options>,
     metrics: LedgerMetrics,
+    /// Creates the ledger on its first append, within `ELEANOR_LEDGER_MAX_LEDGERS`.
+    cap: Arc<LedgerCap>,
     /// The last `META` seen; `None` means read it before the next claim.
     head: Option<Meta>,
     /// Every seq up to this one is written out.
@@ -100,12 +103,14 @@ impl Writer {
         stores: Stores,
         options: Arc<Options>,
         metrics: LedgerMetrics,
+        cap: Arc<LedgerCap>,
     ) -> Writer {
         Writer {
             ledger,
             stores,
             options,
             metrics,
+            cap,
             head: None,
             written_out_through: 0,
             trusted_seq: None,
@@ -515,9 +520,7 @@ impl Writer {
         }
         let head = match self.stores.index.head(&self.ledger).await? {
             Some(head) => head,
-            None if self.options.auto_create => {
-                self.stores.index.create_ledger(&self.ledger).await?
-            }
+            None if self.options.auto_create => self.cap.create(&self.stores, &self.ledger).await?,
             None => return Err(LedgerError::LedgerNotFound),
         };
         self.head = Some(head.clone());
@@ -1068,6 +1071,7 @@ mod tests {
             stores.clone(),
             Arc::new(Options::default()),
             LedgerMetrics::new(&registry).unwrap(),
+            Arc::new(LedgerCap::unbounded()),
         )
     }
 

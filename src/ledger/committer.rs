@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{Instrument, info_span};
 
+use super::cap::LedgerCap;
 use super::commit::Writer;
 use super::{Append, LedgerError, LedgerMetrics, Options, Receipt};
 use crate::chain::entry::LedgerId;
@@ -45,9 +46,16 @@ impl Committer {
         stores: Stores,
         options: Arc<Options>,
         metrics: LedgerMetrics,
+        cap: Arc<LedgerCap>,
     ) -> Committer {
         Committer {
-            writer: Writer::new(ledger.clone(), stores, options.clone(), metrics.clone()),
+            writer: Writer::new(
+                ledger.clone(),
+                stores,
+                options.clone(),
+                metrics.clone(),
+                cap,
+            ),
             ledger,
             options,
             metrics,

@@ -9,6 +9,7 @@
 //!   verification engine of the API and `ledger-verify`.
 //! - [`checkpoint`]: signed checkpoints in storage, the signing key file.
 
+mod cap;
 pub mod checkpoint;
 mod commit;
 mod committer;
@@ -50,6 +51,11 @@ pub enum LedgerError {
     InvalidRange(String),
     #[error("the ledger has reached its highest seq")]
     LedgerFull,
+    /// Creating the ledger would make more ledgers than `ELEANOR_LEDGER_MAX_LEDGERS`.
+    #[error(
+        "the ledger does not exist and this service holds as many ledgers as it may ({max}, ELEANOR_LEDGER_MAX_LEDGERS); nothing was appended; append to an existing ledger, or ask an operator to raise the limit"
+    )]
+    LedgerLimitReached { max: u64 },
     #[error("too many appends are queued for this ledger")]
     Overloaded,
     #[error("too many writers are appending to this ledger at once; the append was not committed")]
@@ -142,6 +148,8 @@ impl From<Record> for Append {
 pub struct Options {
     /// Create a ledger on its first append (`ELEANOR_LEDGER_AUTO_CREATE`).
     pub auto_create: bool,
+    /// Most ledgers appends may create (`ELEANOR_LEDGER_MAX_LEDGERS`; see [`cap`]).
+    pub max_ledgers: u64,
     pub batch_max_records: usize,
     pub batch_max_bytes: usize,
     /// How long a batch waits for more appends after the first; zero takes only what is queued.
@@ -167,6 +175,7 @@ impl Default for Options {
     fn default() -> Options {
         Options {
             auto_create: true,
+            max_ledgers: 100_000,
             batch_max_records: 1024,
             batch_max_bytes: 320 * 1024,
             batch_linger: Duration::ZERO,
@@ -393,6 +402,8 @@ struct Inner {
     committers: Mutex<Committers>,
     /// The latest checkpoint seen per ledger (see [`checkpoint`]).
     latest_checkpoints: Mutex<HashMap<LedgerId, Checkpoint>>,
+    /// Counts the ledgers appends create, against [`Options::max_ledgers`].
+    cap: Arc<cap::LedgerCap>,
 }
 
 #[derive(Default)]
@@ -432,6 +443,7 @@ impl Ledger {
         Ledger {
             inner: Arc::new(Inner {
                 stores,
+                cap: Arc::new(cap::LedgerCap::new(options.max_ledgers)),
                 options: Arc::new(options),
                 metrics,
                 committers: Mutex::new(Committers::default()),
@@ -554,6 +566,7 @@ impl Ledger {
             self.inner.stores.clone(),
             self.inner.options.clone(),
             self.inner.metrics.clone(),
+            self.inner.cap.clone(),
         )
     }
 
@@ -583,6 +596,7 @@ impl Ledger {
             self.inner.stores.clone(),
             self.inner.options.clone(),
             self.inner.metrics.clone(),
+            self.inner.cap.clone(),
         );
         let gauge = self.inner.metrics.committers.clone();
         gauge.inc();
@@ -616,12 +630,15 @@ impl Ledger {
     /// ledger, and returns how many it finished. Run at startup; safe at any time and
     /// alongside other writers. A ledger whose batch cannot be finished is logged and counted
     /// and left for its next append to retry (or refuse); only failing to list ledgers is an
-    /// error.
+    /// error. The ledgers it lists are the count that `ELEANOR_LEDGER_MAX_LEDGERS` is
+    /// checked against.
     pub async fn recover(&self) -> Result<u64, LedgerError> {
         let mut finished = 0;
+        let mut listed = 0;
         let mut after: Option<LedgerId> = None;
         loop {
             let page = self.inner.stores.index.ledgers(after.as_ref(), 500).await?;
+            listed += page.len() as u64;
             for ledger in &page {
                 // One damaged or unreachable ledger must not keep the others (or reads and
                 // verification of this one) from being served: report it and go on.
@@ -635,7 +652,10 @@ impl Ledger {
             }
             match page.last() {
                 Some(last) if page.len() == 500 => after = Some(last.clone()),
-                _ => return Ok(finished),
+                _ => {
+                    self.inner.cap.counted(listed).await;
+                    return Ok(finished);
+                }
             }
         }
     }

@@ -216,6 +216,49 @@ impl Ledger {
         .await
     }
 
+    /// The ledgers among `ids` that exist and sort after `after`, ascending, at most `limit`:
+    /// a listing for a caller that may see only `ids`, which never looks at (or reveals) any
+    /// other ledger. The second value is whether ids remain after a full page.
+    pub async fn ledgers_among(
+        &self,
+        ids: &[LedgerId],
+        after: Option<&LedgerId>,
+        limit: usize,
+    ) -> Result<(Vec<LedgerSummary>, bool), LedgerError> {
+        let mut ids: Vec<&LedgerId> = ids
+            .iter()
+            .filter(|id| after.is_none_or(|a| *id > a))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut page = Vec::new();
+        let mut rest = ids.as_slice();
+        while page.len() < limit && !rest.is_empty() {
+            let (chunk, tail) = rest.split_at(READ_CONCURRENCY.min(rest.len()));
+            rest = tail;
+            let heads =
+                futures::future::try_join_all(chunk.iter().map(|id| self.stores().index.head(id)))
+                    .await?;
+            for (id, meta) in chunk.iter().zip(heads) {
+                if let Some(meta) = meta
+                    && page.len() < limit
+                {
+                    page.push(LedgerSummary {
+                        ledger_id: (*id).clone(),
+                        seq: meta.seq_counter,
+                        last_hash: meta.last_hash,
+                    });
+                }
+            }
+        }
+        let more = page.len() == limit
+            && page
+                .last()
+                .zip(ids.last())
+                .is_some_and(|(shown, last)| *last > &shown.ledger_id);
+        Ok((page, more))
+    }
+
     async fn load(&self, ledger: &LedgerId, item: SeqItem) -> Result<StoredRecord, LedgerError> {
         let object = self
             .stores()

@@ -360,6 +360,49 @@ async fn bad_query_parameters_get_400_invalid_query_and_bad_ranges_invalid_range
 }
 
 #[tokio::test]
+async fn a_query_parameter_given_twice_gets_400_invalid_query_not_the_last_one() {
+    let (app, head, list) = seeded_app(&[]).await;
+    app.append_ok("errs", r#"{"second":true}"#).await;
+    let head2 = app.head_ok("errs").await;
+    for query in ["from=1&from=2", "to=1&to=2", "from=1&to=2&from=1"] {
+        let message = expect_error(
+            app.verify("errs", query).await,
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        )
+        .await;
+        assert!(message.contains("more than once"), "{query}: {message}");
+        expect_error(
+            app.export("errs", query).await,
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        )
+        .await;
+    }
+    for query in ["limit=1&limit=2", "after=0&after=1"] {
+        expect_error(
+            app.list("errs", query).await,
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        )
+        .await;
+    }
+    for query in ["limit=1&limit=1", "after=a&after=b"] {
+        expect_error(
+            app.ledgers(query).await,
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        )
+        .await;
+    }
+    // Each once is still fine.
+    assert!(app.verify_ok("errs", "from=1&to=2").await.ok);
+    let _ = (head, list);
+    let list = app.ledgers_ok("").await;
+    assert_nothing_changed(&app, &head2, &list).await;
+}
+
+#[tokio::test]
 async fn unknown_routes_get_404_and_wrong_methods_get_405() {
     let (app, head, list) = seeded_app(&[]).await;
     for path in [

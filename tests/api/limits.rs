@@ -255,3 +255,74 @@ async fn openapi_json_documents_every_route_the_router_serves_and_no_other() {
         );
     }
 }
+
+#[tokio::test]
+async fn beyond_the_ledger_cap_new_ledgers_get_403_ledger_limit_reached_and_existing_ones_still_take_appends()
+ {
+    let app = spawn_app_with(&["--max-ledgers", "2"]).await;
+    app.append_ok("cap-a", r#"{"n":1}"#).await;
+    app.append_ok("cap-b", r#"{"n":1}"#).await;
+    let message = expect_error(
+        app.append("cap-c", r#"{"n":1}"#).await,
+        StatusCode::FORBIDDEN,
+        "ledger_limit_reached",
+    )
+    .await;
+    assert!(message.contains("ELEANOR_LEDGER_MAX_LEDGERS"), "{message}");
+    let batch = app
+        .client
+        .post(app.url("/v1/ledgers/cap-d/records:batch"))
+        .json(&serde_json::json!([{"record": {"n": 1}}]))
+        .send()
+        .await
+        .unwrap();
+    expect_error(batch, StatusCode::FORBIDDEN, "ledger_limit_reached").await;
+    app.append_ok("cap-a", r#"{"n":2}"#).await;
+    app.append_ok("cap-b", r#"{"n":2}"#).await;
+    expect_error(
+        app.head("cap-c").await,
+        StatusCode::NOT_FOUND,
+        "ledger_not_found",
+    )
+    .await;
+    let listed: Vec<String> = app
+        .ledgers_ok("")
+        .await
+        .ledgers
+        .into_iter()
+        .map(|l| l.ledger_id)
+        .collect();
+    assert_eq!(
+        listed,
+        ["cap-a", "cap-b"],
+        "the refused ledgers were not created"
+    );
+
+    // After a restart the count comes from the store (startup recovery lists the ledgers).
+    let app = app.restart().await;
+    expect_error(
+        app.append("cap-c", r#"{"n":1}"#).await,
+        StatusCode::FORBIDDEN,
+        "ledger_limit_reached",
+    )
+    .await;
+    assert_eq!(app.append_ok("cap-a", r#"{"n":3}"#).await.seq, 3);
+}
+
+#[tokio::test]
+async fn the_ledger_cap_counts_ledgers_made_before_the_first_creation_of_a_run() {
+    // Three ledgers made under a higher cap, then a restart with a cap of three: full.
+    let app = spawn_app_with(&["--max-ledgers", "5"]).await;
+    for ledger in ["x1", "x2", "x3"] {
+        app.append_ok(ledger, "{}").await;
+    }
+    let dir = app.stop().await;
+    let app = crate::helpers::spawn_app_in(dir, &["--max-ledgers", "3"]).await;
+    expect_error(
+        app.append("x4", "{}").await,
+        StatusCode::FORBIDDEN,
+        "ledger_limit_reached",
+    )
+    .await;
+    app.append_ok("x3", "{}").await;
+}
