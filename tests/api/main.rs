@@ -16,5 +16,6 @@ mod limits;
 mod observability;
 mod read;
 mod reference_verifier;
+mod startup_logs;
 mod tamper;
 mod verify;
