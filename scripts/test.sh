@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's single test command: every test, including the AWS backend's, which runs
-# against the moto emulator (S3 with Object Lock + DynamoDB) over real HTTP on loopback.
+# against the moto emulator (S3 with Object Lock + DynamoDB) over real HTTP on loopback, and
+# the alert rules' `promtool test rules` tests (tests/promtool/prometheus-rules.test.yaml).
 #
 #   scripts/test.sh [extra cargo-nextest arguments]
 #
@@ -22,6 +23,25 @@ cache="${ELEANOR_LEDGER_CACHE:-$HOME/.cache/eleanor-ledger}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/target}"
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# promtool comes with Debian's `prometheus` package; installed here when missing (as root), and
+# a missing promtool fails the run: the alert tests never pass or skip silently.
+if ! command -v promtool >/dev/null; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
+    fi
+    command -v promtool >/dev/null || { echo "scripts/test.sh: promtool is needed (apt-get install prometheus)" >&2; exit 1; }
+fi
+echo "== promtool test rules tests/promtool/prometheus-rules.test.yaml"
+rules_dir="$(mktemp -d)"
+# The PrometheusRule's `spec` is a plain rule file, indented under `spec:`.
+awk 'found { sub(/^  /, ""); print } /^spec:/ { found = 1 }' k8s/monitoring/prometheus-rules.yaml \
+    >"$rules_dir/prometheus-rules.yaml"
+cp tests/promtool/prometheus-rules.test.yaml "$rules_dir/"
+promtool check rules "$rules_dir/prometheus-rules.yaml"
+promtool test rules "$rules_dir/prometheus-rules.test.yaml"
+rm -rf "$rules_dir"
+
 # shellcheck source=scripts/emulator.sh
 source scripts/emulator.sh
 # shellcheck source=scripts/openapi_tools.sh

@@ -10,13 +10,15 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::chain::checkpoint::Signer;
 use crate::config::Config;
 use crate::http::auth::Authenticator;
 use crate::http::metrics::HttpMetrics;
 use crate::http::serve::{ConnectionLimits, ConnectionMetrics, serve};
 use crate::http::{AppState, Shared, router};
+use crate::keyfile::{self, KeySource};
 use crate::ledger::{Ledger, LedgerError, LedgerMetrics};
-use crate::store::{self, Access, BackendMetrics, StoreError, Stores, breaker};
+use crate::store::{self, Access, BackendConfig, BackendMetrics, StoreError, Stores, breaker};
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -67,12 +69,20 @@ impl Application {
         let failed = registry_failed;
         let (stores, circuits) =
             breaker::guard(&stores, config.breaker, &registry).map_err(failed)?;
+        let mut config = config;
+        if let Some(path) = &config.default_signing_key {
+            config.ledger.signer = Some(Arc::new(default_signing_key(path)?));
+        }
         match &config.ledger.signer {
-            None => tracing::info!(
-                "signing is off: ELEANOR_LEDGER_SIGNING_KEY_FILE is unset, so checkpoints and receipts are not signed"
+            None if matches!(config.backend, BackendConfig::Aws(_)) => tracing::warn!(
+                "signing is off: ELEANOR_LEDGER_SIGNING_KEY_FILE is unset, so checkpoints and receipts are not signed and /health shows signing: off; set it (ledger-init --gen-key FILE writes a key)"
+            ),
+            None => tracing::warn!(
+                "signing is off (ELEANOR_LEDGER_SIGNING=off): checkpoints and receipts are not signed"
             ),
             Some(signer) => tracing::info!(
                 key_id = %signer.key_id(),
+                public_key = %signer.public_key().to_hex(),
                 checkpoint_interval_secs = config.ledger.checkpoint_interval.as_secs(),
                 "signing checkpoints and receipts"
             ),
@@ -110,6 +120,9 @@ impl Application {
             Some((file, leeway)) => {
                 let auth =
                     Arc::new(Authenticator::load(file, *leeway).map_err(StartError::Config)?);
+                // The runbook checks a restart after a secret rotation with
+                // `grep -i "secret.*refresh"`: the first load says so as a change does.
+                tracing::info!(file = %file.display(), "jwt secret refreshed: keys file loaded at startup");
                 auth.watch();
                 Some(auth)
             }
@@ -169,6 +182,22 @@ impl Application {
         ledger.stores().objects.close().await;
         tracing::info!("stopped");
     }
+}
+
+/// The embedded backend's own signing key in its data dir, created (and its public key logged)
+/// on first start.
+fn default_signing_key(path: &std::path::Path) -> Result<Signer, StartError> {
+    let (signer, source) =
+        keyfile::load_or_create(path).map_err(|e| StartError::Config(e.to_string()))?;
+    if source == KeySource::Created {
+        tracing::info!(
+            file = %path.display(),
+            key_id = %signer.key_id(),
+            public_key = %signer.public_key().to_hex(),
+            "created a signing key: give auditors this public key (GET /v1/keys serves it), and back the file up with the data"
+        );
+    }
+    Ok(signer)
 }
 
 /// Why the storage part of startup failed, and whether trying again can help.

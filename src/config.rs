@@ -25,6 +25,16 @@ pub enum AuthMode {
     Jwt,
 }
 
+/// Whether checkpoints and receipts are signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SigningMode {
+    /// With the key in `ELEANOR_LEDGER_SIGNING_KEY_FILE`; unset, with `signing.key` in the
+    /// embedded backend's data dir (created on first start), and off (warned about) on aws.
+    Auto,
+    /// Nothing is signed: `POST .../checkpoints` answers `409 signing_disabled`.
+    Off,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -178,9 +188,18 @@ pub struct ServerArgs {
     pub metrics_auth: bool,
     /// Ed25519 signing key for checkpoints and receipts: a file holding the 32-byte seed, raw
     /// or as 64 hex characters, mode 0600 or stricter (`ledger-init --gen-key FILE` writes one).
-    /// Unset: nothing is signed.
+    /// Unset: the local backend signs with `signing.key` in its data dir, created on first
+    /// start; the aws backend signs nothing (a startup warning, `signing: off` in `/health`).
     #[arg(long, env = "ELEANOR_LEDGER_SIGNING_KEY_FILE")]
     pub signing_key_file: Option<PathBuf>,
+    /// `auto` signs as ELEANOR_LEDGER_SIGNING_KEY_FILE says; `off` signs nothing.
+    #[arg(
+        long,
+        env = "ELEANOR_LEDGER_SIGNING",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub signing: SigningMode,
     /// Seconds between signed checkpoints of ledgers whose head moved; 0 turns them off
     /// (`POST .../checkpoints` still works).
     #[arg(
@@ -199,6 +218,11 @@ pub struct ServerArgs {
         default_value_t = 5_000
     )]
     pub circuit_cooldown_ms: u64,
+    /// Instead of serving: ask the server this configuration describes for `GET /livez` (on
+    /// loopback when it listens on every address) and exit 0 on 200, else 1. The Dockerfile's
+    /// HEALTHCHECK, which needs no curl in the image.
+    #[arg(long)]
+    pub probe: bool,
     /// Log format.
     #[arg(
         long,
@@ -218,6 +242,9 @@ pub struct Config {
     pub limits: Limits,
     pub connections: ConnectionLimits,
     pub breaker: BreakerSettings,
+    /// With no key configured on the local backend (and signing not off): the key file the
+    /// server loads at startup, creating it on first start ([`crate::keyfile::load_or_create`]).
+    pub default_signing_key: Option<PathBuf>,
     /// The JWT keys file and clock leeway, when auth is on.
     pub auth: Option<(PathBuf, Duration)>,
     pub log_format: LogFormat,
@@ -347,9 +374,14 @@ impl ServerArgs {
             0,
             31_536_000,
         )?;
-        let signer = match &self.signing_key_file {
-            None => None,
-            Some(path) => Some(std::sync::Arc::new(
+        let signer = match (self.signing, &self.signing_key_file) {
+            (SigningMode::Off, Some(_)) => {
+                return Err(ConfigError(
+                    "ELEANOR_LEDGER_SIGNING=off and ELEANOR_LEDGER_SIGNING_KEY_FILE contradict each other: unset one".into(),
+                ));
+            }
+            (_, None) => None,
+            (SigningMode::Auto, Some(path)) => Some(std::sync::Arc::new(
                 crate::keyfile::load_signing_key(path).map_err(|e| ConfigError(e.0))?,
             )),
         };
@@ -377,8 +409,15 @@ impl ServerArgs {
                 self.batch_max_bytes
             )));
         }
+        let default_signing_key = match (&backend, self.signing, &signer) {
+            (BackendConfig::Local { data_dir }, SigningMode::Auto, None) => {
+                Some(data_dir.join(crate::keyfile::DEFAULT_KEY_FILE))
+            }
+            _ => None,
+        };
         Ok(Config {
             listen: self.listen,
+            default_signing_key,
             backend,
             ledger: Options {
                 auto_create: self.auto_create,
@@ -502,6 +541,11 @@ mod tests {
             config.limits.protect_metrics,
             "with auth on, /metrics needs a token unless made public"
         );
+        assert_eq!(
+            config.default_signing_key.as_deref(),
+            Some(Path::new("./data/signing.key")),
+            "signed by default, with a key kept in the data dir"
+        );
     }
 
     #[test]
@@ -511,6 +555,29 @@ mod tests {
             err.0,
             "ELEANOR_LEDGER_MAX_LEDGERS must be between 1 and 1000000000, got 0"
         );
+    }
+
+    #[test]
+    fn signing_is_off_only_when_asked_or_on_aws_without_a_key() {
+        let off = args(&["--signing", "off"]).into_config().unwrap();
+        assert!(off.default_signing_key.is_none() && off.ledger.signer.is_none());
+        let aws = args(&[
+            "--backend",
+            "aws",
+            "--s3-bucket",
+            "b",
+            "--ddb-table",
+            "t",
+            "--ddb-region",
+            "us-east-1",
+        ])
+        .into_config()
+        .unwrap();
+        assert!(aws.default_signing_key.is_none() && aws.ledger.signer.is_none());
+        let err = args(&["--signing", "off", "--signing-key-file", "/k"])
+            .into_config()
+            .unwrap_err();
+        assert!(err.0.contains("contradict"), "{err}");
     }
 
     #[test]

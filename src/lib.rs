@@ -12,7 +12,9 @@
 //!   loop that serves it.
 //! - [`config`], [`telemetry`], [`app`]: settings, logging, startup and shutdown;
 //!   [`init`]: one-time provisioning (`ledger-init`); [`audit`]: offline verification
-//!   (`ledger-verify`); [`keyfile`]: the signing key file.
+//!   (`ledger-verify`), [`textfile`]: its verdict for node-exporter's textfile collector;
+//!   [`keyfile`]: the signing key file; [`probe`]: `ledger-server --probe`, the container's
+//!   health check.
 //!
 //! The binaries in `src/bin/` only parse arguments and call [`app`].
 
@@ -26,5 +28,7 @@ pub mod http;
 pub mod init;
 pub mod keyfile;
 pub mod ledger;
+pub mod probe;
 pub mod store;
 pub mod telemetry;
+pub mod textfile;

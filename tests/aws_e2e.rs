@@ -1945,3 +1945,19 @@ async fn ledger_verify_exits_3_when_storage_is_unreachable() {
         assert!(!stderr.trim().is_empty(), "the reason is printed");
     }
 }
+
+/// On aws without ELEANOR_LEDGER_SIGNING_KEY_FILE nothing is signed, and `/health` says so in
+/// a check line while staying healthy (the startup warning is the other half).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_signing_key_health_shows_signing_off_and_receipts_are_unsigned() {
+    let settings = aws_support::fresh_settings().await;
+    let app = AwsApp::spawn(&settings, None).await;
+    let health = app.api.get("/health").await;
+    assert_eq!(health.status(), StatusCode::OK);
+    let health: Value = health.json().await.unwrap();
+    assert_eq!(health["checks"]["signing"], "off", "{health}");
+    let appended = app.api.append("unsigned", "u-1").await;
+    assert_eq!(appended.status, StatusCode::CREATED, "{}", appended.body);
+    assert!(appended.body.get("receipt").is_none(), "{}", appended.body);
+    app.stop().await;
+}

@@ -309,6 +309,8 @@ fn every_manifest_parses_and_lives_in_the_runbook_namespace_with_an_app_label() 
         "Job",
         "ServiceAccount",
         "PrometheusRule",
+        "ServiceMonitor",
+        "NetworkPolicy",
     ] {
         assert!(kinds.contains(kind), "k8s/ has no {kind}");
     }
@@ -998,22 +1000,65 @@ fn the_dockerfile_exposes_the_port_the_manifests_use_and_listens_on_it() {
 }
 
 #[test]
-fn the_dockerfile_health_check_hits_health_and_its_tool_is_installed() {
+fn the_dockerfile_health_check_is_exec_form_and_the_binary_probes_itself_without_curl() {
     let checks = in_final_stage("HEALTHCHECK");
     assert_eq!(checks.len(), 1);
-    let port = resolve_port(&json!("http"), &server_container());
+    let command = checks[0]
+        .split_once("CMD ")
+        .map(|(_, c)| c.trim())
+        .expect("HEALTHCHECK ... CMD");
+    let argv: Vec<String> = serde_json::from_str(command)
+        .unwrap_or_else(|e| panic!("not exec form (a JSON array): {command}: {e}"));
+    assert_eq!(argv, ["/usr/local/bin/ledger-server", "--probe"]);
     assert!(
-        checks[0].contains(&format!("127.0.0.1:{port}/health")),
-        "{}",
-        checks[0]
+        dockerfile_binaries().contains(&argv[0]),
+        "the probing binary {} is in the image",
+        argv[0]
     );
-    if checks[0].contains("curl") {
+    assert!(
+        !in_final_stage("RUN").iter().any(|r| r.contains("curl")),
+        "the runtime image has no curl"
+    );
+    // The probe reads the listen address from the image's environment.
+    assert!(dockerfile_env().contains_key("ELEANOR_LEDGER_LISTEN"));
+}
+
+#[test]
+fn the_docker_build_context_leaves_out_target_git_and_data_but_not_what_is_copied() {
+    let ignore = read(".dockerignore");
+    let patterns: Vec<&str> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    for excluded in ["target/", ".git/", "data/"] {
         assert!(
-            in_final_stage("RUN")
-                .iter()
-                .any(|r| r.contains("apt-get install") && r.contains(" curl")),
-            "HEALTHCHECK uses curl: install it"
+            patterns.contains(&excluded),
+            ".dockerignore lacks {excluded}"
         );
+    }
+    let copied: Vec<String> = dockerfile()
+        .iter()
+        .filter(|i| i.stage == 1 && i.keyword == "COPY")
+        .flat_map(|i| {
+            let words: Vec<&str> = i.args.split_whitespace().collect();
+            words[..words.len() - 1]
+                .iter()
+                .map(|w| w.trim_end_matches('/').to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(!copied.is_empty());
+    for path in &copied {
+        for pattern in &patterns {
+            let p = pattern.trim_end_matches('/');
+            assert!(
+                !(p == path
+                    || path.starts_with(&format!("{p}/"))
+                    || (p == "*.md" && path.ends_with(".md"))),
+                ".dockerignore pattern {pattern} hides {path}, which the Dockerfile copies"
+            );
+        }
     }
 }
 
@@ -1341,11 +1386,36 @@ async fn exported_metrics() -> Exported {
 /// Labels Prometheus adds when it scrapes (target and ServiceMonitor labels).
 const SCRAPE_LABELS: &[&str] = &["job", "namespace", "pod", "instance", "service"];
 
+/// Metrics of other exporters the alerts compare with, and their labels: kube-state-metrics'
+/// container limits.
+const EXTERNAL: &[(&str, &[&str])] = &[(
+    "kube_pod_container_resource_limits",
+    &[
+        "namespace",
+        "pod",
+        "container",
+        "resource",
+        "unit",
+        "node",
+        "uid",
+    ],
+)];
+
 fn assert_uses_only_exported(exported: &Exported, context: &str, expr: &str) -> BTreeSet<String> {
     let found = selectors(expr);
     assert!(!found.is_empty(), "{context}: no metric in {expr}");
     let mut names = BTreeSet::new();
     for (name, labels) in found {
+        if let Some((_, external)) = EXTERNAL.iter().find(|(n, _)| *n == name) {
+            for label in &labels {
+                assert!(
+                    external.contains(&label.as_str()),
+                    "{context}: {name} has no label {label}"
+                );
+            }
+            names.insert(name);
+            continue;
+        }
         let known = exported
             .0
             .get(&name)
@@ -1423,7 +1493,10 @@ async fn every_alert_and_panel_uses_only_metrics_a_running_server_exports() {
         }
     }
     for needed in [
-        "http_requests_total",
+        "eleanor_requests_total",
+        "kube_pod_container_resource_limits",
+        "ledger_verify_last_ok",
+        "ledger_verify_last_timestamp_seconds",
         "http_request_duration_seconds_bucket",
         "circuit_breaker_state",
         "process_resident_memory_bytes",
@@ -1457,7 +1530,17 @@ fn the_alerts_carry_the_runbooks_thresholds() {
         assert_eq!(for_.as_deref(), Some(duration), "{name}");
     }
     let (error_rate, _, _) = alert("EleanorLedgerHighErrorRate");
-    assert!(error_rate.contains(r#"status=~"5..""#) && error_rate.contains("http_requests_total"));
+    assert!(
+        error_rate.contains(r#"outcome="error""#) && error_rate.contains("eleanor_requests_total"),
+        "{error_rate}"
+    );
+    assert_eq!(
+        error_rate
+            .matches(r#"route!~"/health|/livez|/metrics""#)
+            .count(),
+        2,
+        "probes and scrapes are left out of both sides: {error_rate}"
+    );
     for (name, quantile) in [
         ("EleanorLedgerHighLatencyP95", "0.95"),
         ("EleanorLedgerHighLatencyP99", "0.99"),
@@ -1466,18 +1549,25 @@ fn the_alerts_carry_the_runbooks_thresholds() {
         assert!(expr.starts_with(&format!("histogram_quantile({quantile},")));
         assert!(expr.contains("http_request_duration_seconds_bucket"));
     }
-    // Memory and CPU are measured against the deployment's limits.
-    let limits = server_container()["resources"]["limits"].clone();
-    let (memory, _, _) = alert("EleanorLedgerHighMemory");
-    assert!(
-        memory.contains(&format!("/ {} >", bytes(&limits["memory"]))),
-        "the memory alert divides by the deployment's limit: {memory}"
-    );
-    let (cpu, _, _) = alert("EleanorLedgerHighCpu");
-    assert!(
-        cpu.contains(&format!("/ {} >", cpu_cores(&limits["cpu"]))),
-        "the CPU alert divides by the deployment's limit: {cpu}"
-    );
+    // Memory and CPU are measured against the server container's limits as the cluster has
+    // them, never a figure copied from deployment.yaml.
+    let container = server_container()["name"].as_str().unwrap().to_owned();
+    for (name, resource) in [
+        ("EleanorLedgerHighMemory", "memory"),
+        ("EleanorLedgerHighCpu", "cpu"),
+    ] {
+        let (expr, _, _) = alert(name);
+        assert!(
+            expr.contains(&format!(
+                r#"/ on (namespace, pod) max by (namespace, pod) (kube_pod_container_resource_limits{{namespace="{NAMESPACE}", container="{container}", resource="{resource}"}})"#
+            )),
+            "{name} divides by the container's {resource} limit: {expr}"
+        );
+        assert!(
+            !expr.contains("4294967296") && !expr.contains("/ 2 "),
+            "{name}: {expr}"
+        );
+    }
 }
 
 #[test]
@@ -1545,4 +1635,187 @@ fn the_dashboard_has_the_panels_operators_need() {
     assert!(exprs("Integrity errors").contains("ledger_integrity_errors_total"));
     let ids: BTreeSet<u64> = panels.iter().map(|p| p["id"].as_u64().unwrap()).collect();
     assert_eq!(ids.len(), panels.len(), "panel ids are unique");
+}
+
+/// The `promtool test rules` file (run by scripts/test.sh): every alert has a case where it
+/// fires, and the test file loads the rule file scripts/test.sh extracts beside it.
+#[test]
+fn every_alert_has_a_promtool_test_in_which_it_fires() {
+    let tests: Value =
+        serde_norway::from_str(&read("tests/promtool/prometheus-rules.test.yaml")).unwrap();
+    assert_eq!(tests["rule_files"], json!(["prometheus-rules.yaml"]));
+    let mut fired = BTreeSet::new();
+    let mut quiet = BTreeSet::new();
+    for case in tests["tests"].as_array().unwrap() {
+        for check in case["alert_rule_test"].as_array().unwrap() {
+            let name = check["alertname"].as_str().unwrap().to_owned();
+            if check["exp_alerts"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty())
+            {
+                fired.insert(name);
+            } else {
+                quiet.insert(name);
+            }
+        }
+    }
+    for rule in rules() {
+        let name = rule["alert"].as_str().unwrap();
+        assert!(fired.contains(name), "no promtool test makes {name} fire");
+    }
+    for name in [
+        "EleanorLedgerHighErrorRate",
+        "EleanorLedgerHighMemory",
+        "EleanorLedgerVerificationMissing",
+    ] {
+        assert!(quiet.contains(name), "no promtool test keeps {name} quiet");
+    }
+    let script = read("scripts/test.sh");
+    assert!(
+        script.contains("promtool test rules"),
+        "scripts/test.sh runs the alert tests"
+    );
+}
+
+#[test]
+fn the_dashboard_imports_with_a_data_source_input_and_shows_zero_rather_than_no_data() {
+    let text = read("k8s/monitoring/grafana-dashboard.json");
+    let dashboard: Value = serde_json::from_str(&text).unwrap();
+    let inputs = dashboard["__inputs"]
+        .as_array()
+        .expect("__inputs for import");
+    assert_eq!(inputs.len(), 1);
+    assert_eq!(inputs[0]["type"], "datasource");
+    assert_eq!(inputs[0]["pluginId"], "prometheus");
+    let input = format!("${{{}}}", inputs[0]["name"].as_str().unwrap());
+    let variable = dashboard["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["type"] == "datasource")
+        .expect("a data-source variable");
+    assert_eq!(
+        variable["current"]["value"], input,
+        "the import's choice becomes the variable's value"
+    );
+    let panels = dashboard["panels"].as_array().unwrap();
+    for panel in panels {
+        let uid = panel["datasource"]["uid"].as_str().unwrap();
+        assert!(
+            uid == "${datasource}" || uid == input,
+            "{}: {uid}",
+            panel["title"]
+        );
+    }
+    let panel = |title: &str| {
+        panels
+            .iter()
+            .find(|p| p["title"] == title)
+            .unwrap_or_else(|| panic!("no panel {title}"))
+            .clone()
+    };
+    // Counters that are absent until the first event show 0, not "No data".
+    for title in [
+        "Integrity errors",
+        "Commit conflicts and roll-forwards",
+        "HTTP 5xx share",
+    ] {
+        let p = panel(title);
+        for target in p["targets"].as_array().unwrap() {
+            assert!(
+                target["expr"].as_str().unwrap().contains("or vector(0)"),
+                "{title}: {}",
+                target["expr"]
+            );
+        }
+        assert_eq!(p["fieldConfig"]["defaults"]["noValue"], "0", "{title}");
+    }
+    let share = panel("HTTP 5xx share")["targets"][0]["expr"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        share.contains(r#"route!~"/health|/livez|/metrics""#)
+            && share.contains(r#"outcome="error""#),
+        "the panel shows what the alert measures: {share}"
+    );
+    // The batch-size quantile never reads below one record (the first bucket is le=1).
+    let batch = panel("Batch size (records per committed batch)");
+    let quantiles: Vec<&str> = batch["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["expr"].as_str().unwrap())
+        .filter(|e| e.contains("histogram_quantile"))
+        .collect();
+    assert!(!quantiles.is_empty());
+    for q in quantiles {
+        assert!(
+            q.starts_with("clamp_min(histogram_quantile(") && q.ends_with(", 1)"),
+            "{q}"
+        );
+    }
+}
+
+#[test]
+fn the_network_policy_admits_only_the_ingress_controller_and_prometheus_on_the_server_port() {
+    let policy = find("NetworkPolicy", APP);
+    let pod_labels = &deployment()["spec"]["template"]["metadata"]["labels"];
+    assert!(labels_match(
+        &policy["spec"]["podSelector"]["matchLabels"],
+        pod_labels
+    ));
+    assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress"]));
+    let port = resolve_port(&json!("http"), &server_container());
+    let rules = policy["spec"]["ingress"].as_array().unwrap();
+    assert_eq!(rules.len(), 2, "the ingress controller and Prometheus");
+    let mut sources = BTreeSet::new();
+    for rule in rules {
+        let ports = rule["ports"].as_array().expect("every rule names its port");
+        assert_eq!(ports.len(), 1, "{rule}");
+        assert_eq!(ports[0]["port"].as_u64(), Some(port), "{rule}");
+        assert_eq!(ports[0]["protocol"], "TCP");
+        let from = rule["from"].as_array().expect("no rule admits everyone");
+        assert_eq!(from.len(), 1, "{rule}");
+        // Both selectors in one entry: those pods in that namespace (not "or").
+        let namespace = from[0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+            .as_str()
+            .expect("a namespace by name");
+        let pods = from[0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+            .as_str()
+            .expect("pods by name");
+        assert!(from[0].get("ipBlock").is_none());
+        sources.insert((namespace.to_owned(), pods.to_owned()));
+    }
+    assert_eq!(
+        sources,
+        BTreeSet::from([
+            ("ingress-nginx".to_owned(), "ingress-nginx".to_owned()),
+            ("monitoring".to_owned(), "prometheus".to_owned()),
+        ])
+    );
+    let runbook = read("docs/OPERATIONS.md");
+    assert!(runbook.contains("k8s/networkpolicy.yaml"));
+}
+
+#[test]
+fn the_service_monitor_and_rules_carry_the_label_kube_prometheus_stack_selects_and_it_is_documented()
+ {
+    let runbook = read("docs/OPERATIONS.md");
+    for kind in ["ServiceMonitor", "PrometheusRule"] {
+        let object = find(kind, APP);
+        let release = object["metadata"]["labels"]["release"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{kind} has no release label"));
+        assert!(
+            runbook.contains(&format!("`release: {release}`")),
+            "docs/OPERATIONS.md explains the {kind}'s release label"
+        );
+    }
+    for value in [
+        "serviceMonitorSelectorNilUsesHelmValues",
+        "ruleSelectorNilUsesHelmValues",
+    ] {
+        assert!(runbook.contains(value), "docs/OPERATIONS.md names {value}");
+    }
 }

@@ -8,7 +8,17 @@ use eleanor_ledger::config::ServerArgs;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = match ServerArgs::parse().into_config() {
+    let args = ServerArgs::parse();
+    if args.probe {
+        return match eleanor_ledger::probe::probe(args.listen).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ledger-server --probe: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    let config = match args.into_config() {
         Ok(config) => config,
         Err(e) => {
             eprintln!("ledger-server: {e}");

@@ -18,8 +18,9 @@ use crate::store::breaker::CircuitState;
 pub struct Health {
     status: &'static str,
     backend: Backend,
-    /// Per store: `ok`, `unavailable`, `circuit_open` or `corrupt`; and `startup`: `ok`, or
-    /// `pending` while the service waits for storage to answer to finish starting.
+    /// Per store: `ok`, `unavailable`, `circuit_open` or `corrupt`; `startup`: `ok`, or
+    /// `pending` while the service waits for storage to answer to finish starting; `signing`:
+    /// `ok`, or `off` when nothing is signed (a warning: it does not make the service unhealthy).
     checks: BTreeMap<&'static str, &'static str>,
     /// Circuit breaker state per dependency: `closed`, `open` or `half_open`.
     circuits: BTreeMap<&'static str, &'static str>,
@@ -32,6 +33,14 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>)
         ("objects", storage.objects.code()),
         ("index", storage.index.code()),
         ("startup", if started { "ok" } else { "pending" }),
+        (
+            "signing",
+            if state.ledger.options().signer.is_some() {
+                "ok"
+            } else {
+                "off"
+            },
+        ),
     ]);
     let mut healthy =
         started && storage.objects == StoreCheck::Ok && storage.index == StoreCheck::Ok;

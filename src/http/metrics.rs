@@ -30,10 +30,10 @@ impl HttpMetrics {
         let m = HttpMetrics {
             requests: IntCounterVec::new(
                 Opts::new(
-                    "http_requests_total",
-                    "HTTP requests by matched route, method and status.",
+                    "eleanor_requests_total",
+                    "HTTP requests by matched route, method, status and outcome: ok (1xx-3xx), rejected (4xx), error (5xx).",
                 ),
-                &["route", "method", "status"],
+                &["route", "method", "status", "outcome"],
             )?,
             duration: HistogramVec::new(
                 HistogramOpts::new(
@@ -78,8 +78,15 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
     let elapsed = started.elapsed().as_secs_f64();
     let status = response.status();
     let m = &state.metrics;
+    let outcome = if status.is_server_error() {
+        "error"
+    } else if status.is_client_error() {
+        "rejected"
+    } else {
+        "ok"
+    };
     m.requests
-        .with_label_values(&[route.as_str(), method.as_str(), status.as_str()])
+        .with_label_values(&[route.as_str(), method.as_str(), status.as_str(), outcome])
         .inc();
     m.duration
         .with_label_values(&[route.as_str()])

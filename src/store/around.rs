@@ -33,6 +33,10 @@ pub struct Call {
     /// Whether the call writes several independent items (`put_new`, `put_seq_items`), of
     /// which a hook may pass on only a part.
     pub batch: bool,
+    /// Whether the call writes (every batch call does; of single calls `create_ledger`,
+    /// `compare_and_set_head`, `put_key_claim` and `commit_batch`). The circuit breaker counts
+    /// write failures apart: a full disk fails writes while reads still succeed.
+    pub write: bool,
 }
 
 /// How much of a batch call's items to pass on (single calls ignore it).
@@ -86,17 +90,38 @@ struct Wrapped<A> {
 }
 
 impl<A: Around> Wrapped<A> {
-    /// A call that is not a batch.
+    /// A call that is not a batch and reads.
     fn single<'a, T: Send + 'a>(
         &'a self,
         side: Side,
         op: &'static str,
         future: BoxFuture<'a, StoreResult<T>>,
     ) -> impl Future<Output = StoreResult<T>> + Send + 'a {
+        self.single_call(side, op, false, future)
+    }
+
+    /// A call that is not a batch and writes.
+    fn single_write<'a, T: Send + 'a>(
+        &'a self,
+        side: Side,
+        op: &'static str,
+        future: BoxFuture<'a, StoreResult<T>>,
+    ) -> impl Future<Output = StoreResult<T>> + Send + 'a {
+        self.single_call(side, op, true, future)
+    }
+
+    fn single_call<'a, T: Send + 'a>(
+        &'a self,
+        side: Side,
+        op: &'static str,
+        write: bool,
+        future: BoxFuture<'a, StoreResult<T>>,
+    ) -> impl Future<Output = StoreResult<T>> + Send + 'a {
         let call = Call {
             side,
             op,
             batch: false,
+            write,
         };
         self.hook.around(call, move |_| future)
     }
@@ -112,6 +137,7 @@ impl<A: Around> Wrapped<A> {
             side,
             op,
             batch: true,
+            write: true,
         };
         self.hook.around(call, run)
     }
@@ -182,7 +208,7 @@ impl<A: Around> IndexStore for Wrapped<A> {
     }
     async fn create_ledger(&self, ledger: &LedgerId) -> StoreResult<Meta> {
         let i = &self.inner.index;
-        self.single(Side::Index, "create_ledger", i.create_ledger(ledger))
+        self.single_write(Side::Index, "create_ledger", i.create_ledger(ledger))
             .await
     }
     async fn compare_and_set_head(
@@ -193,7 +219,8 @@ impl<A: Around> IndexStore for Wrapped<A> {
     ) -> StoreResult<CasOutcome> {
         let i = &self.inner.index;
         let call = i.compare_and_set_head(ledger, expected_seq, new);
-        self.single(Side::Index, "compare_and_set_head", call).await
+        self.single_write(Side::Index, "compare_and_set_head", call)
+            .await
     }
     async fn put_seq_items(
         &self,
@@ -238,7 +265,7 @@ impl<A: Around> IndexStore for Wrapped<A> {
     ) -> StoreResult<KeyPut> {
         let i = &self.inner.index;
         let call = i.put_key_claim(ledger, key, expected, new);
-        self.single(Side::Index, "put_key_claim", call).await
+        self.single_write(Side::Index, "put_key_claim", call).await
     }
     async fn ledgers(&self, after: Option<&LedgerId>, limit: usize) -> StoreResult<Vec<LedgerId>> {
         let i = &self.inner.index;
@@ -267,6 +294,6 @@ impl<A: Around> AtomicBatchStore for Wrapped<A> {
             .as_ref()
             .expect("offered only over stores that commit batches in one step");
         let call = batches.commit_batch(ledger, expected_seq, new, writes);
-        self.single(Side::Index, "commit_batch", call).await
+        self.single_write(Side::Index, "commit_batch", call).await
     }
 }

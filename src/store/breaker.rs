@@ -1,11 +1,13 @@
 //! A circuit breaker per storage dependency (S3, DynamoDB, the embedded store).
 //!
-//! After `threshold` consecutive calls fail with [`StoreError::Unavailable`], the circuit
-//! opens: for `cooldown`, every call fails at once, without waiting on a dependency that is
-//! down (appends answer `503 dependency_unavailable` quickly instead of piling up). Then one
-//! call is let through as a probe (half-open): success closes the circuit, failure opens it
-//! again. Other outcomes (success, conflicts, corruption) reset the failure count: they prove
-//! the dependency answers.
+//! After `threshold` consecutive calls fail with [`StoreError::Unavailable`], or `threshold`
+//! consecutive writes do, the circuit opens: for `cooldown`, every call fails at once, without
+//! waiting on a dependency that is down (appends answer `503 dependency_unavailable` quickly
+//! instead of piling up). Then one call is let through as a probe (half-open): success closes
+//! the circuit, failure opens it again. Other outcomes (success, conflicts, corruption) reset
+//! the failure counts of their kind: they prove the dependency answers. A read that succeeds
+//! does not reset the count of failed writes: on a full disk every write fails while reads go
+//! on succeeding, and each append would otherwise wait out its own failure.
 //!
 //! The state is exported as `circuit_breaker_state{dependency}` (0 closed, 1 open,
 //! 2 half-open) and shown by `/health`.
@@ -49,13 +51,20 @@ impl CircuitState {
 #[derive(Debug)]
 enum Inner {
     Closed {
+        /// Consecutive failed calls of any kind.
         failures: u32,
+        /// Consecutive failed writes, reads in between notwithstanding.
+        write_failures: u32,
     },
     Open {
         until: Instant,
+        /// It opened on failing writes (see [`Inner::HalfOpen`]).
+        writes: bool,
     },
-    /// A probe call is in flight; everything else fails fast until it reports.
-    HalfOpen,
+    /// A probe call is in flight; everything else fails fast until it reports. If the circuit
+    /// opened on failing writes and the probe is a read that succeeds, the circuit closes one
+    /// write failure short of opening again: a read proves nothing about the writes.
+    HalfOpen { writes: bool },
 }
 
 /// One dependency's circuit.
@@ -95,7 +104,10 @@ impl CircuitBreaker {
             dependency,
             threshold: settings.threshold.max(1),
             cooldown: settings.cooldown,
-            inner: Mutex::new(Inner::Closed { failures: 0 }),
+            inner: Mutex::new(Inner::Closed {
+                failures: 0,
+                write_failures: 0,
+            }),
             gauge,
         }
     }
@@ -108,7 +120,7 @@ impl CircuitBreaker {
         match *self.lock() {
             Inner::Closed { .. } => CircuitState::Closed,
             Inner::Open { .. } => CircuitState::Open,
-            Inner::HalfOpen => CircuitState::HalfOpen,
+            Inner::HalfOpen { .. } => CircuitState::HalfOpen,
         }
     }
 
@@ -123,7 +135,7 @@ impl CircuitBreaker {
         let state = match inner {
             Inner::Closed { .. } => CircuitState::Closed,
             Inner::Open { .. } => CircuitState::Open,
-            Inner::HalfOpen => CircuitState::HalfOpen,
+            Inner::HalfOpen { .. } => CircuitState::HalfOpen,
         };
         self.gauge.set(state.gauge_value());
     }
@@ -133,34 +145,63 @@ impl CircuitBreaker {
         let mut inner = self.lock();
         match *inner {
             Inner::Closed { .. } => Ok(()),
-            Inner::Open { until } if Instant::now() >= until => {
-                self.set(&mut inner, Inner::HalfOpen);
+            Inner::Open { until, writes } if Instant::now() >= until => {
+                self.set(&mut inner, Inner::HalfOpen { writes });
                 Ok(())
             }
-            Inner::Open { .. } | Inner::HalfOpen => Err(StoreError::Refused {
+            Inner::Open { .. } | Inner::HalfOpen { .. } => Err(StoreError::Refused {
                 dependency: self.dependency,
             }),
         }
     }
 
-    fn record<T>(&self, result: &StoreResult<T>) {
+    fn record<T>(&self, write: bool, result: &StoreResult<T>) {
         let failed = matches!(result, Err(StoreError::Unavailable { .. }));
+        let threshold = self.threshold;
         let mut inner = self.lock();
+        let open = |writes: bool| {
+            tracing::warn!(dependency = self.dependency, cooldown = ?self.cooldown, writes, "circuit opened");
+            Inner::Open {
+                until: Instant::now() + self.cooldown,
+                writes,
+            }
+        };
         let next = match (&*inner, failed) {
-            (_, false) => Inner::Closed { failures: 0 },
-            (Inner::Closed { failures }, true) if failures + 1 < self.threshold => Inner::Closed {
-                failures: failures + 1,
+            (Inner::Closed { write_failures, .. }, false) => Inner::Closed {
+                failures: 0,
+                write_failures: if write { 0 } else { *write_failures },
             },
-            (Inner::Closed { .. } | Inner::HalfOpen, true) => {
-                tracing::warn!(dependency = self.dependency, cooldown = ?self.cooldown, "circuit opened");
-                Inner::Open {
-                    until: Instant::now() + self.cooldown,
+            // A successful probe, or a call admitted before the circuit opened, that succeeded.
+            (Inner::HalfOpen { writes } | Inner::Open { writes, .. }, false) => Inner::Closed {
+                failures: 0,
+                write_failures: if *writes && !write { threshold - 1 } else { 0 },
+            },
+            (
+                Inner::Closed {
+                    failures,
+                    write_failures,
+                },
+                true,
+            ) => {
+                let failures = failures + 1;
+                let write_failures = write_failures + u32::from(write);
+                if failures < threshold && write_failures < threshold {
+                    Inner::Closed {
+                        failures,
+                        write_failures,
+                    }
+                } else {
+                    open(write_failures >= threshold)
                 }
             }
+            (Inner::HalfOpen { writes }, true) => open(*writes || write),
             // A call admitted before the circuit opened: the circuit is already open.
-            (Inner::Open { until }, true) => Inner::Open { until: *until },
+            (Inner::Open { until, writes }, true) => Inner::Open {
+                until: *until,
+                writes: *writes || write,
+            },
         };
-        if matches!(*inner, Inner::Open { .. } | Inner::HalfOpen)
+        if matches!(*inner, Inner::Open { .. } | Inner::HalfOpen { .. })
             && matches!(next, Inner::Closed { .. })
         {
             tracing::info!(dependency = self.dependency, "circuit closed");
@@ -168,7 +209,12 @@ impl CircuitBreaker {
         self.set(&mut inner, next);
     }
 
-    async fn call<T>(&self, call: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
+    /// Runs `call` (a write when `write`) through the circuit.
+    async fn call<T>(
+        &self,
+        write: bool,
+        call: impl Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
         self.admit()?;
         // A call dropped before it finishes (a request timeout, a client that went away) never
         // reaches `record`; if it was the half-open probe, the guard reopens the circuit, or
@@ -176,18 +222,19 @@ impl CircuitBreaker {
         let mut guard = Unfinished(Some(self));
         let result = call.await;
         guard.0 = None;
-        self.record(&result);
+        self.record(write, &result);
         result
     }
 
     /// A probe that never reported counts as a failed probe.
     fn abandoned(&self) {
         let mut inner = self.lock();
-        if matches!(*inner, Inner::HalfOpen) {
+        if let Inner::HalfOpen { writes } = *inner {
             self.set(
                 &mut inner,
                 Inner::Open {
                     until: Instant::now() + self.cooldown,
+                    writes,
                 },
             );
         }
@@ -254,7 +301,7 @@ impl Around for Breakers {
             Side::Objects => &self.objects,
             Side::Index => &self.index,
         };
-        breaker.call(run(Part::All))
+        breaker.call(call.write, run(Part::All))
     }
 }
 
@@ -285,14 +332,14 @@ mod tests {
     async fn opens_after_consecutive_failures_fails_fast_then_probes_and_closes() {
         let b = breaker();
         for _ in 0..2 {
-            b.call(async { down() }).await.unwrap_err();
+            b.call(false, async { down() }).await.unwrap_err();
         }
         assert_eq!(b.state(), CircuitState::Closed, "below the threshold");
-        b.call(async { down() }).await.unwrap_err();
+        b.call(false, async { down() }).await.unwrap_err();
         assert_eq!(b.state(), CircuitState::Open);
         let mut reached = false;
         let fast = b
-            .call(async {
+            .call(false, async {
                 reached = true;
                 Ok(())
             })
@@ -302,7 +349,7 @@ mod tests {
             "an open circuit does not call the dependency"
         );
         tokio::time::advance(Duration::from_secs(5)).await;
-        b.call(async { Ok(()) }).await.unwrap();
+        b.call(false, async { Ok(()) }).await.unwrap();
         assert_eq!(
             b.state(),
             CircuitState::Closed,
@@ -314,10 +361,10 @@ mod tests {
     async fn a_probe_that_is_dropped_unfinished_does_not_wedge_the_circuit() {
         let b = breaker();
         for _ in 0..3 {
-            b.call(async { down() }).await.unwrap_err();
+            b.call(false, async { down() }).await.unwrap_err();
         }
         tokio::time::advance(Duration::from_secs(6)).await;
-        let probe = b.call(std::future::pending::<StoreResult<()>>());
+        let probe = b.call(false, std::future::pending::<StoreResult<()>>());
         assert!(
             tokio::time::timeout(Duration::from_millis(10), probe)
                 .await
@@ -329,7 +376,7 @@ mod tests {
             "the abandoned probe counts as a failure"
         );
         tokio::time::advance(Duration::from_secs(6)).await;
-        b.call(async { Ok(()) }).await.unwrap();
+        b.call(false, async { Ok(()) }).await.unwrap();
         assert_eq!(
             b.state(),
             CircuitState::Closed,
@@ -341,15 +388,121 @@ mod tests {
     async fn a_failed_probe_opens_the_circuit_again_and_other_errors_do_not_count() {
         let b = breaker();
         for _ in 0..3 {
-            b.call(async { down() }).await.unwrap_err();
+            b.call(false, async { down() }).await.unwrap_err();
         }
         tokio::time::advance(Duration::from_secs(6)).await;
-        b.call(async { down() }).await.unwrap_err();
+        b.call(false, async { down() }).await.unwrap_err();
         assert_eq!(b.state(), CircuitState::Open);
         tokio::time::advance(Duration::from_secs(6)).await;
-        b.call(async { Err::<(), _>(StoreError::Corrupt("x".into())) })
-            .await
-            .unwrap_err();
+        b.call(false, async {
+            Err::<(), _>(StoreError::Corrupt("x".into()))
+        })
+        .await
+        .unwrap_err();
         assert_eq!(b.state(), CircuitState::Closed, "the dependency answered");
+    }
+
+    /// The embedded store over the fault injector, guarded by a breaker of threshold 3.
+    fn guarded_local(
+        dir: &std::path::Path,
+    ) -> (
+        Stores,
+        super::super::fault::FaultHandle,
+        Arc<CircuitBreaker>,
+    ) {
+        let local = super::super::local::LocalStore::open(
+            dir,
+            super::super::BackendMetrics::unregistered(),
+        )
+        .unwrap()
+        .into_stores();
+        let (faulty, faults) = super::super::fault::wrap(&local);
+        let settings = BreakerSettings {
+            threshold: 3,
+            cooldown: Duration::from_secs(5),
+        };
+        let (stores, breakers) = guard(&faulty, settings, &Registry::new()).unwrap();
+        assert_eq!(breakers.len(), 1, "one circuit for the embedded store");
+        let breaker = breakers[0].clone();
+        (stores, faults, breaker)
+    }
+
+    fn ledger() -> crate::chain::entry::LedgerId {
+        crate::chain::entry::LedgerId::parse("disk-full").unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn repeated_write_failures_open_the_circuit_even_when_reads_succeed_in_between() {
+        let dir = tempfile::tempdir().unwrap();
+        let (stores, faults, breaker) = guarded_local(dir.path());
+        for n in 0..3 {
+            assert_eq!(
+                breaker.state(),
+                CircuitState::Closed,
+                "after {n} failed writes"
+            );
+            // A full disk: reads still work, the write after them fails.
+            assert!(stores.index.head(&ledger()).await.unwrap().is_none());
+            faults.plan(0, super::super::fault::Fault::FailBefore);
+            stores.index.create_ledger(&ledger()).await.unwrap_err();
+        }
+        assert_eq!(breaker.state(), CircuitState::Open);
+        let calls = faults.calls().len();
+        assert!(matches!(
+            stores.index.create_ledger(&ledger()).await,
+            Err(StoreError::Refused { .. })
+        ));
+        assert_eq!(
+            faults.calls().len(),
+            calls,
+            "an open circuit fails writes fast"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_probe_after_failing_writes_leaves_one_write_failure_to_reopen_the_circuit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (stores, faults, breaker) = guarded_local(dir.path());
+        for _ in 0..3 {
+            faults.plan(0, super::super::fault::Fault::FailBefore);
+            stores.index.create_ledger(&ledger()).await.unwrap_err();
+        }
+        assert_eq!(breaker.state(), CircuitState::Open);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(stores.index.head(&ledger()).await.unwrap().is_none());
+        assert_eq!(
+            breaker.state(),
+            CircuitState::Closed,
+            "the read probe closed it"
+        );
+        faults.plan(0, super::super::fault::Fault::FailBefore);
+        stores.index.create_ledger(&ledger()).await.unwrap_err();
+        assert_eq!(
+            breaker.state(),
+            CircuitState::Open,
+            "one more failed write reopens the circuit"
+        );
+        tokio::time::advance(Duration::from_secs(6)).await;
+        stores.index.create_ledger(&ledger()).await.unwrap();
+        stores.index.head(&ledger()).await.unwrap().unwrap();
+        faults.plan(0, super::super::fault::Fault::FailBefore);
+        stores.index.create_ledger(&ledger()).await.unwrap_err();
+        assert_eq!(
+            breaker.state(),
+            CircuitState::Closed,
+            "a write that succeeded cleared the count"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn read_failures_alone_still_need_consecutive_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let (stores, faults, breaker) = guarded_local(dir.path());
+        for _ in 0..5 {
+            faults.plan(0, super::super::fault::Fault::FailBefore);
+            stores.index.head(&ledger()).await.unwrap_err();
+            stores.index.head(&ledger()).await.unwrap();
+        }
+        assert_eq!(breaker.state(), CircuitState::Closed);
     }
 }

@@ -563,7 +563,7 @@ async fn metrics_need_a_metrics_auditor_or_admin_token_unless_made_public() {
                 .text()
                 .await
                 .unwrap()
-                .contains("http_requests_total")
+                .contains("eleanor_requests_total")
         );
     }
     let (status, code, _) = refusal(app.get("/metrics", Some(&token(&["writer"]))).await).await;

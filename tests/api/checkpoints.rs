@@ -109,8 +109,40 @@ async fn checkpoints_are_signed_stored_once_per_seq_and_served_with_the_key() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_a_key_checkpoints_answer_409_signing_disabled_and_receipts_are_unsigned() {
-    let app = start(tempfile::tempdir().unwrap(), None, &[]).await;
+async fn without_a_configured_key_the_embedded_backend_signs_with_its_own_key() {
+    let app = start(
+        tempfile::tempdir().unwrap(),
+        None,
+        &["--checkpoint-interval", "0"],
+    )
+    .await;
+    let signer =
+        eleanor_ledger::keyfile::load_signing_key(&app.data_dir.path().join("signing.key"))
+            .expect("the server created its key in the data dir");
+    let (status, receipt) = post(&app, "/v1/ledgers/k/records", Some("{}")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(receipt["receipt"]["signature"].is_string(), "{receipt}");
+    assert_eq!(
+        receipt["receipt"]["key_id"],
+        signer.key_id().to_string(),
+        "{receipt}"
+    );
+    let (status, checkpoint) = post(&app, "/v1/ledgers/k/checkpoints", None).await;
+    assert_eq!(status, StatusCode::CREATED, "{checkpoint}");
+    let (_, keys) = get_text(&app, "/v1/keys").await;
+    let keys: Value = serde_json::from_str(&keys).unwrap();
+    assert_eq!(keys["keys"][0]["public_key"], signer.public_key().to_hex());
+    let health: Value = app.health().await.json().await.unwrap();
+    assert_eq!(health["checks"]["signing"], "ok", "{health}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_signing_off_checkpoints_answer_409_signing_disabled_and_receipts_are_unsigned() {
+    let app = start(tempfile::tempdir().unwrap(), None, &["--signing", "off"]).await;
+    let health: Value = app.health().await.json().await.unwrap();
+    assert_eq!(health["status"], "ok", "signing off is a warning: {health}");
+    assert_eq!(health["checks"]["signing"], "off", "{health}");
     let (status, receipt) = post(&app, "/v1/ledgers/k/records", Some("{}")).await;
     assert_eq!(status, StatusCode::CREATED);
     assert!(receipt.get("receipt").is_none(), "{receipt}");

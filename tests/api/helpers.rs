@@ -37,6 +37,16 @@ pub struct Receipt {
     pub prev_hash: String,
     pub timestamp: String,
     pub object_key: String,
+    /// The signature, when the server signs (by default on the embedded backend).
+    pub receipt: Option<ReceiptSignature>,
+}
+
+/// An append receipt's signature part.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiptSignature {
+    pub key_id: String,
+    pub signature: String,
 }
 
 /// One record as `GET .../records/{seq}` returns it.

@@ -70,7 +70,9 @@ async fn beyond_the_in_flight_cap_requests_get_503_server_busy_at_once_and_chang
         app.metrics()
             .await
             .lines()
-            .any(|l| l.starts_with("http_requests_total") && l.contains(r#"status="503""#)),
+            .any(|l| l.starts_with("eleanor_requests_total")
+                && l.contains(r#"status="503""#)
+                && l.contains(r#"outcome="error""#)),
         "shed requests are counted by route"
     );
 }

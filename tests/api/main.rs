@@ -19,5 +19,6 @@ mod observability;
 mod process;
 mod read;
 mod reference_verifier;
+mod startup_logs;
 mod tamper;
 mod verify;

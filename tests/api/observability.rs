@@ -73,22 +73,45 @@ async fn metrics_count_appends_batches_backend_requests_and_the_process() {
     assert!(value("ledger_backend_requests_total", &[r#"outcome="ok""#, "op="]) >= 1.0);
     assert!(value("process_resident_memory_bytes", &[]) > 0.0);
 
-    // Requests are labelled by the route they matched, never by the raw path.
+    // Requests are labelled by the route they matched, never by the raw path, with the
+    // outcome the runbook's `grep eleanor_requests_total` looks at.
     let route = |r: &str| format!(r#"route="{r}""#);
     assert!(
         value(
-            "http_requests_total",
-            &[&route("/v1/ledgers/{ledger_id}/records"), r#"status="201""#]
+            "eleanor_requests_total",
+            &[
+                &route("/v1/ledgers/{ledger_id}/records"),
+                r#"status="201""#,
+                r#"outcome="ok""#
+            ]
         ) >= 3.0
+    );
+    assert_eq!(
+        value(
+            "eleanor_requests_total",
+            &[
+                &route("/v1/ledgers/{ledger_id}/records"),
+                r#"status="415""#,
+                r#"outcome="rejected""#
+            ]
+        ),
+        1.0
     );
     assert!(
         value(
-            "http_requests_total",
+            "eleanor_requests_total",
             &[
                 &route("/v1/ledgers/{ledger_id}/records/{seq}"),
                 r#"status="200""#
             ]
         ) >= 1.0
+    );
+    assert!(
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("eleanor_requests_total{"))
+            .all(|l| l.contains("outcome=")),
+        "every request sample has an outcome:\n{metrics}"
     );
     assert!(
         !metrics.contains(ledger),
