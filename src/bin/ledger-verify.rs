@@ -6,23 +6,37 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use eleanor_ledger::audit::{VerifyArgs, run};
+use eleanor_ledger::audit::{AuditError, VerifyArgs, run};
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    eleanor_ledger::telemetry::init_cli();
     let args = match VerifyArgs::try_parse() {
         Ok(args) => args,
-        Err(e) => {
+        Err(e) if !e.use_stderr() => {
+            // --help, --version.
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let error = AuditError::from_clap(&e);
+            if std::env::args_os().any(|a| a == "--json") {
+                print!("{}", error.to_json());
+            }
+            let _ = e.print();
+            return ExitCode::from(error.exit_code());
         }
     };
+    let json = args.json;
     match run(args).await {
         Ok(verdict) => {
             print!("{}", verdict.text);
             ExitCode::from(verdict.exit_code)
         }
         Err(e) => {
+            if json {
+                print!("{}", e.to_json());
+            }
             eprintln!("ledger-verify: {e}");
             ExitCode::from(e.exit_code())
         }
