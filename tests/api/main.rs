@@ -8,6 +8,7 @@ mod append;
 mod auth;
 mod checkpoints;
 mod errors;
+mod export;
 mod fuzz;
 mod helpers;
 mod idempotency;
