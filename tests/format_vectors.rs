@@ -11,17 +11,15 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use eleanor_ledger::chain::checkpoint::{CheckpointBody, ExportEndBody, PublicKey, Signer};
 use eleanor_ledger::chain::entry::{
     EntryHeader, IdempotencyKey, InvalidRecord, LedgerId, MAX_SEQ, Record, Timestamp, decode,
     encode,
 };
 use eleanor_ledger::chain::hash::{ENTRY_HASH_DOMAIN, Hash};
 use eleanor_ledger::chain::keys::entry_key;
-use eleanor_ledger::chain::checkpoint::{CheckpointBody, ExportEndBody, PublicKey, Signer};
 use eleanor_ledger::chain::verify::{ChainVerifier, Evidence, Head, IndexClaim, check_entry};
-use eleanor_ledger::ledger::{
-    ExportCheckpointLine, ExportEndLine, ExportEntryLine, ExportLine,
-};
+use eleanor_ledger::ledger::{ExportCheckpointLine, ExportEndLine, ExportEntryLine, ExportLine};
 use serde::{Deserialize, Serialize};
 
 /// The ledger whose entries form the committed chain (`chain.jsonl` and `chain/`).
@@ -725,14 +723,18 @@ fn the_committed_export_ends_with_an_end_line_signed_by_the_documented_key() {
         panic!("the last line is the end line: {}", lines[lines.len() - 1]);
     };
     end.end.check_form().expect("a well-formed end line");
-    end.end.verify_trusted(&[key.clone()]).expect("signed by the documented key");
+    end.end
+        .verify_trusted(std::slice::from_ref(&key))
+        .expect("signed by the documented key");
     let info = committed().chain;
     assert_eq!((end.end.from, end.end.to), (1, info.head_seq));
     assert_eq!(end.end.last_hash.to_hex(), info.head_hash);
     let Ok(ExportLine::Checkpoint(cp)) = ExportLine::parse(lines[0]) else {
         panic!("the first line is the checkpoint line: {}", lines[0]);
     };
-    cp.checkpoint.verify(&key).expect("the checkpoint is signed by the documented key");
+    cp.checkpoint
+        .verify(&key)
+        .expect("the checkpoint is signed by the documented key");
     // Every line between is an entry line, as chain.jsonl has them.
     let old = std::fs::read_to_string(vectors_dir().join("chain.jsonl")).expect("chain.jsonl");
     assert_eq!(lines[1..lines.len() - 1].join("\n") + "\n", old);

@@ -8,6 +8,7 @@
 //! The vectors chain holds keyed and unkeyed entries; a key repeated in a later entry must be
 //! named by both, at that seq and with the same detail.
 //! These tests need `python3` on PATH and fail loudly without it.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -868,13 +869,29 @@ fn usage_errors_exit_with_status_2() {
 
 /// `ledger-verify --bundle FILE --json` and `verify_chain.py --jsonl FILE --json`, with the same
 /// extra flags: each one's exit code, (seq, kind) failures and report or error.
-fn both_on_bundle(file: &Path, ledger: &str, extra: &[&str]) -> [(i32, Failures, Value, String); 2] {
+fn both_on_bundle(
+    file: &Path,
+    ledger: &str,
+    extra: &[&str],
+) -> [(i32, Failures, Value, String); 2] {
     let rust = Command::new(env!("CARGO_BIN_EXE_ledger-verify"))
-        .args(["--bundle", file.to_str().unwrap(), "--json", "--ledger", ledger])
+        .args([
+            "--bundle",
+            file.to_str().unwrap(),
+            "--json",
+            "--ledger",
+            ledger,
+        ])
         .args(extra)
         .output()
         .expect("run ledger-verify");
-    let mut args = vec!["--jsonl", file.to_str().unwrap(), "--json", "--ledger", ledger];
+    let mut args = vec![
+        "--jsonl",
+        file.to_str().unwrap(),
+        "--json",
+        "--ledger",
+        ledger,
+    ];
     args.extend_from_slice(extra);
     let python = run_python(&args);
     [rust, python].map(|out| {
@@ -883,7 +900,12 @@ fn both_on_bundle(file: &Path, ledger: &str, extra: &[&str]) -> [(i32, Failures,
             .as_array()
             .map(|fs| {
                 fs.iter()
-                    .map(|f| (f["seq"].as_u64().unwrap(), f["kind"].as_str().unwrap().to_owned()))
+                    .map(|f| {
+                        (
+                            f["seq"].as_u64().unwrap(),
+                            f["kind"].as_str().unwrap().to_owned(),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -906,7 +928,8 @@ fn python_has_cryptography() -> bool {
 }
 
 #[test]
-fn both_verifiers_check_the_committed_export_and_the_export_from_before_end_lines_only_with_a_flag() {
+fn both_verifiers_check_the_committed_export_and_the_export_from_before_end_lines_only_with_a_flag()
+{
     let export = root().join("tests/data/vectors/export.jsonl");
     let mut extra = vec![];
     if python_has_cryptography() {
@@ -921,9 +944,15 @@ fn both_verifiers_check_the_committed_export_and_the_export_from_before_end_line
     let old = root().join("tests/data/vectors/chain.jsonl");
     for (code, failures, report, stderr) in both_on_bundle(&old, LEDGER, &[]) {
         assert_eq!(code, 1, "{report} {stderr}");
-        assert_eq!(failures, [(9, "end_mismatch".to_owned())].into(), "{report}");
+        assert_eq!(
+            failures,
+            [(9, "end_mismatch".to_owned())].into(),
+            "{report}"
+        );
     }
-    for (code, failures, report, stderr) in both_on_bundle(&old, LEDGER, &["--allow-unattested-end"]) {
+    for (code, failures, report, stderr) in
+        both_on_bundle(&old, LEDGER, &["--allow-unattested-end"])
+    {
         assert_eq!((code, failures), (0, Failures::new()), "{report} {stderr}");
         assert_eq!(report["end_attested"], false, "{report}");
     }
@@ -932,14 +961,22 @@ fn both_verifiers_check_the_committed_export_and_the_export_from_before_end_line
         let text = std::fs::read_to_string(&export).unwrap();
         let head = "60e5fcb1d31469e874dfa1c7743f12f314b681b874bed5676c7308ae4bfc0cca";
         let last = text.lines().last().unwrap();
-        let forged_end = last.replacen(&format!(r#""head_hash":"{head}""#), &format!(r#""head_hash":"{}""#, "0".repeat(64)), 1);
+        let forged_end = last.replacen(
+            &format!(r#""head_hash":"{head}""#),
+            &format!(r#""head_hash":"{}""#, "0".repeat(64)),
+            1,
+        );
         assert_ne!(forged_end, last);
         let dir = tempfile::tempdir().unwrap();
         let forged = dir.path().join("forged.jsonl");
         std::fs::write(&forged, text.replace(last, &forged_end)).unwrap();
         for (code, failures, report, _) in both_on_bundle(&forged, LEDGER, &extra) {
             assert_eq!(code, 1, "{report}");
-            assert_eq!(failures, [(8, "bad_signature".to_owned())].into(), "{report}");
+            assert_eq!(
+                failures,
+                [(8, "bad_signature".to_owned())].into(),
+                "{report}"
+            );
         }
     }
 }
@@ -951,23 +988,40 @@ fn both_verifiers_refuse_another_ledger_an_api_error_body_and_an_empty_bundle_al
         assert_eq!(code, 2, "{report} {stderr}");
         assert_eq!(report["error"]["code"], "usage_error", "{report}");
         let message = report["error"]["message"].as_str().unwrap();
-        assert!(message.contains("does not match") && message.contains("audit-demo"), "{message}");
+        assert!(
+            message.contains("does not match") && message.contains("audit-demo"),
+            "{message}"
+        );
     }
     let dir = tempfile::tempdir().unwrap();
     let error = dir.path().join("error.json");
-    std::fs::write(&error, "{\"error\":{\"code\":\"unauthenticated\",\"message\":\"Give a bearer token.\"}}\n").unwrap();
+    std::fs::write(
+        &error,
+        "{\"error\":{\"code\":\"unauthenticated\",\"message\":\"Give a bearer token.\"}}\n",
+    )
+    .unwrap();
     for (code, _, report, stderr) in both_on_bundle(&error, LEDGER, &[]) {
         assert_eq!(code, 2, "{report} {stderr}");
         let message = report["error"]["message"].as_str().unwrap();
-        assert!(message.contains("is an error answer of the API") && message.contains("unauthenticated"), "{message}");
+        assert!(
+            message.contains("is an error answer of the API")
+                && message.contains("unauthenticated"),
+            "{message}"
+        );
     }
     let empty = dir.path().join("empty.jsonl");
     std::fs::write(&empty, "").unwrap();
     for (code, failures, report, _) in both_on_bundle(&empty, LEDGER, &["--allow-unattested-end"]) {
         assert_eq!(code, 1, "{report}");
-        assert_eq!(failures, [(1, "missing_entry".to_owned())].into(), "{report}");
+        assert_eq!(
+            failures,
+            [(1, "missing_entry".to_owned())].into(),
+            "{report}"
+        );
     }
-    for (code, failures, report, _) in both_on_bundle(&empty, LEDGER, &["--allow-unattested-end", "--allow-empty"]) {
+    for (code, failures, report, _) in
+        both_on_bundle(&empty, LEDGER, &["--allow-unattested-end", "--allow-empty"])
+    {
         assert_eq!((code, failures), (0, Failures::new()), "{report}");
     }
 }

@@ -671,10 +671,19 @@ async fn an_empty_bundle_fails_with_exit_1_unless_allow_empty() {
     let empty = write_bundle(dir.path(), "empty.jsonl", "");
     let run = verify_bundle(&empty, &["--ledger", LEDGER]);
     assert_eq!(run.code, 1, "{:?} {}", run.report, run.stderr);
-    assert!(kinds(&run.report).contains(&(1, "missing_entry".into())), "{}", run.report);
+    assert!(
+        kinds(&run.report).contains(&(1, "missing_entry".into())),
+        "{}",
+        run.report
+    );
     let run = verify_bundle(
         &empty,
-        &["--ledger", LEDGER, "--allow-empty", "--allow-unattested-end"],
+        &[
+            "--ledger",
+            LEDGER,
+            "--allow-empty",
+            "--allow-unattested-end",
+        ],
     );
     assert_eq!(run.code, 0, "{:?} {}", run.report, run.stderr);
     // Without a ledger named anywhere, an empty file is still a failure, not a usage error.
@@ -684,10 +693,11 @@ async fn an_empty_bundle_fails_with_exit_1_unless_allow_empty() {
     // An empty ledger's export (only its end line) is an empty bundle too.
     let (fixture, _) = fixture().await;
     let bundle = bundle_of(fixture.path(), VerifyRange::default()).await;
-    let end = bundle.lines().last().unwrap().replace(
-        &format!(r#""from":1,"to":{N},"#),
-        r#""from":1,"to":0,"#,
-    );
+    let end = bundle
+        .lines()
+        .last()
+        .unwrap()
+        .replace(&format!(r#""from":1,"to":{N},"#), r#""from":1,"to":0,"#);
     let end: Value = serde_json::from_str(&end).unwrap();
     let mut end: eleanor_ledger::chain::checkpoint::ExportEnd =
         serde_json::from_value(end["end"].clone()).unwrap();
@@ -727,7 +737,10 @@ async fn a_bundle_whose_last_entry_is_short_of_the_head_its_end_line_states_fail
 
     // Its end line gone too: it cannot show it was not cut, so it fails unless the auditor
     // accepts an unattested end (as for an export made before end lines existed).
-    let no_end: String = lines[..lines.len() - 3].iter().map(|l| format!("{l}\n")).collect();
+    let no_end: String = lines[..lines.len() - 3]
+        .iter()
+        .map(|l| format!("{l}\n"))
+        .collect();
     let no_end = write_bundle(dir.path(), "no-end.jsonl", &no_end);
     let run = verify_bundle(&no_end, &[]);
     assert_eq!(run.code, 1, "{:?}", run.report);
@@ -778,14 +791,24 @@ async fn with_json_errors_are_json_on_stdout_too() {
     let missing = dir.path().join("missing.jsonl").display().to_string();
     for (args, code) in [
         (vec!["--bundle", missing.as_str(), "--json"], "usage_error"),
-        (vec!["--bundle", missing.as_str(), "--json", "--from", "x"], "usage_error"),
-        (vec!["--json", "--data-dir", missing.as_str()], "usage_error"),
+        (
+            vec!["--bundle", missing.as_str(), "--json", "--from", "x"],
+            "usage_error",
+        ),
+        (
+            vec!["--json", "--data-dir", missing.as_str()],
+            "usage_error",
+        ),
     ] {
         let run = cli(&args);
         assert_eq!(run.code, 2, "{args:?}: {:?} {}", run.report, run.stderr);
         assert_eq!(run.report["ok"], false, "{args:?}: {:?}", run.report);
         assert_eq!(run.report["exit_code"], 2, "{args:?}");
-        assert_eq!(run.report["error"]["code"], code, "{args:?}: {:?}", run.report);
+        assert_eq!(
+            run.report["error"]["code"], code,
+            "{args:?}: {:?}",
+            run.report
+        );
         let message = run.report["error"]["message"].as_str().unwrap();
         assert!(!message.is_empty() && !message.contains('\n'), "{message}");
     }
@@ -806,7 +829,10 @@ fn an_unreachable_store_is_one_sentence_and_the_sdk_dump_goes_to_the_debug_log_w
             .env("ELEANOR_LEDGER_S3_BUCKET", "bucket")
             .env("ELEANOR_LEDGER_DDB_TABLE", "table")
             .env("ELEANOR_LEDGER_DDB_REGION", "us-east-1")
-            .env("ELEANOR_LEDGER_AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
+            .env(
+                "ELEANOR_LEDGER_AWS_ENDPOINT_URL",
+                format!("http://127.0.0.1:{port}"),
+            )
             .env("ELEANOR_LEDGER_REQUEST_TIMEOUT_MS", "2000")
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env("RUST_LOG", rust_log)
@@ -818,7 +844,9 @@ fn an_unreachable_store_is_one_sentence_and_the_sdk_dump_goes_to_the_debug_log_w
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     let sentence = one_sentence(&stderr);
     assert!(
-        sentence.starts_with("ledger-verify: ") && !sentence.contains('{') && !sentence.contains("Some("),
+        sentence.starts_with("ledger-verify: ")
+            && !sentence.contains('{')
+            && !sentence.contains("Some("),
         "{sentence}"
     );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -827,8 +855,14 @@ fn an_unreachable_store_is_one_sentence_and_the_sdk_dump_goes_to_the_debug_log_w
     // The full dump is in the debug log, and stderr (a pipe here) has no colour codes.
     let out = run("eleanor_ledger=debug");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("storage call failed") && stderr.contains("DispatchFailure"), "{stderr}");
-    assert!(!stderr.contains('\u{1b}'), "colour codes in a log that is no terminal: {stderr:?}");
+    assert!(
+        stderr.contains("storage call failed") && stderr.contains("DispatchFailure"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour codes in a log that is no terminal: {stderr:?}"
+    );
 }
 
 #[test]
@@ -841,13 +875,19 @@ fn ledger_init_on_a_fresh_data_dir_says_what_it_created() {
             .env_remove("ELEANOR_LEDGER_BACKEND")
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     };
     let first = init();
     assert!(
-        first.contains(&format!("embedded store at {}: created the directory", data.display()))
-            && first.contains("the store file ledger.redb")
+        first.contains(&format!(
+            "embedded store at {}: created the directory",
+            data.display()
+        )) && first.contains("the store file ledger.redb")
             && first.contains("done: changes made"),
         "{first}"
     );

@@ -22,9 +22,7 @@ use super::{AuditError, Report, usage};
 use crate::chain::checkpoint::{Checkpoint, ExportEnd, PublicKey};
 use crate::chain::entry::{LedgerId, decode};
 use crate::chain::hash::Hash;
-use crate::chain::verify::{
-    ChainVerifier, Evidence, FailureKind, Head, IndexClaim, check_entry,
-};
+use crate::chain::verify::{ChainVerifier, Evidence, FailureKind, Head, IndexClaim, check_entry};
 use crate::ledger::{ExportEntryLine, ExportLine, VerifyRange};
 
 /// Entries decoded and hashed per parallel batch.
@@ -58,10 +56,12 @@ struct ApiErrorFields {
 /// The sentence naming `path` as a saved API error answer, if it is one (compact on one line
 /// or pretty-printed over several).
 fn api_error(path: &Path, first_line: &str) -> Option<String> {
-    let body = serde_json::from_str::<ApiErrorBody>(first_line).ok().or_else(|| {
-        let bytes = std::fs::read(path).ok().filter(|b| b.len() <= 1 << 16)?;
-        serde_json::from_slice::<ApiErrorBody>(&bytes).ok()
-    })?;
+    let body = serde_json::from_str::<ApiErrorBody>(first_line)
+        .ok()
+        .or_else(|| {
+            let bytes = std::fs::read(path).ok().filter(|b| b.len() <= 1 << 16)?;
+            serde_json::from_slice::<ApiErrorBody>(&bytes).ok()
+        })?;
     Some(format!(
         "{} is an error answer of the API, not an export: {} ({}); export again once that is fixed",
         path.display(),
@@ -139,7 +139,7 @@ fn evidence_hash(evidence: &Evidence) -> Option<Hash> {
 /// Verifies an export file, streaming: memory is bounded by one batch of lines.
 pub(super) fn verify_bundle(
     path: &Path,
-    given: Option<LedgerId>,
+    ledger: Option<LedgerId>,
     range: VerifyRange,
     start_from: Option<&Checkpoint>,
     keys: &[PublicKey],
@@ -148,7 +148,7 @@ pub(super) fn verify_bundle(
     let max_failures = flags.max_failures;
     let shown = path.display().to_string();
     let mut lines = open_lines(path)?;
-    let mut ledger = given.clone();
+    let mut ledger = ledger;
     // Whether a line of the bundle has named its ledger yet (checked against `--ledger`).
     let mut named = false;
     let mut checkpoints: Vec<Checkpoint> = Vec::new();
@@ -615,8 +615,7 @@ pub(super) fn bundle_entry(path: &Path, seq: u64) -> Result<Option<Vec<u8>>, Aud
     let shown = path.display();
     for (_, line) in open_lines(path)? {
         let line = line.map_err(|e| usage(format!("--bundle {shown}: {e}")))?;
-        if line.trim().is_empty() || ExportLine::is_checkpoint(&line) || ExportLine::is_end(&line)
-        {
+        if line.trim().is_empty() || ExportLine::is_checkpoint(&line) || ExportLine::is_end(&line) {
             continue;
         }
         let entry: ExportEntryLine =

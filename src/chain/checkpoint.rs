@@ -643,14 +643,27 @@ mod tests {
         assert_eq!(serde_json::from_slice::<ExportEnd>(&json).unwrap(), end);
         end.verify_trusted(&[s.public_key().clone()]).unwrap();
         for forged in [
-            ExportEnd { to: 4, ..end.clone() },
-            ExportEnd { from: 1, ..end.clone() },
-            ExportEnd { head_seq: 10, ..end.clone() },
+            ExportEnd {
+                to: 4,
+                ..end.clone()
+            },
+            ExportEnd {
+                from: 1,
+                ..end.clone()
+            },
+            ExportEnd {
+                head_seq: 10,
+                ..end.clone()
+            },
         ] {
             assert!(forged.verify_trusted(&[s.public_key().clone()]).is_err());
         }
         let unsigned = ExportEnd::unsigned(end_body());
-        assert!(!String::from_utf8(serde_json::to_vec(&unsigned).unwrap()).unwrap().contains("signature"));
+        assert!(
+            !String::from_utf8(serde_json::to_vec(&unsigned).unwrap())
+                .unwrap()
+                .contains("signature")
+        );
         assert!(unsigned.verify_trusted(&[s.public_key().clone()]).is_err());
         // An end line's signature is no checkpoint's signature, and the other way round.
         let cp = s.sign_checkpoint(body());
@@ -667,7 +680,10 @@ mod tests {
         let text = String::from_utf8(s.sign_checkpoint(body()).to_json()).unwrap();
         let v2 = text.replacen(r#"{"v":1,"#, r#"{"v":2,"#, 1);
         assert!(Checkpoint::from_json(v2.as_bytes()).is_err());
-        let end = ExportEnd { v: 2, ..s.sign_export_end(end_body()) };
+        let end = ExportEnd {
+            v: 2,
+            ..s.sign_export_end(end_body())
+        };
         assert!(end.check_form().is_err());
     }
 

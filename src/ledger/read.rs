@@ -8,9 +8,9 @@ use futures::{StreamExt, TryStreamExt, stream};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{Ledger, LedgerError};
 use super::VerifyRange;
 use super::commit::now;
+use super::{Ledger, LedgerError};
 use crate::chain::checkpoint::{Checkpoint, ExportEnd, ExportEndBody};
 use crate::chain::entry::{IdempotencyKey, LedgerId, MAX_SEQ, Timestamp, decode};
 use crate::chain::hash::Hash;
@@ -408,7 +408,11 @@ impl Ledger {
     /// verification): its entries page by page, for offline verification, and the end line
     /// that follows them, signed when the service has a key. Memory stays bounded by one page
     /// whatever the range.
-    pub async fn export(&self, ledger: &LedgerId, range: VerifyRange) -> Result<Export, LedgerError> {
+    pub async fn export(
+        &self,
+        ledger: &LedgerId,
+        range: VerifyRange,
+    ) -> Result<Export, LedgerError> {
         if range.from == Some(0) {
             return Err(LedgerError::InvalidRange("from starts at 1".into()));
         }

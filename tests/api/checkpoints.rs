@@ -248,7 +248,10 @@ async fn an_export_carries_its_checkpoint_and_verifies_offline_in_rust_and_pytho
     // A range below the checkpoint leaves it out: five entry lines and the end line.
     let (_, short) = get_text(&app, "/v1/ledgers/ex/export?to=5").await;
     assert_eq!(short.lines().count(), 6);
-    assert!(short.lines().last().unwrap().starts_with(r#"{"end":"#), "{short}");
+    assert!(
+        short.lines().last().unwrap().starts_with(r#"{"end":"#),
+        "{short}"
+    );
     let dir = app.stop().await;
 
     let bundle = dir.path().join("ex.jsonl");

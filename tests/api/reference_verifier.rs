@@ -61,7 +61,10 @@ fn parse_export(ndjson: &str) -> Vec<Line> {
 /// The export's end line.
 fn end_line(ndjson: &str) -> String {
     let last = ndjson.lines().last().expect("a non-empty export");
-    assert!(last.starts_with(r#"{"end":"#), "the last line is the end line: {last}");
+    assert!(
+        last.starts_with(r#"{"end":"#),
+        "the last line is the end line: {last}"
+    );
     format!("{last}\n")
 }
 
@@ -332,7 +335,7 @@ struct Said {
     report: Value,
 }
 
-fn said(out: std::process::Output) -> Said {
+fn said(out: &std::process::Output) -> Said {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
         panic!(
@@ -344,7 +347,12 @@ fn said(out: std::process::Output) -> Said {
         .as_array()
         .map(|fs| {
             fs.iter()
-                .map(|f| (f["seq"].as_u64().unwrap(), f["kind"].as_str().unwrap().to_owned()))
+                .map(|f| {
+                    (
+                        f["seq"].as_u64().unwrap(),
+                        f["kind"].as_str().unwrap().to_owned(),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -359,7 +367,7 @@ fn said(out: std::process::Output) -> Said {
 /// extra flags; both must agree on the exit code and the failures, which are returned.
 fn both_on(file: &Path, extra: &[&str]) -> (i32, Failures, Value, Value) {
     let rust = said(
-        Command::new(env!("CARGO_BIN_EXE_ledger-verify"))
+        &Command::new(env!("CARGO_BIN_EXE_ledger-verify"))
             .args(["--bundle", file.to_str().unwrap(), "--json"])
             .args(extra)
             .output()
@@ -367,7 +375,7 @@ fn both_on(file: &Path, extra: &[&str]) -> (i32, Failures, Value, Value) {
     );
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/verify_chain.py");
     let python = said(
-        Command::new(python3())
+        &Command::new(python3())
             .arg(script)
             .args(["--ledger", LEDGER, "--json", "--jsonl"])
             .arg(file)
@@ -410,7 +418,10 @@ async fn a_cut_or_emptied_export_fails_both_verifiers_and_one_without_an_end_lin
     // Whole, and ranged (its first prev_hash the anchor): both verify, the end attested.
     let (code, found, rust, python) = both_on(&write("whole.jsonl", &export), &[]);
     assert_eq!((code, found), (0, Failures::new()));
-    assert_eq!((&rust["end_attested"], &python["end_attested"]), (&Value::Bool(true), &Value::Bool(true)));
+    assert_eq!(
+        (&rust["end_attested"], &python["end_attested"]),
+        (&Value::Bool(true), &Value::Bool(true))
+    );
     assert_eq!(rust["head"]["seq"], 30, "{rust}");
     let (code, found, ..) = both_on(&write("ranged.jsonl", &ranged), &[]);
     assert_eq!((code, found), (0, Failures::new()));
@@ -430,7 +441,10 @@ async fn a_cut_or_emptied_export_fails_both_verifiers_and_one_without_an_end_lin
     // Emptied: no entry lines. Accepted with --allow-empty only for a ledger that was empty.
     let (code, found, ..) = both_on(&write("emptied.jsonl", &end), &[]);
     assert_eq!(code, 1);
-    assert!(found.contains(&(1, "missing_entry".to_owned())), "{found:?}");
+    assert!(
+        found.contains(&(1, "missing_entry".to_owned())),
+        "{found:?}"
+    );
 
     // The last entry replaced by another well-formed one: the end line's last_hash catches it.
     let mut swapped = lines.clone();
@@ -458,15 +472,28 @@ async fn a_cut_or_emptied_export_fails_both_verifiers_and_one_without_an_end_lin
     assert_eq!((code, found), (1, failures(&[(31, "end_mismatch")])));
     let (code, found, rust, python) = both_on(&old, &["--allow-unattested-end"]);
     assert_eq!((code, found), (0, Failures::new()));
-    assert_eq!((&rust["end_attested"], &python["end_attested"]), (&Value::Bool(false), &Value::Bool(false)));
+    assert_eq!(
+        (&rust["end_attested"], &python["end_attested"]),
+        (&Value::Bool(false), &Value::Bool(false))
+    );
     for report in [&rust, &python] {
         assert!(
-            report["notes"].as_array().unwrap().iter().any(|n| n.as_str().unwrap().contains("unattested")),
+            report["notes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n.as_str().unwrap().contains("unattested")),
             "{report}"
         );
     }
 
     // A line after the end line is refused as no export (exit 2) by both.
-    let (code, ..) = both_on(&write("after.jsonl", &format!("{export}{}", to_ndjson(&lines[..1], ""))), &[]);
+    let (code, ..) = both_on(
+        &write(
+            "after.jsonl",
+            &format!("{export}{}", to_ndjson(&lines[..1], "")),
+        ),
+        &[],
+    );
     assert_eq!(code, 2);
 }

@@ -384,7 +384,10 @@ mod tests {
             !text.contains('{') && !text.contains("Some(") && !text.contains('\n'),
             "{text}"
         );
-        assert!(text.contains("refused") || text.contains("connect"), "{text}");
+        assert!(
+            text.contains("refused") || text.contains("connect"),
+            "{text}"
+        );
         let err = stores.objects.check().await.unwrap_err();
         assert!(
             matches!(
