@@ -7,6 +7,7 @@ ledger with a tool that shares nothing with the service that wrote it.
 Usage:
     verify_chain.py --ledger ID --dir DIR    [--head-seq N --head-hash H] [--public-key HEX] [--json]
     verify_chain.py --ledger ID --jsonl FILE [--head-seq N --head-hash H] [--public-key HEX] [--json]
+                    [--allow-empty] [--allow-unattested-end]
 
 Input (one of):
   --dir DIR     A directory with one file per entry, named {seq:018}.json, holding the entry's
@@ -21,6 +22,19 @@ Input (one of):
                 present: "entry_hash", "prev_hash", "timestamp". A line without "stored" stands
                 for an index item whose entry object is missing. Blank lines are skipped.
                 A line {"checkpoint": {...}} (an export's first line) is a signed checkpoint.
+                A line {"end": {...}} is an export's end line, and must be its last line: the
+                entry lines must run exactly from its "from" to its "to", the last one hashing
+                to its "last_hash" (else missing_entry or end_mismatch), and with --public-key
+                its signature must verify (bad_signature). The walk then starts at the first
+                entry line, whose prev_hash is taken as the hash of the seq before it unless a
+                checkpoint line vouches for that seq. A file without an end line (an export made
+                before end lines existed, or one cut short) fails with end_mismatch unless
+                --allow-unattested-end; a file with no entry lines fails unless --allow-empty.
+                A saved API error answer ({"error": {...}}) is named as such (exit status 2).
+
+With --jsonl, --ledger must be the ledger the file holds: when the first line naming a ledger (a
+checkpoint, an entry, an end line) names another, that is a usage error (exit status 2). (In a
+--dir copy of storage, entries of another ledger are malformed_entry, as in storage.)
 
 Each checkpoint, from either source: the stored entry at its seq must hash to its last_hash
 (checkpoint_mismatch), and with --public-key its Ed25519 signature must verify (bad_signature).
@@ -57,6 +71,7 @@ import sys
 
 HASH_DOMAIN = b"eleanor-ledger/entry/v1\x00"
 CHECKPOINT_DOMAIN = b"eleanor-ledger/checkpoint/v1\x00"
+EXPORT_END_DOMAIN = b"eleanor-ledger/export-end/v1\x00"
 GENESIS = "0" * 64
 MAX_SEQ = 999_999_999_999_999_999
 MAX_DEPTH = 127
@@ -250,6 +265,26 @@ def checkpoint_signed_bytes(cp):
     ).encode("ascii")
 
 
+def export_end_signed_bytes(end):
+    """The bytes an export end line's signature covers (docs/FORMAT.md, "Exports")."""
+    return EXPORT_END_DOMAIN + (
+        f'{{"ledger_id":"{end["ledger_id"]}","from":{end["from"]},"to":{end["to"]},'
+        f'"last_hash":"{end["last_hash"]}","head_seq":{end["head_seq"]},'
+        f'"head_hash":"{end["head_hash"]}","timestamp":"{end["timestamp"]}"}}'
+    ).encode("ascii")
+
+
+def check_signature(keys, key_id, signature, message):
+    """None if the signature verifies with the trusted key key_id names, else why not."""
+    key = keys.get(key_id)
+    if key is None:
+        return f"signed with key {key_id}, which is not a trusted key"
+    public, verify_fn = key
+    if not verify_fn(public, bytes.fromhex(signature), message):
+        return f"the signature does not verify with key {key_id}"
+    return None
+
+
 def ed25519_verifier():
     """Returns verify(public_key_bytes, signature_bytes, message) -> bool, and the library name."""
     try:
@@ -286,8 +321,10 @@ def ed25519_verifier():
     )
 
 
-def check_checkpoints(ledger_id, checkpoints, hashes, last, keys, failures):
-    """keys: {key_id: (public_key_bytes, verify_fn)}, or None when signatures are not checked."""
+def check_checkpoints(ledger_id, checkpoints, hashes, last, keys, failures, start=1, notes=None):
+    """keys: {key_id: (public_key_bytes, verify_fn)}, or None when signatures are not checked.
+    A checkpoint before start (the first seq walked) is not compared with an entry (the one at
+    start - 1 is the walk's first link)."""
     for cp in checkpoints:
         if "broken" in cp:
             failures.append((cp["stored_at"], "checkpoint_mismatch", cp["broken"]))
@@ -301,13 +338,12 @@ def check_checkpoints(ledger_id, checkpoints, hashes, last, keys, failures):
             failures.append((seq, "checkpoint_mismatch", f"the checkpoint is for ledger {cp['ledger_id']!r}"))
             continue
         if keys is not None:
-            key = keys.get(cp["key_id"])
-            if key is None:
-                failures.append((seq, "bad_signature", f"signed with key {cp['key_id']}, which is not a trusted key"))
-            else:
-                public, verify_fn = key
-                if not verify_fn(public, bytes.fromhex(cp["signature"]), checkpoint_signed_bytes(cp)):
-                    failures.append((seq, "bad_signature", "the checkpoint's signature does not verify"))
+            why = check_signature(keys, cp["key_id"], cp["signature"], checkpoint_signed_bytes(cp))
+            if why is not None:
+                failures.append((seq, "bad_signature", f"checkpoint: {why}"))
+        if seq < start:
+            notes.append(f"the checkpoint at seq {seq} is outside the verified range and was not compared")
+            continue
         if seq > last:
             failures.append((seq, "checkpoint_mismatch", f"the checkpoint vouches for seq {seq} but the chain ends at {last}"))
         elif hashes.get(seq) != cp["last_hash"]:
@@ -323,22 +359,38 @@ def missing_run(first, last):
     return (first, "missing_entry", f"no entry is stored for seqs {first}..={last} ({last - first + 1} seqs)")
 
 
-def verify(ledger_id, stored, claims, head, checkpoints=(), keys=None):
+def verify(ledger_id, stored, claims, head, checkpoints=(), keys=None, end=None, flags=None):
     """Walks seqs 1..M (a run with nothing stored or claimed in one step). stored: {seq: bytes};
-    claims: {seq: {field: value}}; head: (seq, hash)."""
+    claims: {seq: {field: value}}; head: (seq, hash); end: an export's end line (the walk then
+    starts at the first entry line); flags: {"allow_empty", "allow_unattested_end"} for an
+    export (None for a directory)."""
     failures = []
+    notes = []
     checkpoint_seqs = {cp["seq"] for cp in checkpoints if "seq" in cp}
     hashes = {}
     verified = 0
     last = max([0, *stored.keys(), *claims.keys(), head[0] if head else 0])
+    given = sorted(seq for seq in set(stored) | set(claims) if seq >= 1)
+    start = 1
     prev = GENESIS  # the hash entry `seq` must link to; None when unknown
+    if end is not None and given and given[0] > 1:
+        # A ranged export: the first entry's prev_hash stands for the hash of the seq before
+        # it, unless a checkpoint line vouches for that seq.
+        start = given[0]
+        anchors = [cp["last_hash"] for cp in checkpoints if cp.get("seq") == start - 1]
+        prev = anchors[0] if anchors else None
+        if prev is None:
+            notes.append(
+                f"the walk starts at seq {start} with no trusted hash of seq {start - 1}: "
+                "the first entry's prev_hash is taken as that hash, unchecked"
+            )
     # Each idempotency key seen -> the first verified seq with it. The key itself (at most 255
     # bytes): a reference verifier keeps the plainest check; the service keeps a digest.
     first_with_key = {}
     # Only seqs with something stored or claimed are visited; a run of seqs with nothing at all
     # is one failure (one stray file at seq 10**12 must not make the walk count to it).
-    known = sorted(seq for seq in set(stored) | set(claims) if seq >= 1)
-    expected = 1
+    known = given
+    expected = start
     for seq in known:
         if seq > expected:
             failures.append(missing_run(expected, seq - 1))
@@ -353,6 +405,8 @@ def verify(ledger_id, stored, claims, head, checkpoints=(), keys=None):
         digest = entry_hash(data)
         if seq in checkpoint_seqs:
             hashes[seq] = digest
+        if seq == last:
+            hashes["last"] = digest
         try:
             found_ledger, found_seq, prev_hash, timestamp, key = decode_entry(data)
             if found_seq != seq:
@@ -395,9 +449,33 @@ def verify(ledger_id, stored, claims, head, checkpoints=(), keys=None):
             failures.append(
                 (head_seq, "head_mismatch", f"the head's last_hash is {head_hash} but entry {last} hashes to {prev}")
             )
-    check_checkpoints(ledger_id, checkpoints, hashes, last, keys, failures)
+    check_checkpoints(ledger_id, checkpoints, hashes, last, keys, failures, start, notes)
+    end_attested = None
+    if flags is not None:
+        if not given and not flags["allow_empty"]:
+            failures.append(
+                (end["from"] if end else 1, "missing_entry",
+                 "the bundle holds no entries (an empty export is accepted only with --allow-empty)")
+            )
+        if end is not None:
+            check_end(ledger_id, end, given, stored, hashes.get("last"), keys, failures, notes)
+            end_attested = True
+        else:
+            after = given[-1] if given else 0
+            if flags["allow_unattested_end"]:
+                notes.append(
+                    "the bundle has no end line (an export made before end lines existed): its end is "
+                    f"unattested, and entries after seq {after} may have been cut off"
+                )
+            else:
+                failures.append(
+                    (after + 1, "end_mismatch",
+                     f"the bundle has no end line, so it may have been cut short after seq {after}; "
+                     "an export made before end lines existed is checked with --allow-unattested-end")
+                )
+            end_attested = False
     failures.sort(key=lambda f: f[0])
-    return {
+    report = {
         "ok": not failures,
         "ledger_id": ledger_id,
         "verified": verified,
@@ -405,7 +483,78 @@ def verify(ledger_id, stored, claims, head, checkpoints=(), keys=None):
         "failures": [{"seq": s, "kind": k, "detail": d} for s, k, d in failures],
         "checkpoints_checked": len(checkpoints),
         "signatures_checked": keys is not None,
+        "notes": notes,
     }
+    if end_attested is not None:
+        report["end_attested"] = end_attested
+    if end is not None:
+        report["head"] = {"seq": end["head_seq"], "last_hash": end["head_hash"]}
+    return report
+
+
+def check_end(ledger_id, end, given, stored, last_digest, keys, failures, notes):
+    """An export's end line must describe the entry lines: docs/FORMAT.md, "Exports"."""
+    at = max(end["to"], 1)
+    if end["v"] != 1:
+        failures.append((at, "end_mismatch", f"unknown end line version {end['v']!r}"))
+        return
+    if end["from"] == 0 or end["to"] > end["head_seq"] or end["from"] > end["to"] + 1:
+        failures.append(
+            (at, "end_mismatch", f"the end line's range {end['from']}..={end['to']} does not fit its head seq {end['head_seq']}")
+        )
+        return
+    if ("key_id" in end) != ("signature" in end):
+        failures.append((at, "end_mismatch", "the end line has a key_id without a signature, or the other way round"))
+        return
+    if end["ledger_id"] != ledger_id:
+        failures.append((at, "end_mismatch", f"the end line is for ledger {end['ledger_id']}"))
+        return
+    if keys is not None:
+        if "key_id" not in end:
+            failures.append((at, "bad_signature", "end line: the end line is not signed (the service had no signing key)"))
+        else:
+            why = check_signature(keys, end["key_id"], end["signature"], export_end_signed_bytes(end))
+            if why is not None:
+                failures.append((at, "bad_signature", f"end line: {why}"))
+    empty = end["to"] + 1 == end["from"]
+    if not given:
+        if not empty:
+            failures.append(
+                (end["from"], "missing_entry",
+                 f"the end line says the export holds seqs {end['from']}..={end['to']}, but the bundle holds no entries")
+            )
+    else:
+        first, last = given[0], given[-1]
+        if first > end["from"]:
+            failures.append(
+                (end["from"], "missing_entry",
+                 f"the end line says the export starts at seq {end['from']}, but the bundle's first entry is seq {first}")
+            )
+        elif first < end["from"]:
+            failures.append(
+                (first, "end_mismatch",
+                 f"the end line says the export starts at seq {end['from']}, but the bundle's first entry is seq {first}")
+            )
+        if last < end["to"]:
+            failures.append(
+                (last + 1, "missing_entry",
+                 f"the end line says the export runs to seq {end['to']}, but the bundle ends at seq {last}: it was cut short")
+            )
+        elif last > end["to"]:
+            failures.append(
+                (last, "end_mismatch", f"the end line says the export runs to seq {end['to']}, but the bundle holds seq {last}")
+            )
+        elif last in stored and last_digest != end["last_hash"]:
+            failures.append(
+                (last, "end_mismatch",
+                 f"the end line says entry {last} hashes to {end['last_hash']}, but the bundle's entry hashes to {last_digest}")
+            )
+    if end["to"] < end["head_seq"]:
+        notes.append(
+            f"the export holds seqs {end['from']}..={end['to']}; the ledger's head was seq {end['head_seq']} when it was cut"
+        )
+    if "key_id" not in end:
+        notes.append("the end line is not signed (the service had no signing key)")
 
 
 # ---- Reading input -------------------------------------------------------------------------
@@ -478,25 +627,104 @@ def parse_checkpoint(where, cp):
     return cp
 
 
+END_FIELDS = ["v", "ledger_id", "from", "to", "last_hash", "head_seq", "head_hash", "timestamp"]
+END_SIGNATURE_FIELDS = ["key_id", "signature"]
+
+
+def parse_end(where, end):
+    """An export's end line's fields, checked for type; its consistency is check_end's."""
+    if not isinstance(end, dict) or not set(END_FIELDS) <= set(end) <= set(END_FIELDS + END_SIGNATURE_FIELDS):
+        raise UsageError(f"{where}: an end line has exactly the fields {END_FIELDS}, and key_id and signature when signed")
+    ok = (
+        type(end["v"]) is int
+        and isinstance(end["ledger_id"], str) and LEDGER_ID_RE.fullmatch(end["ledger_id"])
+        and all(type(end[f]) is int and 0 <= end[f] <= MAX_SEQ for f in ("from", "to", "head_seq"))
+        and all(isinstance(end[f], str) and HASH_RE.fullmatch(end[f]) for f in ("last_hash", "head_hash"))
+        and ("key_id" not in end or (isinstance(end["key_id"], str) and HASH_RE.fullmatch(end["key_id"])))
+        and ("signature" not in end or (isinstance(end["signature"], str) and SIGNATURE_RE.fullmatch(end["signature"])))
+        and isinstance(end["timestamp"], str)
+    )
+    if not ok:
+        raise UsageError(f"{where}: an end line field is malformed")
+    try:
+        parse_timestamp(end["timestamp"])
+    except Malformed as e:
+        raise UsageError(f"{where}: {e}") from None
+    return end
+
+
+def api_error(path, line, raw_file):
+    """The sentence naming path as a saved API error answer, if it is one."""
+    for candidate in (line, raw_file):
+        try:
+            body = json.loads(candidate) if candidate is not None else None
+        except ValueError:
+            continue
+        if (
+            isinstance(body, dict) and set(body) == {"error"} and isinstance(body["error"], dict)
+            and isinstance(body["error"].get("code"), str) and isinstance(body["error"].get("message"), str)
+        ):
+            message = body["error"]["message"].rstrip(".")
+            return (
+                f"{path} is an error answer of the API, not an export: {body['error']['code']} ({message}); "
+                "export again once that is fixed"
+            )
+    return None
+
+
+def entry_ledger(data):
+    """The ledger an entry's bytes name, None when they do not decode."""
+    try:
+        return decode_entry(data)[0]
+    except Malformed:
+        return None
+
+
 def read_jsonl(path):
+    """Returns (stored, claims, checkpoints, end, named): named is the ledger the first line
+    naming one names (None when none does)."""
     try:
         f = sys.stdin.buffer if path == "-" else open(path, "rb")
     except OSError as e:
         raise UsageError(f"cannot read {path}: {e.strerror}") from None
     stored, claims, checkpoints = {}, {}, []
+    end = None
+    named = None
+    seen = 0
     with f:
         for number, raw in enumerate(f, 1):
             if not raw.strip():
                 continue
+            seen += 1
             where = f"{path}:{number}"
+            if end is not None:
+                raise UsageError(f"{where}: a line after the end line; an export ends with its end line")
             try:
                 line = json.loads(raw)
             except ValueError as e:
+                if seen == 1:
+                    whole = None
+                    if path != "-" and os.path.getsize(path) <= 1 << 16:
+                        with open(path, "rb") as again:
+                            whole = again.read()
+                    sentence = api_error(path, None, whole)
+                    if sentence:
+                        raise UsageError(sentence) from None
                 raise UsageError(f"{where}: not JSON ({e})") from None
+            if seen == 1:
+                sentence = api_error(path, raw, None)
+                if sentence:
+                    raise UsageError(sentence)
             if not isinstance(line, dict):
                 raise UsageError(f"{where}: not a JSON object")
             if set(line) == {"checkpoint"}:
-                checkpoints.append(parse_checkpoint(where, line["checkpoint"]))
+                cp = parse_checkpoint(where, line["checkpoint"])
+                named = named or cp["ledger_id"]
+                checkpoints.append(cp)
+                continue
+            if set(line) == {"end"}:
+                end = parse_end(where, line["end"])
+                named = named or end["ledger_id"]
                 continue
             unknown = set(line) - {"seq", "stored", "entry_hash", "prev_hash", "timestamp"}
             if unknown:
@@ -511,6 +739,7 @@ def read_jsonl(path):
                     stored[seq] = base64.b64decode(line["stored"], validate=True)
                 except (binascii.Error, TypeError, ValueError):
                     raise UsageError(f"{where}: stored must be standard base64") from None
+                named = named or entry_ledger(stored[seq])
             claim = {}
             for field in ("entry_hash", "prev_hash"):
                 if field in line:
@@ -525,7 +754,7 @@ def read_jsonl(path):
             if seq not in stored and not claim:
                 raise UsageError(f"{where}: a line needs stored bytes or an index claim")
             claims[seq] = claim
-    return stored, claims, checkpoints
+    return stored, claims, checkpoints, end, named
 
 
 def main(argv=None):
@@ -544,7 +773,13 @@ def main(argv=None):
         "--public-key",
         action="append",
         default=[],
-        help="trusted Ed25519 public key (64 hex) for checkpoint signatures; repeatable; needs `cryptography` or `pynacl`",
+        help="trusted Ed25519 public key (64 hex) for checkpoint and end line signatures; repeatable; needs `cryptography` or `pynacl`",
+    )
+    parser.add_argument("--allow-empty", action="store_true", help="with --jsonl: a file with no entries is no failure")
+    parser.add_argument(
+        "--allow-unattested-end",
+        action="store_true",
+        help="with --jsonl: a file without an end line (an export made before end lines existed) is no failure; the report says its end is unattested",
     )
     args = parser.parse_args(argv)
 
@@ -570,23 +805,44 @@ def main(argv=None):
                     raise UsageError("--public-key must be 64 hex characters")
                 public = bytes.fromhex(text.strip())
                 keys[hashlib.sha256(public).hexdigest()] = (public, verify_fn)
-        stored, claims, checkpoints = read_dir(args.dir) if args.dir is not None else read_jsonl(args.jsonl)
+        if args.dir is not None and (args.allow_empty or args.allow_unattested_end):
+            raise UsageError("--allow-empty and --allow-unattested-end go with --jsonl")
+        end, flags = None, None
+        if args.dir is not None:
+            # A copy of a ledger's objects: entries of another ledger are malformed entries
+            # (docs/FORMAT.md, section 5), as in storage.
+            stored, claims, checkpoints = read_dir(args.dir)
+            named = None
+        else:
+            stored, claims, checkpoints, end, named = read_jsonl(args.jsonl)
+            flags = {"allow_empty": args.allow_empty, "allow_unattested_end": args.allow_unattested_end}
+        if named is not None and named != args.ledger:
+            raise UsageError(f"--ledger {args.ledger} does not match the bundle {args.jsonl}, which is an export of ledger {named}")
     except (UsageError, OSError) as e:
+        if args.json:
+            print(json.dumps({"ok": False, "exit_code": 2, "error": {"code": "usage_error", "message": str(e)}}, indent=2))
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    report = verify(args.ledger, stored, claims, head, checkpoints, keys)
+    report = verify(args.ledger, stored, claims, head, checkpoints, keys, end, flags)
     if args.json:
         print(json.dumps(report, indent=2))
     elif report["ok"]:
         print(f"OK: ledger {args.ledger}: {report['verified']} entries verified, last hash {report['last_hash']}")
+        signed = "signature checked" if keys is not None else "signature NOT checked (no --public-key)"
         if checkpoints:
-            signed = "signature checked" if keys is not None else "signature NOT checked (no --public-key)"
             print(f"  {len(checkpoints)} checkpoint(s) match the chain; {signed}")
+        if end is not None:
+            print(f"  the end line matches the file (head seq {end['head_seq']}); {signed}")
     else:
         print(f"FAILED: ledger {args.ledger}: {len(report['failures'])} failure(s), {report['verified']} entries checked")
         for f in report["failures"]:
             print(f"  seq {f['seq']}: {f['kind']}: {f['detail']}")
+    if not args.json:
+        if report.get("end_attested") is False:
+            print("end: UNATTESTED (the file has no end line)")
+        for note in report["notes"]:
+            print(f"note: {note}")
     return 0 if report["ok"] else 1
 
 

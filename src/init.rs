@@ -95,6 +95,11 @@ pub async fn run(args: InitArgs) -> Result<String, InitError> {
         storage.s3_bucket = Some(UNSET_BUCKET.into());
     }
     let config = storage.backend_config(Duration::from_secs(30))?;
+    // What a fresh data directory lacks, to say what opening it created.
+    let local_before = match &config {
+        BackendConfig::Local { data_dir } => Some(LocalFiles::of(data_dir)),
+        BackendConfig::Aws(_) => None,
+    };
     match &config {
         BackendConfig::Local { .. } => {}
         BackendConfig::Aws(settings) => {
@@ -120,10 +125,23 @@ pub async fn run(args: InitArgs) -> Result<String, InitError> {
             e @ OpenError::InvalidSettings(_) => InitError::Config(ConfigError(e.to_string())),
             e @ (OpenError::InUse(_) | OpenError::Io { .. }) => InitError::NotUsable(e.to_string()),
         })?;
-    if let BackendConfig::Local { data_dir } = &config {
+    if let (BackendConfig::Local { data_dir }, Some(before)) = (&config, local_before) {
+        let created = before.created_by_open(data_dir);
+        changed |= !created.is_empty();
         line(
             &mut report,
-            format!("embedded store at {}: ready", data_dir.display()),
+            if created.is_empty() {
+                format!(
+                    "embedded store at {}: already present, ready",
+                    data_dir.display()
+                )
+            } else {
+                format!(
+                    "embedded store at {}: created {}",
+                    data_dir.display(),
+                    created.join(", ")
+                )
+            },
         );
     }
     if args.init_meta {
@@ -138,6 +156,45 @@ pub async fn run(args: InitArgs) -> Result<String, InitError> {
         },
     );
     Ok(report)
+}
+
+/// Which parts of an embedded store exist in a data directory.
+struct LocalFiles {
+    dir: bool,
+    db_file: bool,
+    keys_dir: bool,
+}
+
+impl LocalFiles {
+    fn of(data_dir: &std::path::Path) -> LocalFiles {
+        LocalFiles {
+            dir: data_dir.is_dir(),
+            db_file: data_dir.join(store::local::DB_FILE).is_file(),
+            keys_dir: data_dir.join(store::local::KEYS_DIR).is_dir(),
+        }
+    }
+
+    /// What exists now that did not before (`self`), named for the report.
+    fn created_by_open(&self, data_dir: &std::path::Path) -> Vec<String> {
+        let now = LocalFiles::of(data_dir);
+        let mut created = Vec::new();
+        if now.dir && !self.dir {
+            created.push("the directory".to_owned());
+        }
+        if now.db_file && !self.db_file {
+            created.push(format!(
+                "the store file {} (entries, index and heads)",
+                store::local::DB_FILE
+            ));
+        }
+        if now.keys_dir && !self.keys_dir {
+            created.push(format!(
+                "the idempotency key index {}/",
+                store::local::KEYS_DIR
+            ));
+        }
+        created
+    }
 }
 
 fn line(report: &mut String, text: impl std::fmt::Display) {

@@ -327,13 +327,24 @@ impl Api {
             .await
     }
 
+    /// The export's entry lines; its last line must be the end line stating as many.
     async fn export(&self, ledger: &str) -> Vec<ExportLine> {
         let response = self.get(&format!("/v1/ledgers/{ledger}/export")).await;
         assert_eq!(response.status(), StatusCode::OK);
         let text = response.text().await.unwrap();
-        text.lines()
+        let entries: Vec<ExportLine> = text
+            .lines()
+            .filter(|l| l.starts_with(r#"{"seq""#))
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("export line ({e}): {l}")))
-            .collect()
+            .collect();
+        let end: serde_json::Value =
+            serde_json::from_str(text.lines().last().expect("an end line")).unwrap();
+        assert_eq!(
+            end["end"]["to"],
+            entries.last().map_or(0, |e| e.seq),
+            "{end}"
+        );
+        entries
     }
 
     async fn metrics(&self) -> Metrics {

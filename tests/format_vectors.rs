@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use eleanor_ledger::chain::checkpoint::{CheckpointBody, ExportEndBody, PublicKey, Signer};
 use eleanor_ledger::chain::entry::{
     EntryHeader, IdempotencyKey, InvalidRecord, LedgerId, MAX_SEQ, Record, Timestamp, decode,
     encode,
@@ -18,10 +19,22 @@ use eleanor_ledger::chain::entry::{
 use eleanor_ledger::chain::hash::{ENTRY_HASH_DOMAIN, Hash};
 use eleanor_ledger::chain::keys::entry_key;
 use eleanor_ledger::chain::verify::{ChainVerifier, Evidence, Head, IndexClaim, check_entry};
+use eleanor_ledger::ledger::{ExportCheckpointLine, ExportEndLine, ExportEntryLine, ExportLine};
 use serde::{Deserialize, Serialize};
 
 /// The ledger whose entries form the committed chain (`chain.jsonl` and `chain/`).
 const CHAIN_LEDGER: &str = "audit-demo";
+
+/// RFC 8032 test 1's seed: signs the checkpoint and end line of `export.jsonl`.
+const EXPORT_SEED: &str = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60";
+/// Its public key, as docs/FORMAT.md gives it.
+const EXPORT_PUBLIC_KEY: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+/// The seq of `export.jsonl`'s checkpoint line.
+const EXPORT_CHECKPOINT_SEQ: u64 = 6;
+
+fn export_signer() -> Signer {
+    Signer::from_key_file_bytes(EXPORT_SEED.as_bytes()).expect("the RFC 8032 test seed")
+}
 
 /// How an entry's `prev_hash` is chosen.
 enum Prev {
@@ -649,11 +662,82 @@ fn generate() -> BTreeMap<String, Vec<u8>> {
         files.insert(format!("chain/{:018}.json", e.seq), stored);
     }
     files.insert("chain.jsonl".into(), jsonl.into_bytes());
+    files.insert("export.jsonl".into(), export_jsonl(&chain));
     let file = VectorFile { entries, ..file };
     let mut json = serde_json::to_string_pretty(&file).expect("serialisable");
     json.push('\n');
     files.insert("vectors.json".into(), json.into_bytes());
     files
+}
+
+/// The chain as the export writes it now: the checkpoint of seq 6, the entry lines and the
+/// end line, signed with [`EXPORT_SEED`], serialised by the export's own line type.
+fn export_jsonl(chain: &[&EntryVector]) -> Vec<u8> {
+    let signer = export_signer();
+    let ledger = LedgerId::parse(CHAIN_LEDGER).expect("a valid ledger id");
+    let hash = |e: &EntryVector| e.entry_hash.parse::<Hash>().expect("hash");
+    let at_checkpoint = chain
+        .iter()
+        .find(|e| e.seq == EXPORT_CHECKPOINT_SEQ)
+        .expect("the chain has the checkpoint's seq");
+    let last = chain.last().expect("a chain");
+    let mut out = ExportLine::Checkpoint(ExportCheckpointLine {
+        checkpoint: signer.sign_checkpoint(CheckpointBody {
+            ledger_id: ledger.clone(),
+            seq: EXPORT_CHECKPOINT_SEQ,
+            last_hash: hash(at_checkpoint),
+            timestamp: Timestamp::parse("2025-11-29T02:42:00.000000Z").expect("timestamp"),
+        }),
+    })
+    .to_ndjson();
+    for e in chain {
+        let line = ExportEntryLine {
+            seq: e.seq,
+            stored: Some(base64(&hex::decode(&e.stored_hex).expect("hex"))),
+            entry_hash: Some(hash(e)),
+            prev_hash: Some(e.prev_hash.parse().expect("prev_hash")),
+            timestamp: Some(Timestamp::parse(&e.timestamp).expect("timestamp")),
+        };
+        out.extend(ExportLine::Entry(line).to_ndjson());
+    }
+    let end = signer.sign_export_end(ExportEndBody {
+        ledger_id: ledger,
+        from: 1,
+        to: last.seq,
+        last_hash: hash(last),
+        head_seq: last.seq,
+        head_hash: hash(last),
+        timestamp: Timestamp::parse("2025-11-29T02:43:00.000000Z").expect("timestamp"),
+    });
+    out.extend(ExportLine::End(ExportEndLine { end }).to_ndjson());
+    out
+}
+
+#[test]
+fn the_committed_export_ends_with_an_end_line_signed_by_the_documented_key() {
+    let text = std::fs::read_to_string(vectors_dir().join("export.jsonl")).expect("export.jsonl");
+    let lines: Vec<&str> = text.lines().collect();
+    let key = PublicKey::from_hex(EXPORT_PUBLIC_KEY).expect("the documented key");
+    assert_eq!(export_signer().public_key(), &key);
+    let Ok(ExportLine::End(end)) = ExportLine::parse(lines[lines.len() - 1]) else {
+        panic!("the last line is the end line: {}", lines[lines.len() - 1]);
+    };
+    end.end.check_form().expect("a well-formed end line");
+    end.end
+        .verify_trusted(std::slice::from_ref(&key))
+        .expect("signed by the documented key");
+    let info = committed().chain;
+    assert_eq!((end.end.from, end.end.to), (1, info.head_seq));
+    assert_eq!(end.end.last_hash.to_hex(), info.head_hash);
+    let Ok(ExportLine::Checkpoint(cp)) = ExportLine::parse(lines[0]) else {
+        panic!("the first line is the checkpoint line: {}", lines[0]);
+    };
+    cp.checkpoint
+        .verify(&key)
+        .expect("the checkpoint is signed by the documented key");
+    // Every line between is an entry line, as chain.jsonl has them.
+    let old = std::fs::read_to_string(vectors_dir().join("chain.jsonl")).expect("chain.jsonl");
+    assert_eq!(lines[1..lines.len() - 1].join("\n") + "\n", old);
 }
 
 fn committed() -> VectorFile {

@@ -8,6 +8,7 @@
 //! The vectors chain holds keyed and unkeyed entries; a key repeated in a later entry must be
 //! named by both, at that seq and with the same detail.
 //! These tests need `python3` on PATH and fail loudly without it.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -275,7 +276,13 @@ fn python_verify(ledger: &str, chain: &Chain, mode: Mode) -> Report {
         Mode::Jsonl => {
             let path = dir.path().join("chain.jsonl");
             std::fs::write(&path, jsonl(chain)).expect("write jsonl");
-            vec!["--jsonl".to_owned(), path.display().to_string()]
+            // Hand-made lines without an export's end line: the chain rules are what is
+            // compared here (the end line's rules: the tests at the end of this file).
+            vec![
+                "--jsonl".to_owned(),
+                path.display().to_string(),
+                "--allow-unattested-end".to_owned(),
+            ]
         }
     };
     let mut args: Vec<String> = vec!["--json".into(), "--ledger".into(), ledger.into()];
@@ -408,9 +415,15 @@ fn the_committed_chain_files_verify_as_they_are() {
     let head_seq = v["chain"]["head_seq"].to_string();
     let head_hash = v["chain"]["head_hash"].as_str().expect("head hash");
     let data = root().join("tests/data/vectors");
+    // chain.jsonl is an export as written before end lines existed (export.jsonl: the tests
+    // below).
     for input in [
-        ["--dir", &data.join("chain").display().to_string()],
-        ["--jsonl", &data.join("chain.jsonl").display().to_string()],
+        vec!["--dir", &data.join("chain").display().to_string()],
+        vec![
+            "--jsonl",
+            &data.join("chain.jsonl").display().to_string(),
+            "--allow-unattested-end",
+        ],
     ] {
         let out = run_python(
             &[
@@ -852,4 +865,163 @@ fn usage_errors_exit_with_status_2() {
         assert!(!out.stderr.is_empty(), "{args:?}: no message on stderr");
     }
     assert!(Path::new(&chain_dir).is_dir());
+}
+
+/// `ledger-verify --bundle FILE --json` and `verify_chain.py --jsonl FILE --json`, with the same
+/// extra flags: each one's exit code, (seq, kind) failures and report or error.
+fn both_on_bundle(
+    file: &Path,
+    ledger: &str,
+    extra: &[&str],
+) -> [(i32, Failures, Value, String); 2] {
+    let rust = Command::new(env!("CARGO_BIN_EXE_ledger-verify"))
+        .args([
+            "--bundle",
+            file.to_str().unwrap(),
+            "--json",
+            "--ledger",
+            ledger,
+        ])
+        .args(extra)
+        .output()
+        .expect("run ledger-verify");
+    let mut args = vec![
+        "--jsonl",
+        file.to_str().unwrap(),
+        "--json",
+        "--ledger",
+        ledger,
+    ];
+    args.extend_from_slice(extra);
+    let python = run_python(&args);
+    [rust, python].map(|out| {
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let failures = report["failures"]
+            .as_array()
+            .map(|fs| {
+                fs.iter()
+                    .map(|f| {
+                        (
+                            f["seq"].as_u64().unwrap(),
+                            f["kind"].as_str().unwrap().to_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        (
+            out.status.code().unwrap_or(-1),
+            failures,
+            report,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+}
+
+const EXPORT_PUBLIC_KEY: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+
+fn python_has_cryptography() -> bool {
+    Command::new(python())
+        .args(["-c", "import cryptography"])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn both_verifiers_check_the_committed_export_and_the_export_from_before_end_lines_only_with_a_flag()
+{
+    let export = root().join("tests/data/vectors/export.jsonl");
+    let mut extra = vec![];
+    if python_has_cryptography() {
+        extra = vec!["--public-key", EXPORT_PUBLIC_KEY];
+    }
+    for (code, failures, report, stderr) in both_on_bundle(&export, LEDGER, &extra) {
+        assert_eq!((code, failures), (0, Failures::new()), "{report} {stderr}");
+        assert_eq!(report["end_attested"], true, "{report}");
+        assert_eq!(report["head"]["seq"], 8, "{report}");
+    }
+    // The same chain as exports were written before end lines existed.
+    let old = root().join("tests/data/vectors/chain.jsonl");
+    for (code, failures, report, stderr) in both_on_bundle(&old, LEDGER, &[]) {
+        assert_eq!(code, 1, "{report} {stderr}");
+        assert_eq!(
+            failures,
+            [(9, "end_mismatch".to_owned())].into(),
+            "{report}"
+        );
+    }
+    for (code, failures, report, stderr) in
+        both_on_bundle(&old, LEDGER, &["--allow-unattested-end"])
+    {
+        assert_eq!((code, failures), (0, Failures::new()), "{report} {stderr}");
+        assert_eq!(report["end_attested"], false, "{report}");
+    }
+    // A forged end line (another last hash, signature kept) is a bad signature for both.
+    if python_has_cryptography() {
+        let text = std::fs::read_to_string(&export).unwrap();
+        let head = "60e5fcb1d31469e874dfa1c7743f12f314b681b874bed5676c7308ae4bfc0cca";
+        let last = text.lines().last().unwrap();
+        let forged_end = last.replacen(
+            &format!(r#""head_hash":"{head}""#),
+            &format!(r#""head_hash":"{}""#, "0".repeat(64)),
+            1,
+        );
+        assert_ne!(forged_end, last);
+        let dir = tempfile::tempdir().unwrap();
+        let forged = dir.path().join("forged.jsonl");
+        std::fs::write(&forged, text.replace(last, &forged_end)).unwrap();
+        for (code, failures, report, _) in both_on_bundle(&forged, LEDGER, &extra) {
+            assert_eq!(code, 1, "{report}");
+            assert_eq!(
+                failures,
+                [(8, "bad_signature".to_owned())].into(),
+                "{report}"
+            );
+        }
+    }
+}
+
+#[test]
+fn both_verifiers_refuse_another_ledger_an_api_error_body_and_an_empty_bundle_alike() {
+    let export = root().join("tests/data/vectors/export.jsonl");
+    for (code, _, report, stderr) in both_on_bundle(&export, "someone-else", &[]) {
+        assert_eq!(code, 2, "{report} {stderr}");
+        assert_eq!(report["error"]["code"], "usage_error", "{report}");
+        let message = report["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("does not match") && message.contains("audit-demo"),
+            "{message}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let error = dir.path().join("error.json");
+    std::fs::write(
+        &error,
+        "{\"error\":{\"code\":\"unauthenticated\",\"message\":\"Give a bearer token.\"}}\n",
+    )
+    .unwrap();
+    for (code, _, report, stderr) in both_on_bundle(&error, LEDGER, &[]) {
+        assert_eq!(code, 2, "{report} {stderr}");
+        let message = report["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("is an error answer of the API")
+                && message.contains("unauthenticated"),
+            "{message}"
+        );
+    }
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    for (code, failures, report, _) in both_on_bundle(&empty, LEDGER, &["--allow-unattested-end"]) {
+        assert_eq!(code, 1, "{report}");
+        assert_eq!(
+            failures,
+            [(1, "missing_entry".to_owned())].into(),
+            "{report}"
+        );
+    }
+    for (code, failures, report, _) in
+        both_on_bundle(&empty, LEDGER, &["--allow-unattested-end", "--allow-empty"])
+    {
+        assert_eq!((code, failures), (0, Failures::new()), "{report}");
+    }
 }

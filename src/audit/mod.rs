@@ -12,7 +12,9 @@
 //! and that the ledger (storage or bundle) holds exactly that entry at that seq.
 //!
 //! Exit codes: 0 intact; 1 an integrity failure (every bad seq and kind is named, up to
-//! `--max-failures`); 2 usage or configuration error; 3 storage unreachable.
+//! `--max-failures`); 2 usage or configuration error; 3 storage unreachable. An error is one
+//! sentence on stderr and, with `--json`, also `{"ok": false, "exit_code", "error": {"code",
+//! "message"}}` on stdout, where the report would have been.
 //!
 //! The parts:
 //! - this file: the flags ([`VerifyArgs`]), the trusted inputs they name (public keys, a
@@ -83,6 +85,13 @@ pub struct VerifyArgs {
     /// Failures listed before the rest are only counted.
     #[arg(long, default_value_t = 1000, global = true)]
     pub max_failures: usize,
+    /// With --bundle: a bundle with no entries is no failure.
+    #[arg(long, requires = "bundle")]
+    pub allow_empty: bool,
+    /// With --bundle: a bundle without an end line (an export made before end lines existed)
+    /// is no failure; the report says its end is unattested.
+    #[arg(long, requires = "bundle")]
+    pub allow_unattested_end: bool,
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -110,6 +119,33 @@ impl AuditError {
             AuditError::Usage(_) => 2,
             AuditError::Unreachable(_) => 3,
         }
+    }
+
+    /// The stable code `--json` names the error by.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuditError::Usage(_) => "usage_error",
+            AuditError::Unreachable(_) => "storage_unreachable",
+        }
+    }
+
+    /// A command line clap refused, as one sentence (clap's first line, without its
+    /// `error: ` and the usage and help lines that follow).
+    pub fn from_clap(e: &clap::Error) -> AuditError {
+        let rendered = e.render().to_string();
+        let first = rendered.lines().next().unwrap_or_default();
+        AuditError::Usage(first.strip_prefix("error: ").unwrap_or(first).to_owned())
+    }
+
+    /// What `--json` prints on stdout for an error, newline-terminated:
+    /// `{"ok": false, "exit_code": n, "error": {"code", "message"}}`.
+    pub fn to_json(&self) -> String {
+        let body = serde_json::json!({
+            "ok": false,
+            "exit_code": self.exit_code(),
+            "error": {"code": self.code(), "message": self.to_string()},
+        });
+        format!("{body:#}\n")
     }
 }
 
@@ -146,9 +182,13 @@ pub async fn run(args: VerifyArgs) -> Result<Verdict, AuditError> {
     let mut report = match &args.bundle {
         Some(path) => {
             let path = path.clone();
-            let max = args.max_failures;
+            let flags = bundle::BundleFlags {
+                max_failures: args.max_failures,
+                allow_empty: args.allow_empty,
+                allow_unattested_end: args.allow_unattested_end,
+            };
             tokio::task::spawn_blocking(move || {
-                bundle::verify_bundle(&path, ledger, range, start_from.as_ref(), &keys, max)
+                bundle::verify_bundle(&path, ledger, range, start_from.as_ref(), &keys, flags)
             })
             .await
             .map_err(|e| usage(format!("the bundle check failed: {e}")))??

@@ -28,7 +28,8 @@ impl Verdict {
 /// The machine report (`--json`).
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    pub ledger_id: String,
+    /// `None`: nothing named the ledger (an empty bundle without `--ledger`).
+    pub ledger_id: Option<String>,
     /// `"storage:local"`, `"storage:aws"` (with ` (objects only)` under `--objects-only`) or
     /// `"bundle"`.
     pub source: String,
@@ -36,12 +37,16 @@ pub struct Report {
     pub from: u64,
     pub to: u64,
     pub verified: u64,
-    /// The head the storage states (`None` for a bundle, which has none).
+    /// The head the storage states, or the one a bundle's end line states it was cut at.
     pub head: Option<Head>,
     pub failures: Vec<Failure>,
     pub failures_total: u64,
     pub checkpoints_checked: u64,
     pub signatures_checked: bool,
+    /// For a bundle: whether it has an end line (checked against its entries); `false` only
+    /// under `--allow-unattested-end`. Absent for storage.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_attested: Option<bool>,
     pub elapsed_seconds: f64,
     pub entries_per_second: f64,
     /// Things the auditor should know that are not failures (an unchecked first link, ...).
@@ -62,7 +67,7 @@ impl Report {
         let _ = writeln!(
             out,
             "{verdict}: ledger {} ({}): {} entries verified, seqs {}..{}, in {:.3} s ({:.0} entries/s); {} checkpoint(s) checked, {sigs}",
-            r.ledger_id,
+            r.ledger_id.as_deref().unwrap_or("(not named)"),
             r.source,
             r.verified,
             r.from,
@@ -73,6 +78,15 @@ impl Report {
         );
         if let Some(head) = &r.head {
             let _ = writeln!(out, "head: seq {} last_hash {}", head.seq, head.last_hash);
+        }
+        match r.end_attested {
+            Some(true) => {
+                let _ = writeln!(out, "end: the bundle's end line was checked");
+            }
+            Some(false) => {
+                let _ = writeln!(out, "end: UNATTESTED (the bundle has no end line)");
+            }
+            None => {}
         }
         if !r.ok {
             let _ = writeln!(

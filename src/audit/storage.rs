@@ -103,7 +103,7 @@ pub(super) async fn verify_storage(
                 ),
             };
             Ok(Report {
-                ledger_id: ledger.to_string(),
+                ledger_id: Some(ledger.to_string()),
                 source,
                 ok: false,
                 from: range.from.unwrap_or(1),
@@ -114,6 +114,7 @@ pub(super) async fn verify_storage(
                 failures_total: 1,
                 checkpoints_checked: 0,
                 signatures_checked: !options.trusted_keys.is_empty(),
+                end_attested: None,
                 elapsed_seconds: 0.0,
                 entries_per_second: 0.0,
                 notes,
@@ -126,7 +127,7 @@ pub(super) async fn verify_storage(
 /// The engine's report as `ledger-verify` prints it (the timings are filled in by the caller).
 fn storage_report(r: VerifyReport, source: String) -> Report {
     Report {
-        ledger_id: r.ledger_id.to_string(),
+        ledger_id: Some(r.ledger_id.to_string()),
         source,
         ok: r.ok,
         from: r.from,
@@ -137,6 +138,7 @@ fn storage_report(r: VerifyReport, source: String) -> Report {
         failures_total: r.failures_total,
         checkpoints_checked: r.checkpoints_checked,
         signatures_checked: r.signatures_checked,
+        end_attested: None,
         elapsed_seconds: 0.0,
         entries_per_second: 0.0,
         notes: r.notes,

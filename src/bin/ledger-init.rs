@@ -10,6 +10,7 @@ use eleanor_ledger::init::{InitArgs, run};
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    eleanor_ledger::telemetry::init_cli();
     match run(InitArgs::parse()).await {
         Ok(report) => {
             print!("{report}");

@@ -5,19 +5,29 @@
 
 use std::process::ExitCode;
 
-use eleanor_ledger::audit::run;
+use eleanor_ledger::audit::{AuditError, run};
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    eleanor_ledger::telemetry::init_cli();
     let (args, metrics_file) = match eleanor_ledger::textfile::parse_verify_args(std::env::args_os())
     {
         Ok(parsed) => parsed,
-        Err(e) => {
+        Err(e) if !e.use_stderr() => {
+            // --help, --version.
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let error = AuditError::from_clap(&e);
+            if std::env::args_os().any(|a| a == "--json") {
+                print!("{}", error.to_json());
+            }
+            let _ = e.print();
+            return ExitCode::from(error.exit_code());
         }
     };
-    let ledger = args.ledger.clone();
+    let (json, ledger) = (args.json, args.ledger.clone());
     match run(args).await {
         Ok(verdict) => {
             print!("{}", verdict.text);
@@ -31,6 +41,9 @@ async fn main() -> ExitCode {
             ExitCode::from(verdict.exit_code)
         }
         Err(e) => {
+            if json {
+                print!("{}", e.to_json());
+            }
             eprintln!("ledger-verify: {e}");
             ExitCode::from(e.exit_code())
         }

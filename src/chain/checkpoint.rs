@@ -10,7 +10,13 @@
 //! ```text
 //! checkpoint: "eleanor-ledger/checkpoint/v1" 0x00 {"ledger_id":"<id>","seq":<n>,"last_hash":"<hex>","timestamp":"<ts>"}
 //! receipt:    "eleanor-ledger/receipt/v1" 0x00 {"ledger_id":"<id>","seq":<n>,"entry_hash":"<hex>","prev_hash":"<hex>","timestamp":"<ts>"}
+//! export end: "eleanor-ledger/export-end/v1" 0x00 {"ledger_id":"<id>","from":<n>,"to":<n>,"last_hash":"<hex>","head_seq":<n>,"head_hash":"<hex>","timestamp":"<ts>"}
 //! ```
+//!
+//! A stored statement's `v` is not in the signed text: it is bound by the domain prefix, which
+//! names the version (`.../v1`). A verifier accepts only `v` 1 and checks with the v1 prefix,
+//! so a statement whose `v` was changed is refused before its signature is looked at, and a
+//! later version would have its own prefix.
 //!
 //! A key is named by its key id: the SHA-256 of its 32-byte public key, as 64 hex characters.
 //! `docs/FORMAT.md` ("Checkpoints and receipts") is the auditor-facing copy of these rules.
@@ -29,8 +35,12 @@ use super::hash::Hash;
 pub const CHECKPOINT_DOMAIN: &[u8] = b"eleanor-ledger/checkpoint/v1\0";
 /// Prefix of the signed bytes of a receipt.
 pub const RECEIPT_DOMAIN: &[u8] = b"eleanor-ledger/receipt/v1\0";
+/// Prefix of the signed bytes of an export's end line.
+pub const EXPORT_END_DOMAIN: &[u8] = b"eleanor-ledger/export-end/v1\0";
 /// The `v` of a stored checkpoint.
 pub const CHECKPOINT_VERSION: u32 = 1;
+/// The `v` of an export's end line.
+pub const EXPORT_END_VERSION: u32 = 1;
 
 /// A key or signature that cannot be used, in one sentence.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -237,6 +247,128 @@ pub struct ReceiptSignature {
     pub signature: SignatureHex,
 }
 
+/// What an export's end line states: the export of ledger `ledger_id` holds the entries
+/// `from..=to` (none when `to` is `from - 1`, an empty ledger), entry `to` hashes to
+/// `last_hash` (the genesis value when the export is empty), and the export was cut when the
+/// ledger's head was `head_seq` with `head_hash`, at the signer's time `timestamp`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportEndBody {
+    pub ledger_id: LedgerId,
+    pub from: u64,
+    pub to: u64,
+    pub last_hash: Hash,
+    pub head_seq: u64,
+    pub head_hash: Hash,
+    pub timestamp: Timestamp,
+}
+
+impl ExportEndBody {
+    /// The exact bytes an end line's signature covers.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let mut out = EXPORT_END_DOMAIN.to_vec();
+        out.extend_from_slice(
+            format!(
+                r#"{{"ledger_id":"{}","from":{},"to":{},"last_hash":"{}","head_seq":{},"head_hash":"{}","timestamp":"{}"}}"#,
+                self.ledger_id,
+                self.from,
+                self.to,
+                self.last_hash,
+                self.head_seq,
+                self.head_hash,
+                self.timestamp
+            )
+            .as_bytes(),
+        );
+        out
+    }
+}
+
+/// An export's end line's statement, signed (`key_id` and `signature`) when the service has
+/// a key, as compact JSON with the fields in this order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportEnd {
+    pub v: u32,
+    pub ledger_id: LedgerId,
+    pub from: u64,
+    pub to: u64,
+    pub last_hash: Hash,
+    pub head_seq: u64,
+    pub head_hash: Hash,
+    pub timestamp: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<KeyId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<SignatureHex>,
+}
+
+impl ExportEnd {
+    /// The statement, unsigned.
+    pub fn unsigned(body: ExportEndBody) -> ExportEnd {
+        ExportEnd {
+            v: EXPORT_END_VERSION,
+            ledger_id: body.ledger_id,
+            from: body.from,
+            to: body.to,
+            last_hash: body.last_hash,
+            head_seq: body.head_seq,
+            head_hash: body.head_hash,
+            timestamp: body.timestamp,
+            key_id: None,
+            signature: None,
+        }
+    }
+
+    /// The signed fields.
+    pub fn body(&self) -> ExportEndBody {
+        ExportEndBody {
+            ledger_id: self.ledger_id.clone(),
+            from: self.from,
+            to: self.to,
+            last_hash: self.last_hash,
+            head_seq: self.head_seq,
+            head_hash: self.head_hash,
+            timestamp: self.timestamp,
+        }
+    }
+
+    /// Checks the version and that the statement is self-consistent (`to` at most the head,
+    /// `from` at most one past `to`, key id and signature together).
+    pub fn check_form(&self) -> Result<(), KeyError> {
+        if self.v != EXPORT_END_VERSION {
+            return Err(KeyError(format!("unknown end line version {}", self.v)));
+        }
+        if self.from == 0 || self.to > self.head_seq || self.from > self.to.saturating_add(1) {
+            return Err(KeyError(format!(
+                "the end line's range {}..={} does not fit its head seq {}",
+                self.from, self.to, self.head_seq
+            )));
+        }
+        if self.key_id.is_some() != self.signature.is_some() {
+            return Err(KeyError(
+                "the end line has a key_id without a signature, or the other way round".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the signature with whichever of `trusted` the end line names; an error when it
+    /// is unsigned, names no trusted key, or the signature fails.
+    pub fn verify_trusted(&self, trusted: &[PublicKey]) -> Result<(), KeyError> {
+        let (Some(key_id), Some(signature)) = (&self.key_id, &self.signature) else {
+            return Err(KeyError(
+                "the end line is not signed (the service had no signing key)".into(),
+            ));
+        };
+        let key = trusted.iter().find(|k| k.id() == *key_id).ok_or_else(|| {
+            KeyError(format!(
+                "signed with key {key_id}, which is not a trusted key"
+            ))
+        })?;
+        key.verify(key_id, &self.body().signed_bytes(), signature)
+    }
+}
+
 /// An Ed25519 public key with its key id.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PublicKey {
@@ -361,6 +493,15 @@ impl Signer {
         }
     }
 
+    pub fn sign_export_end(&self, body: ExportEndBody) -> ExportEnd {
+        let signature = self.sign(&body.signed_bytes());
+        ExportEnd {
+            key_id: Some(self.key_id()),
+            signature: Some(signature),
+            ..ExportEnd::unsigned(body)
+        }
+    }
+
     pub fn sign_receipt(&self, body: &ReceiptBody) -> ReceiptSignature {
         ReceiptSignature {
             key_id: self.key_id(),
@@ -469,6 +610,81 @@ mod tests {
                 .verify(&sig.key_id, &self::body().signed_bytes(), &sig.signature)
                 .is_err()
         );
+    }
+
+    fn end_body() -> ExportEndBody {
+        ExportEndBody {
+            ledger_id: LedgerId::parse("audit-demo").unwrap(),
+            from: 3,
+            to: 5,
+            last_hash: Hash([7; 32]),
+            head_seq: 9,
+            head_hash: Hash([8; 32]),
+            timestamp: Timestamp::parse("2025-11-29T02:40:00.123456Z").unwrap(),
+        }
+    }
+
+    #[test]
+    fn export_end_signed_bytes_are_the_documented_text() {
+        let expected = format!(
+            "eleanor-ledger/export-end/v1\0{{\"ledger_id\":\"audit-demo\",\"from\":3,\"to\":5,\"last_hash\":\"{}\",\"head_seq\":9,\"head_hash\":\"{}\",\"timestamp\":\"2025-11-29T02:40:00.123456Z\"}}",
+            "07".repeat(32),
+            "08".repeat(32)
+        );
+        assert_eq!(end_body().signed_bytes(), expected.as_bytes());
+    }
+
+    #[test]
+    fn a_signed_export_end_verifies_and_any_change_or_a_checkpoint_key_swap_is_refused() {
+        let s = signer();
+        let end = s.sign_export_end(end_body());
+        end.check_form().unwrap();
+        let json = serde_json::to_vec(&end).unwrap();
+        assert_eq!(serde_json::from_slice::<ExportEnd>(&json).unwrap(), end);
+        end.verify_trusted(&[s.public_key().clone()]).unwrap();
+        for forged in [
+            ExportEnd {
+                to: 4,
+                ..end.clone()
+            },
+            ExportEnd {
+                from: 1,
+                ..end.clone()
+            },
+            ExportEnd {
+                head_seq: 10,
+                ..end.clone()
+            },
+        ] {
+            assert!(forged.verify_trusted(&[s.public_key().clone()]).is_err());
+        }
+        let unsigned = ExportEnd::unsigned(end_body());
+        assert!(
+            !String::from_utf8(serde_json::to_vec(&unsigned).unwrap())
+                .unwrap()
+                .contains("signature")
+        );
+        assert!(unsigned.verify_trusted(&[s.public_key().clone()]).is_err());
+        // An end line's signature is no checkpoint's signature, and the other way round.
+        let cp = s.sign_checkpoint(body());
+        assert!(
+            s.public_key()
+                .verify(&cp.key_id, &end.body().signed_bytes(), &cp.signature)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_or_end_line_of_another_version_is_refused() {
+        let s = signer();
+        let text = String::from_utf8(s.sign_checkpoint(body()).to_json()).unwrap();
+        let v2 = text.replacen(r#"{"v":1,"#, r#"{"v":2,"#, 1);
+        assert!(Checkpoint::from_json(v2.as_bytes()).is_err());
+        let end = ExportEnd {
+            v: 2,
+            ..s.sign_export_end(end_body())
+        };
+        assert!(end.check_form().is_err());
     }
 
     #[test]

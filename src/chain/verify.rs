@@ -40,6 +40,10 @@ pub enum FailureKind {
     CheckpointMismatch,
     /// A checkpoint's or receipt's signature does not verify with the trusted key.
     BadSignature,
+    /// An export's end line is missing (the export may have been cut short), or disagrees
+    /// with the export it ends: another ledger, other first or last seqs, or another hash of
+    /// the last entry. Only verifiers of an export report it.
+    EndMismatch,
     /// The entry carries the same idempotency key as an earlier entry of the walk: a key
     /// names one append, so two entries with it mean one was written around the key check.
     DuplicateIdempotencyKey,

@@ -10,6 +10,12 @@
 //! entry line has: `{"checkpoint": {v, ledger_id, seq, last_hash, timestamp, key_id,
 //! signature}}`. It is read before the head, so its seq is at most the head the export runs to;
 //! it is left out when `to` is below its seq.
+//!
+//! The last line is the end line, `{"end": {v, ledger_id, from, to, last_hash, head_seq,
+//! head_hash, timestamp, key_id, signature}}` (signed when the service has a key): what the
+//! export holds and the head it was cut at, so an export cut short or emptied is told from a
+//! whole one. The range follows the one rule verification follows ([`VerifyRange::within`]):
+//! a `from` or `to` past the head is `400 invalid_range`, not an empty `200`.
 
 use axum::body::Body;
 use axum::extract::State;
@@ -20,8 +26,10 @@ use futures::StreamExt;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{LedgerPath, Params};
-use crate::chain::checkpoint::Checkpoint;
-use crate::ledger::{ExportCheckpointLine, ExportLine, ExportedEntry, LedgerError};
+use crate::chain::checkpoint::{Checkpoint, ExportEnd};
+use crate::ledger::{
+    ExportCheckpointLine, ExportEndLine, ExportLine, ExportedEntry, LedgerError, VerifyRange,
+};
 
 fn line(entry: &ExportedEntry) -> Vec<u8> {
     ExportLine::Entry(entry.into()).to_ndjson()
@@ -31,13 +39,20 @@ fn checkpoint_line(checkpoint: Checkpoint) -> Vec<u8> {
     ExportLine::Checkpoint(ExportCheckpointLine { checkpoint }).to_ndjson()
 }
 
+fn end_line(end: ExportEnd) -> Vec<u8> {
+    ExportLine::End(ExportEndLine { end }).to_ndjson()
+}
+
 pub async fn export(
     State(state): State<AppState>,
     path: LedgerPath,
     params: Params,
 ) -> Result<Response, ApiError> {
     let params = params.only(&["from", "to"])?;
-    let from = params.u64("from")?.unwrap_or(1);
+    let range = VerifyRange {
+        from: params.u64("from")?,
+        to: params.u64("to")?,
+    };
     let checkpoint = match state.ledger.latest_checkpoint(&path.ledger).await {
         Ok(checkpoint) => checkpoint,
         // An unreadable checkpoint must not block the export of the entries; verification
@@ -48,15 +63,24 @@ pub async fn export(
         }
         Err(e) => return Err(e.into()),
     };
-    let to = params.u64("to")?;
-    let entries = state.ledger.export(&path.ledger, from, to).await?;
+    let export = state.ledger.export(&path.ledger, range).await?;
+    let to = export.end.to;
     // A checkpoint past the exported range would read as entries missing from the bundle.
     let first = checkpoint
-        .filter(|cp| to.is_none_or(|to| cp.seq <= to))
+        .filter(|cp| cp.seq <= to)
         .map(|cp| Ok(checkpoint_line(cp)));
-    let body = Body::from_stream(
-        futures::stream::iter(first).chain(entries.map(|entry| entry.map(|e| line(&e)))),
-    );
+    // The end line follows the last entry only when every entry was streamed: an error is
+    // the stream's last item (and aborts the response), never followed by the end line.
+    let last = futures::stream::once(futures::future::ready(Ok(end_line(export.end))));
+    let lines = futures::stream::iter(first)
+        .chain(export.entries.map(|entry| entry.map(|e| line(&e))))
+        .chain(last)
+        .scan(false, |failed, item: Result<Vec<u8>, LedgerError>| {
+            let next = (!*failed).then_some(item);
+            *failed |= next.as_ref().is_some_and(Result::is_err);
+            futures::future::ready(next)
+        });
+    let body = Body::from_stream(lines);
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }
 

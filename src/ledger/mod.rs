@@ -35,8 +35,8 @@ use commit::Appended;
 use committer::{Committer, Request};
 
 pub use read::{
-    ExportCheckpointLine, ExportEntryLine, ExportLine, ExportedEntry, LedgerSummary, RecordPage,
-    StoredRecord,
+    Export, ExportCheckpointLine, ExportEndLine, ExportEntryLine, ExportLine, ExportedEntry,
+    LedgerSummary, RecordPage, StoredRecord,
 };
 pub use verify::{VerifyOptions, VerifyRange, VerifyReport, stored_entry, verify_stores};
 

@@ -8,8 +8,10 @@ use futures::{StreamExt, TryStreamExt, stream};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::VerifyRange;
+use super::commit::now;
 use super::{Ledger, LedgerError};
-use crate::chain::checkpoint::Checkpoint;
+use crate::chain::checkpoint::{Checkpoint, ExportEnd, ExportEndBody};
 use crate::chain::entry::{IdempotencyKey, LedgerId, MAX_SEQ, Timestamp, decode};
 use crate::chain::hash::Hash;
 use crate::chain::keys::entry_key;
@@ -336,6 +338,8 @@ pub enum ExportLine {
     Checkpoint(ExportCheckpointLine),
     /// `{"seq", "stored", "entry_hash", "prev_hash", "timestamp"}`: one entry.
     Entry(ExportEntryLine),
+    /// `{"end": {...}}`: the export's last line, stating its ledger, range and head.
+    End(ExportEndLine),
 }
 
 impl ExportLine {
@@ -345,11 +349,18 @@ impl ExportLine {
         line.starts_with("{\"checkpoint\"")
     }
 
+    /// Whether `line` has the end line's shape, told without parsing it.
+    pub fn is_end(line: &str) -> bool {
+        line.starts_with("{\"end\"")
+    }
+
     /// Parses one line as the variant its shape names, so an error names what is wrong with
     /// that variant.
     pub fn parse(line: &str) -> serde_json::Result<ExportLine> {
         if Self::is_checkpoint(line) {
             serde_json::from_str(line).map(ExportLine::Checkpoint)
+        } else if Self::is_end(line) {
+            serde_json::from_str(line).map(ExportLine::End)
         } else {
             serde_json::from_str(line).map(ExportLine::Entry)
         }
@@ -368,6 +379,14 @@ impl ExportLine {
 #[serde(deny_unknown_fields)]
 pub struct ExportCheckpointLine {
     pub checkpoint: Checkpoint,
+}
+
+/// The end line of an export: written after the last entry line, so an export cut short
+/// (or emptied) is told from a whole one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportEndLine {
+    pub end: ExportEnd,
 }
 
 /// An entry line of an export. The export writes every field; a reader also accepts a line
@@ -414,30 +433,31 @@ impl From<&ExportedEntry> for ExportEntryLine {
     }
 }
 
+/// An export as [`Ledger::export`] cuts it: the entries to stream, then the end line.
+pub struct Export {
+    /// The head the export was cut at.
+    pub head: Head,
+    /// The end line's statement (signed when the service has a key).
+    pub end: ExportEnd,
+    /// The entries `end.from..=end.to`, in seq order.
+    pub entries: futures::stream::BoxStream<'static, Result<ExportedEntry, LedgerError>>,
+}
+
 /// Seqs an export reads per index query.
 const EXPORT_PAGE: u64 = 256;
 
 impl Ledger {
-    /// The entries `from..=to` (clamped to the head), page by page, for offline verification.
-    /// Memory stays bounded by one page whatever the range.
+    /// An export of `range` (the rule [`VerifyRange::within`] states, shared with
+    /// verification): its entries page by page, for offline verification, and the end line
+    /// that follows them, signed when the service has a key. Memory stays bounded by one page
+    /// whatever the range.
     pub async fn export(
         &self,
         ledger: &LedgerId,
-        from: u64,
-        to: Option<u64>,
-    ) -> Result<
-        impl futures::Stream<Item = Result<ExportedEntry, LedgerError>> + Send + 'static,
-        LedgerError,
-    > {
-        if from == 0 {
+        range: VerifyRange,
+    ) -> Result<Export, LedgerError> {
+        if range.from == Some(0) {
             return Err(LedgerError::InvalidRange("from starts at 1".into()));
-        }
-        if let Some(to) = to
-            && to < from
-        {
-            return Err(LedgerError::InvalidRange(format!(
-                "from ({from}) is greater than to ({to})"
-            )));
         }
         // Write out the last claimed batch first, so the export reaches the head it reports.
         match self.finish_pending(ledger).await {
@@ -445,7 +465,35 @@ impl Ledger {
             Err(e) => return Err(e),
         }
         let head = self.head(ledger).await?;
-        let to = to.unwrap_or(head.seq).min(head.seq);
+        let (from, to) = range.within(1, head.seq)?;
+        let last_hash = if to == head.seq {
+            head.last_hash
+        } else {
+            self.stores()
+                .index
+                .seq_items(ledger, to, to, 1)
+                .await?
+                .pop()
+                .filter(|item| item.seq == to)
+                .map(|item| item.entry_hash)
+                .ok_or_else(|| LedgerError::Corrupt {
+                    seq: Some(to),
+                    detail: format!("the index holds no item for seq {to}, below the head"),
+                })?
+        };
+        let body = ExportEndBody {
+            ledger_id: ledger.clone(),
+            from,
+            to,
+            last_hash,
+            head_seq: head.seq,
+            head_hash: head.last_hash,
+            timestamp: now(),
+        };
+        let end = match &self.options().signer {
+            Some(signer) => signer.sign_export_end(body),
+            None => ExportEnd::unsigned(body),
+        };
         let (this, ledger) = (self.clone(), ledger.clone());
         let pages = stream::unfold(from, move |page_from| {
             let (this, ledger) = (this.clone(), ledger.clone());
@@ -458,9 +506,11 @@ impl Ledger {
                 Some((page, page_to + 1))
             }
         });
-        Ok(pages
+        let entries = pages
             .map_ok(|entries| stream::iter(entries.into_iter().map(Ok)))
-            .try_flatten())
+            .try_flatten()
+            .boxed();
+        Ok(Export { head, end, entries })
     }
 
     async fn export_page(

@@ -9,6 +9,7 @@ mod auth;
 mod checkpoints;
 mod connections;
 mod errors;
+mod export;
 mod fuzz;
 mod helpers;
 mod idempotency;

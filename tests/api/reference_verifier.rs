@@ -33,9 +33,11 @@ struct Line {
     timestamp: String,
 }
 
+/// The export's entry lines (its end line, and any checkpoint line, left out).
 fn parse_export(ndjson: &str) -> Vec<Line> {
     ndjson
         .lines()
+        .filter(|l| l.starts_with(r#"{"seq""#))
         .map(|l| {
             let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
             let text = |k: &str| {
@@ -56,8 +58,19 @@ fn parse_export(ndjson: &str) -> Vec<Line> {
         .collect()
 }
 
-fn to_ndjson(lines: &[Line]) -> String {
-    lines
+/// The export's end line.
+fn end_line(ndjson: &str) -> String {
+    let last = ndjson.lines().last().expect("a non-empty export");
+    assert!(
+        last.starts_with(r#"{"end":"#),
+        "the last line is the end line: {last}"
+    );
+    format!("{last}\n")
+}
+
+/// Entry lines as the export writes them, followed by `end` (an end line, or nothing).
+fn to_ndjson(lines: &[Line], end: &str) -> String {
+    let entries: String = lines
         .iter()
         .map(|l| {
             let mut v = serde_json::json!({
@@ -71,7 +84,8 @@ fn to_ndjson(lines: &[Line]) -> String {
             }
             format!("{v}\n")
         })
-        .collect()
+        .collect();
+    entries + end
 }
 
 /// SHA-256("eleanor-ledger/entry/v1" || 0x00 || stored), from docs/FORMAT.md, computed here
@@ -255,7 +269,7 @@ async fn the_python_and_rust_verifiers_agree_with_the_service_on_a_live_chain() 
         let stored = tampered[TARGET as usize - 1].stored.as_mut().unwrap();
         stored[offset] ^= mask;
         let file = dir.path().join("tampered.ndjson");
-        std::fs::write(&file, to_ndjson(&tampered)).unwrap();
+        std::fs::write(&file, to_ndjson(&tampered, &end_line(&export))).unwrap();
 
         let (code, ok, py_failures, report) = python_verify(&file, head.seq, &head.last_hash);
         assert_eq!((code, ok), (1, false), "{what}: {report}");
@@ -304,15 +318,182 @@ async fn exporting_a_middle_range_gives_exactly_those_entries_linked_to_the_one_
     let (ok, failures) = rust_verify(&lines, 10, before.entry_hash.parse().unwrap(), None);
     assert!(ok, "{failures:?}");
 
-    // Open ends: from alone runs to the head, to alone starts at 1, to past the head stops there.
+    // Open ends: from alone runs to the head, to alone starts at 1; past the head is refused
+    // (tests/api/export.rs).
     let tail = parse_export(&app.export_ok(LEDGER, "from=25").await);
     assert_eq!(
         tail.iter().map(|l| l.seq).collect::<Vec<_>>(),
         [25, 26, 27, 28, 29, 30]
     );
     assert_eq!(parse_export(&app.export_ok(LEDGER, "to=3").await).len(), 3);
-    assert_eq!(
-        parse_export(&app.export_ok(LEDGER, "from=29&to=99").await).len(),
-        2
+}
+
+/// What one verifier says about a bundle: exit code, the (seq, kind) failures, the report.
+struct Said {
+    code: i32,
+    failures: Failures,
+    report: Value,
+}
+
+fn said(out: &std::process::Output) -> Said {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON report ({e}); stdout: {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let failures = report["failures"]
+        .as_array()
+        .map(|fs| {
+            fs.iter()
+                .map(|f| {
+                    (
+                        f["seq"].as_u64().unwrap(),
+                        f["kind"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Said {
+        code: out.status.code().unwrap_or(-1),
+        failures,
+        report,
+    }
+}
+
+/// `ledger-verify --bundle` and `verify_chain.py --jsonl` on the same file, with the same
+/// extra flags; both must agree on the exit code and the failures, which are returned.
+fn both_on(file: &Path, extra: &[&str]) -> (i32, Failures, Value, Value) {
+    let rust = said(
+        &Command::new(env!("CARGO_BIN_EXE_ledger-verify"))
+            .args(["--bundle", file.to_str().unwrap(), "--json"])
+            .args(extra)
+            .output()
+            .expect("run ledger-verify"),
     );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/verify_chain.py");
+    let python = said(
+        &Command::new(python3())
+            .arg(script)
+            .args(["--ledger", LEDGER, "--json", "--jsonl"])
+            .arg(file)
+            .args(extra)
+            .output()
+            .expect("run scripts/verify_chain.py"),
+    );
+    assert_eq!(
+        (rust.code, &rust.failures),
+        (python.code, &python.failures),
+        "the verifiers agree on {}: rust {} python {}",
+        file.display(),
+        rust.report,
+        python.report
+    );
+    (rust.code, rust.failures, rust.report, python.report)
+}
+
+fn failures(list: &[(u64, &str)]) -> Failures {
+    list.iter().map(|(s, k)| (*s, (*k).to_owned())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_or_emptied_export_fails_both_verifiers_and_one_without_an_end_line_needs_a_flag() {
+    let app = spawn_app().await;
+    for n in 1..=30 {
+        app.append_ok(LEDGER, &format!(r#"{{"n":{n}}}"#)).await;
+    }
+    let export = app.export_ok(LEDGER, "").await;
+    let lines = parse_export(&export);
+    let end = end_line(&export);
+    let ranged = app.export_ok(LEDGER, "from=10&to=20").await;
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).unwrap();
+        file
+    };
+
+    // Whole, and ranged (its first prev_hash the anchor): both verify, the end attested.
+    let (code, found, rust, python) = both_on(&write("whole.jsonl", &export), &[]);
+    assert_eq!((code, found), (0, Failures::new()));
+    assert_eq!(
+        (&rust["end_attested"], &python["end_attested"]),
+        (&Value::Bool(true), &Value::Bool(true))
+    );
+    assert_eq!(rust["head"]["seq"], 30, "{rust}");
+    let (code, found, ..) = both_on(&write("ranged.jsonl", &ranged), &[]);
+    assert_eq!((code, found), (0, Failures::new()));
+
+    // Cut short: the last entry line gone, the end line kept.
+    let cut = to_ndjson(&lines[..29], &end);
+    let (code, found, ..) = both_on(&write("cut.jsonl", &cut), &[]);
+    assert_eq!((code, found), (1, failures(&[(30, "missing_entry")])));
+    let ranged_lines = parse_export(&ranged);
+    let ranged_cut = to_ndjson(&ranged_lines[..10], &end_line(&ranged));
+    let (code, found, ..) = both_on(&write("ranged-cut.jsonl", &ranged_cut), &[]);
+    assert_eq!((code, found), (1, failures(&[(20, "missing_entry")])));
+    // The first lines gone.
+    let (code, found, ..) = both_on(&write("headless.jsonl", &to_ndjson(&lines[3..], &end)), &[]);
+    assert_eq!((code, found), (1, failures(&[(1, "missing_entry")])));
+
+    // Emptied: no entry lines. Accepted with --allow-empty only for a ledger that was empty.
+    let (code, found, ..) = both_on(&write("emptied.jsonl", &end), &[]);
+    assert_eq!(code, 1);
+    assert!(
+        found.contains(&(1, "missing_entry".to_owned())),
+        "{found:?}"
+    );
+
+    // The last entry replaced by another well-formed one: the end line's last_hash catches it.
+    let mut swapped = lines.clone();
+    let other = app.export_ok(LEDGER, "from=29&to=29").await;
+    let mut forged = parse_export(&other).remove(0);
+    forged.seq = 30;
+    forged.stored = Some(
+        String::from_utf8(forged.stored.unwrap())
+            .unwrap()
+            .replace(r#""seq":29"#, r#""seq":30"#)
+            .replace(&lines[28].prev_hash, &lines[29].prev_hash)
+            .into_bytes(),
+    );
+    forged.prev_hash = lines[29].prev_hash.clone();
+    forged.entry_hash = entry_hash(forged.stored.as_deref().unwrap());
+    swapped[29] = forged;
+    let (code, found, ..) = both_on(&write("swapped.jsonl", &to_ndjson(&swapped, &end)), &[]);
+    assert_eq!((code, found), (1, failures(&[(30, "end_mismatch")])));
+
+    // No end line (as exports were written before end lines existed, or one cut off with its
+    // end): a failure after the last entry, unless --allow-unattested-end, and then the report
+    // says the end is unattested.
+    let old = write("old.jsonl", &to_ndjson(&lines, ""));
+    let (code, found, ..) = both_on(&old, &[]);
+    assert_eq!((code, found), (1, failures(&[(31, "end_mismatch")])));
+    let (code, found, rust, python) = both_on(&old, &["--allow-unattested-end"]);
+    assert_eq!((code, found), (0, Failures::new()));
+    assert_eq!(
+        (&rust["end_attested"], &python["end_attested"]),
+        (&Value::Bool(false), &Value::Bool(false))
+    );
+    for report in [&rust, &python] {
+        assert!(
+            report["notes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n.as_str().unwrap().contains("unattested")),
+            "{report}"
+        );
+    }
+
+    // A line after the end line is refused as no export (exit 2) by both.
+    let (code, ..) = both_on(
+        &write(
+            "after.jsonl",
+            &format!("{export}{}", to_ndjson(&lines[..1], "")),
+        ),
+        &[],
+    );
+    assert_eq!(code, 2);
 }

@@ -59,12 +59,47 @@ use crate::chain::verify::{Failure, Head};
 use crate::store::Stores;
 use walk::Walk;
 
-/// Which seqs to verify; `None` ends mean the ledger's first entry and its head. A range sees
-/// only its own entries' idempotency keys: a key repeated from outside it is not named.
+/// Which seqs to verify (or export); `None` ends mean the ledger's first entry and its head.
+/// A range sees only its own entries' idempotency keys: a key repeated from outside it is not
+/// named.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct VerifyRange {
     pub from: Option<u64>,
     pub to: Option<u64>,
+}
+
+impl VerifyRange {
+    /// The seqs `from..=to` this range names in a ledger whose head is `end`, `from` defaulting
+    /// to `default_from` and `to` to `end`. The one rule of verification and export: a `from`
+    /// or `to` given must lie within `1..=end`, with `from <= to`; nothing given is the whole
+    /// ledger (`(1, 0)` for an empty one).
+    pub fn within(self, default_from: u64, end: u64) -> Result<(u64, u64), LedgerError> {
+        let from = self.from.unwrap_or(default_from);
+        let to = self.to.unwrap_or(end);
+        if from == 0 {
+            return Err(LedgerError::InvalidRange("from starts at 1".into()));
+        }
+        if self.from.is_some() || self.to.is_some() {
+            if let Some(from) = self.from
+                && from > end
+            {
+                return Err(LedgerError::InvalidRange(format!(
+                    "from ({from}) is past the head (seq {end})"
+                )));
+            }
+            if to > end {
+                return Err(LedgerError::InvalidRange(format!(
+                    "to ({to}) is past the head (seq {end})"
+                )));
+            }
+            if from > to {
+                return Err(LedgerError::InvalidRange(format!(
+                    "from ({from}) is greater than to ({to})"
+                )));
+            }
+        }
+        Ok((from, to))
+    }
 }
 
 /// How to verify, beyond the range.

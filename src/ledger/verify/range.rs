@@ -75,23 +75,7 @@ pub(super) fn resolve(
         )));
     }
     let default_from = start.map_or(1, |cp| cp.seq + 1);
-    let from = range.from.unwrap_or(default_from);
-    let to = range.to.unwrap_or(end);
-    if from == 0 {
-        return Err(LedgerError::InvalidRange("from starts at 1".into()));
-    }
-    if range.from.is_some() || range.to.is_some() {
-        if from > to {
-            return Err(LedgerError::InvalidRange(format!(
-                "from ({from}) is greater than to ({to})"
-            )));
-        }
-        if to > end {
-            return Err(LedgerError::InvalidRange(format!(
-                "to ({to}) is past the head (seq {end})"
-            )));
-        }
-    }
+    let (from, to) = range.within(default_from, end)?;
     if let Some(cp) = start
         && range.from.is_some_and(|f| f != cp.seq + 1)
     {
@@ -246,6 +230,14 @@ mod tests {
     fn a_range_past_the_end_is_refused() {
         let why = refusal(resolve(range(None, Some(11)), None, &ledger(), 10));
         assert_eq!(why, "to (11) is past the head (seq 10)");
+    }
+
+    #[test]
+    fn a_range_starting_past_the_end_is_refused_as_past_the_head() {
+        let why = refusal(resolve(range(Some(11), None), None, &ledger(), 10));
+        assert_eq!(why, "from (11) is past the head (seq 10)");
+        let why = refusal(resolve(range(Some(1), None), None, &ledger(), 0));
+        assert_eq!(why, "from (1) is past the head (seq 0)");
     }
 
     #[test]

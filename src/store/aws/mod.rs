@@ -312,13 +312,34 @@ fn snake_case(name: &str) -> String {
     out
 }
 
-/// Turns any SDK error into [`StoreError::Unavailable`](super::StoreError::Unavailable),
-/// keeping the whole error chain in the detail.
+/// Turns any SDK error into [`StoreError::Unavailable`](super::StoreError::Unavailable)
+/// whose detail is one sentence, the error's causes in order; the SDK's full dump (its
+/// `Debug` of every layer) goes to the debug log.
 fn unavailable(dependency: &'static str, err: impl std::error::Error) -> super::StoreError {
+    tracing::debug!(
+        dependency,
+        error = %aws_smithy_types::error::display::DisplayErrorContext(&err),
+        "storage call failed"
+    );
     super::StoreError::Unavailable {
         dependency,
-        detail: aws_smithy_types::error::display::DisplayErrorContext(err).to_string(),
+        detail: causes(&err),
     }
+}
+
+/// The error and its sources as one line (`dispatch failure: io error: ...: Connection
+/// refused (os error 111)`), a cause the previous one already states left out.
+fn causes(err: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !text.is_empty() && !parts.last().is_some_and(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ").replace('\n', " ")
 }
 
 #[cfg(test)]
@@ -356,6 +377,16 @@ mod tests {
                 }
             ),
             "{err}"
+        );
+        // One sentence: the causes in order, not the SDK's Debug dump of every layer.
+        let text = err.to_string();
+        assert!(
+            !text.contains('{') && !text.contains("Some(") && !text.contains('\n'),
+            "{text}"
+        );
+        assert!(
+            text.contains("refused") || text.contains("connect"),
+            "{text}"
         );
         let err = stores.objects.check().await.unwrap_err();
         assert!(
