@@ -15,14 +15,17 @@
 //! settings and hooks (NDJSON bodies), each exception explained there.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
+#[path = "support/process.rs"]
+mod process;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::{Command, Output};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::json;
+
+use process::ServerProcess;
 
 /// Cases per operation and phase: each run takes under a minute on two cores.
 const MAX_EXAMPLES: &str = "30";
@@ -45,62 +48,20 @@ fn tool(var: &str) -> PathBuf {
     path
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The real server on a free loopback port, stopped when dropped.
+/// The real server on a free loopback port over a temp dir, stopped when dropped.
 struct Server {
-    child: Child,
+    _process: ServerProcess,
     url: String,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Starts `ledger-server` over a fresh data dir with `args(dir)`, and waits until it serves.
 fn start(args: impl FnOnce(&Path) -> Vec<String>) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let data = dir.path().join("data");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ledger-server"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(&data)
-        .args(args(dir.path()))
-        .env("ELEANOR_LEDGER_LOG_FORMAT", "json")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start ledger-server");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "ledger-server did not start in 30 s"
-        );
-        match lines.next() {
-            Some(Ok(line)) if line.contains("\"serving\"") => break,
-            Some(Ok(_)) => continue,
-            _ => panic!("ledger-server exited during startup: {:?}", child.wait()),
-        }
-    }
-    // Keep draining stderr so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    let process = ServerProcess::start(&dir.path().join("data"), &args(dir.path()), &[], None);
     Server {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
+        url: format!("http://{}", process.address),
+        _process: process,
         _dir: dir,
     }
 }

@@ -153,7 +153,7 @@ async fn a_request_with_both_content_length_and_transfer_encoding_is_refused_and
 async fn hundreds_of_silent_connections_beyond_the_descriptor_limit_do_not_keep_health_checks_out()
 {
     let data_dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(data_dir.path(), &[], Some(256));
+    let server = ServerProcess::start(data_dir.path(), &[], &[], Some(256));
     let address = &server.address;
     // More silent connections than the server has descriptors: without a cap that makes room
     // it runs out (accept: too many open files) and stops answering anyone.

@@ -22,7 +22,7 @@ fn responses_logged(logs: &[Value]) -> Vec<(String, u64)> {
 #[tokio::test]
 async fn by_default_successes_and_probes_log_nothing_and_a_refused_request_logs_one_warning() {
     let data_dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(data_dir.path(), &[], None);
+    let server = ServerProcess::start(data_dir.path(), &[], &[], None);
     let client = reqwest::Client::new();
     for path in ["/livez", "/health", "/metrics", "/openapi.json"] {
         let response = client.get(server.url(path)).send().await.unwrap();

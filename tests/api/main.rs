@@ -17,6 +17,7 @@ mod lifecycle;
 mod limits;
 mod logging;
 mod observability;
+#[path = "../support/process.rs"]
 mod process;
 mod read;
 mod reference_verifier;

@@ -17,10 +17,15 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Starts the server on the embedded store in `data_dir` with `env` set (JSON logs unless
-    /// `env` says otherwise), under a descriptor limit (soft and hard) of `nofile` when given,
-    /// and waits until it logs that it is serving.
-    pub fn start(data_dir: &Path, env: &[(&str, &str)], nofile: Option<u32>) -> ServerProcess {
+    /// Starts the server on the embedded store in `data_dir` with `args` and `env` (JSON logs
+    /// unless `env` says otherwise), under a descriptor limit (soft and hard) of `nofile` when
+    /// given, and waits until it logs that it is serving.
+    pub fn start(
+        data_dir: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+        nofile: Option<u32>,
+    ) -> ServerProcess {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -34,6 +39,7 @@ impl ServerProcess {
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
             .arg(data_dir)
+            .args(args)
             .env_remove("RUST_LOG")
             .env("ELEANOR_LEDGER_LOG_FORMAT", "json")
             .envs(env.iter().copied())
@@ -73,11 +79,13 @@ impl ServerProcess {
         }
     }
 
+    #[allow(dead_code, reason = "not every test binary reads the logs")]
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.address)
     }
 
     /// The stderr lines so far, parsed (the JSON log format).
+    #[allow(dead_code, reason = "not every test binary reads the logs")]
     pub fn logs(&self) -> Vec<serde_json::Value> {
         self.lines
             .lock()
