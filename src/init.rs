@@ -120,7 +120,7 @@ pub async fn run(args: InitArgs) -> Result<String, InitError> {
             e @ OpenError::InvalidSettings(_) => InitError::Config(ConfigError(e.to_string())),
             e @ (OpenError::InUse(_) | OpenError::Io { .. }) => InitError::NotUsable(e.to_string()),
         })?;
-    if let BackendConfig::Local { data_dir } = &config {
+    if let BackendConfig::Local { data_dir, .. } = &config {
         line(
             &mut report,
             format!("embedded store at {}: ready", data_dir.display()),

@@ -10,6 +10,7 @@
 //! "is there a checkpoint after seq x?" (one list call with limit 1 each) for the others. It is
 //! cached per ledger after that.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use super::commit::now;
@@ -21,6 +22,54 @@ use crate::store::{NewObject, ObjectStore, PutOutcome};
 
 /// Ledgers listed per index query by a periodic round.
 const ROUND_PAGE: usize = 500;
+
+/// Ledgers whose latest checkpoint is cached, at most (~300 bytes each).
+pub(super) const CACHED_CHECKPOINTS: usize = 4096;
+
+/// The latest checkpoint seen per ledger, for at most `capacity` ledgers: when full, a new
+/// ledger's checkpoint takes the place of one chosen at random (a miss costs one listing), so
+/// memory is bounded however many ledgers are checkpointed.
+pub(super) struct CheckpointCache {
+    capacity: usize,
+    entries: HashMap<LedgerId, Checkpoint>,
+}
+
+impl CheckpointCache {
+    pub(super) fn new(capacity: usize) -> CheckpointCache {
+        CheckpointCache {
+            capacity,
+            entries: HashMap::new(),
+        }
+    }
+
+    fn get(&self, ledger: &LedgerId) -> Option<Checkpoint> {
+        self.entries.get(ledger).cloned()
+    }
+
+    /// Keeps `checkpoint` unless a later one of its ledger is cached.
+    fn insert(&mut self, checkpoint: &Checkpoint) {
+        match self.entries.get_mut(&checkpoint.ledger_id) {
+            Some(cached) if cached.seq > checkpoint.seq => {}
+            Some(cached) => *cached = checkpoint.clone(),
+            None => {
+                if self.entries.len() >= self.capacity {
+                    let skip = fastrand::usize(..self.entries.len());
+                    let evicted = self.entries.keys().nth(skip).cloned();
+                    if let Some(evicted) = evicted {
+                        self.entries.remove(&evicted);
+                    }
+                }
+                self.entries
+                    .insert(checkpoint.ledger_id.clone(), checkpoint.clone());
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
 
 impl Ledger {
     /// Signs a checkpoint of the ledger's current head and stores it. Returns it and whether
@@ -122,21 +171,14 @@ impl Ledger {
             .lock()
             .expect("checkpoint cache lock is never poisoned")
             .get(ledger)
-            .cloned()
     }
 
     fn cache_checkpoint(&self, checkpoint: &Checkpoint) {
-        let mut cache = self
-            .inner
+        self.inner
             .latest_checkpoints
             .lock()
-            .expect("checkpoint cache lock is never poisoned");
-        let newer = cache
-            .get(&checkpoint.ledger_id)
-            .is_none_or(|c| c.seq <= checkpoint.seq);
-        if newer {
-            cache.insert(checkpoint.ledger_id.clone(), checkpoint.clone());
-        }
+            .expect("checkpoint cache lock is never poisoned")
+            .insert(checkpoint);
     }
 
     /// One periodic round: checkpoints every ledger whose head moved past its latest
@@ -234,4 +276,50 @@ pub async fn latest_checkpoint_seq(
         }
     }
     Ok(Some(hi))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::checkpoint::Signer;
+    use crate::chain::entry::Timestamp;
+    use crate::chain::hash::Hash;
+
+    fn checkpoint(ledger: &str, seq: u64) -> Checkpoint {
+        Signer::from_seed(&[7; 32]).sign_checkpoint(CheckpointBody {
+            ledger_id: LedgerId::parse(ledger).unwrap(),
+            seq,
+            last_hash: Hash::GENESIS,
+            timestamp: Timestamp::from_unix_micros(0).unwrap(),
+        })
+    }
+
+    #[test]
+    fn the_checkpoint_cache_holds_at_most_its_capacity_however_many_ledgers_pass() {
+        let mut cache = CheckpointCache::new(100);
+        let mut cp = checkpoint("l0", 1);
+        for i in 0..10_000 {
+            cp.ledger_id = LedgerId::parse(&format!("l{i}")).unwrap();
+            cache.insert(&cp);
+        }
+        assert_eq!(cache.len(), 100);
+        let last = LedgerId::parse("l9999").unwrap();
+        assert_eq!(
+            cache.get(&last).map(|c| c.seq),
+            Some(1),
+            "the newest is kept"
+        );
+    }
+
+    #[test]
+    fn the_checkpoint_cache_keeps_a_ledger_s_latest_checkpoint() {
+        let mut cache = CheckpointCache::new(2);
+        cache.insert(&checkpoint("a", 5));
+        cache.insert(&checkpoint("a", 3));
+        let a = LedgerId::parse("a").unwrap();
+        assert_eq!(cache.get(&a).map(|c| c.seq), Some(5));
+        cache.insert(&checkpoint("a", 9));
+        assert_eq!(cache.get(&a).map(|c| c.seq), Some(9));
+        assert_eq!(cache.len(), 1);
+    }
 }
