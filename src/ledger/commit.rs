@@ -182,6 +182,12 @@ impl Writer {
         Ok(rolled)
     }
 
+    /// The first and last seq of the pending batch of the head this writer last saw.
+    pub fn pending_seqs(&self) -> Option<(u64, u64)> {
+        let pending = self.head.as_ref()?.pending.as_ref()?;
+        Some((pending.first_seq, pending.last_seq()))
+    }
+
     /// Steps 0 to 2, retried on conflicts: returns what becomes of each append, the claimed
     /// entries (none when every append was answered from storage), and whether they were
     /// written out with the claim (one step).

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{Instrument, info_span};
 
+use super::checkpoint::MovedLedgers;
 use super::commit::Writer;
 use super::{Append, LedgerError, LedgerMetrics, Options, Receipt};
 use crate::chain::entry::LedgerId;
@@ -37,6 +38,8 @@ pub(crate) struct Committer {
     options: Arc<Options>,
     metrics: LedgerMetrics,
     writer: Writer,
+    /// Told of every batch committed, for the checkpoint rounds.
+    moved: Arc<MovedLedgers>,
 }
 
 impl Committer {
@@ -45,12 +48,14 @@ impl Committer {
         stores: Stores,
         options: Arc<Options>,
         metrics: LedgerMetrics,
+        moved: Arc<MovedLedgers>,
     ) -> Committer {
         Committer {
             writer: Writer::new(ledger.clone(), stores, options.clone(), metrics.clone()),
             ledger,
             options,
             metrics,
+            moved,
         }
     }
 
@@ -110,6 +115,15 @@ impl Committer {
                 let new = appended.count() - replays;
                 if new > 0 {
                     self.metrics.batch_size.observe(new as f64);
+                }
+                let seqs = committed
+                    .iter()
+                    .flatten()
+                    .flatten()
+                    .filter(|a| !a.replayed)
+                    .map(|a| a.entry.seq);
+                if let (Some(first), Some(last)) = (seqs.clone().min(), seqs.max()) {
+                    self.moved.note(&self.ledger, first, last);
                 }
                 self.metrics.replays.inc_by(replays as u64);
                 committed

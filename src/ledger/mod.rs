@@ -416,6 +416,8 @@ struct Inner {
     committers: Arc<Mutex<Committers>>,
     /// The latest checkpoint seen per ledger (see [`checkpoint`]).
     latest_checkpoints: Mutex<checkpoint::CheckpointCache>,
+    /// What this replica committed since its last checkpoint round (see [`checkpoint`]).
+    moved: Arc<checkpoint::MovedLedgers>,
 }
 
 /// The running committers. A committer's entry leaves with it (it removes its own when it
@@ -459,6 +461,7 @@ impl Submitted {
 
 impl Ledger {
     pub fn new(stores: Stores, options: Options, metrics: LedgerMetrics) -> Ledger {
+        let rounds = options.signer.is_some() && !options.checkpoint_interval.is_zero();
         Ledger {
             inner: Arc::new(Inner {
                 stores,
@@ -468,6 +471,7 @@ impl Ledger {
                 latest_checkpoints: Mutex::new(checkpoint::CheckpointCache::new(
                     checkpoint::CACHED_CHECKPOINTS,
                 )),
+                moved: Arc::new(checkpoint::MovedLedgers::new(rounds)),
             }),
         }
     }
@@ -615,6 +619,7 @@ impl Ledger {
             self.inner.stores.clone(),
             self.inner.options.clone(),
             self.inner.metrics.clone(),
+            self.inner.moved.clone(),
         );
         let gauge = self.inner.metrics.committers.clone();
         gauge.inc();
@@ -658,7 +663,14 @@ impl Ledger {
     /// Rolls forward the ledger's pending batch if it is not written out (the protocol's
     /// [`commit::Writer::finish_pending`]). `true` if it was.
     pub(crate) async fn finish_pending(&self, ledger: &LedgerId) -> Result<bool, LedgerError> {
-        self.writer(ledger).finish_pending().await
+        let mut writer = self.writer(ledger);
+        let rolled = writer.finish_pending().await?;
+        if rolled && let Some((first, last)) = writer.pending_seqs() {
+            // Written out here, perhaps by a writer that died before its round: this
+            // replica's round checkpoints it.
+            self.inner.moved.note(ledger, first, last);
+        }
+        Ok(rolled)
     }
 }
 
