@@ -1,5 +1,5 @@
-//! Startup and shutdown: open the configured backend, recover interrupted batches, bind,
-//! serve until told to stop, then drain.
+//! Startup and shutdown: open the configured backend, check it answers, bind, serve until
+//! told to stop, then drain.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,7 +17,7 @@ use crate::http::metrics::HttpMetrics;
 use crate::http::serve::{ConnectionLimits, ConnectionMetrics, serve};
 use crate::http::{AppState, Shared, router};
 use crate::keyfile::{self, KeySource};
-use crate::ledger::{Ledger, LedgerError, LedgerMetrics};
+use crate::ledger::{Ledger, LedgerMetrics};
 use crate::store::{self, Access, BackendConfig, BackendMetrics, StoreError, Stores, breaker};
 
 /// Why the service could not start.
@@ -42,7 +42,7 @@ pub struct Application {
 }
 
 impl Application {
-    /// Opens storage, finishes any batch a crash left half-written, and binds the listener
+    /// Opens storage, checks both stores answer, and binds the listener
     /// (port 0 picks a free port; see [`local_addr`](Self::local_addr)).
     pub async fn build(config: Config) -> Result<Application, StartError> {
         let registry = prometheus::Registry::new();
@@ -208,8 +208,11 @@ struct StorageStartError {
     retryable: bool,
 }
 
-/// The part of startup that needs storage: both stores answer, then the batches an earlier
-/// run committed but did not write out are finished. `/health` is `503` until it succeeds.
+/// The part of startup that needs storage: both stores answer. `/health` is `503` until it
+/// does. Nothing here walks the ledgers, so startup costs the same with one ledger or a
+/// million: a batch an earlier run committed but did not write out is rolled forward by the
+/// first append, read, verification, export or checkpoint of its ledger (`docs/PROTOCOL.md`,
+/// "Crash points").
 async fn start_storage(ledger: &Ledger) -> Result<(), StorageStartError> {
     let stores = ledger.stores();
     let (objects, index) = tokio::join!(stores.objects.check(), stores.index.check());
@@ -219,19 +222,6 @@ async fn start_storage(ledger: &Ledger) -> Result<(), StorageStartError> {
             retryable: !matches!(e, StoreError::Corrupt(_)),
             message: format!("{what} is not usable: {e}"),
         })?;
-    }
-    match ledger.recover().await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(
-            batches = n,
-            "finished batches that an earlier run had committed but not written out"
-        ),
-        Err(e) => {
-            return Err(StorageStartError {
-                retryable: matches!(e, LedgerError::Unavailable { .. }),
-                message: format!("recovering interrupted batches failed: {e}"),
-            });
-        }
     }
     Ok(())
 }

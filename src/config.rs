@@ -56,6 +56,9 @@ pub struct StorageArgs {
     /// Directory of the embedded store (local backend).
     #[arg(long, env = "ELEANOR_LEDGER_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// The embedded store's page cache, in MiB (local backend): memory it holds once warm.
+    #[arg(long, env = "ELEANOR_LEDGER_CACHE_MIB", default_value_t = 32)]
+    pub cache_mib: usize,
     /// S3 bucket with Object Lock for entry objects (aws backend).
     #[arg(long, env = "ELEANOR_LEDGER_S3_BUCKET")]
     pub s3_bucket: Option<String>,
@@ -145,6 +148,14 @@ pub struct ServerArgs {
     /// Appends that may wait per ledger before new ones are refused with 503.
     #[arg(long, env = "ELEANOR_LEDGER_QUEUE_DEPTH", default_value_t = 4096)]
     pub queue_depth: usize,
+    /// Milliseconds without an append after which a ledger's committer ends (and its memory
+    /// is freed); the next append starts another.
+    #[arg(
+        long,
+        env = "ELEANOR_LEDGER_COMMITTER_IDLE_MS",
+        default_value_t = 60_000
+    )]
+    pub committer_idle_ms: u64,
     /// Time allowed for one request (verification excepted), in milliseconds.
     #[arg(
         long,
@@ -313,6 +324,12 @@ impl ServerArgs {
             1_000_000_000,
         )?;
         bounded(
+            "ELEANOR_LEDGER_COMMITTER_IDLE_MS",
+            self.committer_idle_ms,
+            10,
+            3_600_000,
+        )?;
+        bounded(
             "ELEANOR_LEDGER_REQUEST_TIMEOUT_MS",
             self.request_timeout_ms,
             100,
@@ -410,7 +427,7 @@ impl ServerArgs {
             )));
         }
         let default_signing_key = match (&backend, self.signing, &signer) {
-            (BackendConfig::Local { data_dir }, SigningMode::Auto, None) => {
+            (BackendConfig::Local { data_dir, .. }, SigningMode::Auto, None) => {
                 Some(data_dir.join(crate::keyfile::DEFAULT_KEY_FILE))
             }
             _ => None,
@@ -428,6 +445,7 @@ impl ServerArgs {
                 queue_depth: self.queue_depth,
                 signer,
                 checkpoint_interval: Duration::from_secs(self.checkpoint_interval),
+                committer_idle: Duration::from_millis(self.committer_idle_ms),
                 ..Options::default()
             },
             limits: Limits {
@@ -462,6 +480,9 @@ impl StorageArgs {
             )),
             Backend::Local => Ok(BackendConfig::Local {
                 data_dir: self.data_dir.clone(),
+                cache_bytes: bounded("ELEANOR_LEDGER_CACHE_MIB", self.cache_mib, 1, 65_536)?
+                    * 1024
+                    * 1024,
             }),
             Backend::Aws => self.aws_settings(request_timeout).map(BackendConfig::Aws),
         }
@@ -533,7 +554,7 @@ mod tests {
         let config = args(&[]).into_config().unwrap();
         assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
         assert!(
-            matches!(&config.backend, BackendConfig::Local { data_dir } if data_dir == Path::new("./data"))
+            matches!(&config.backend, BackendConfig::Local { data_dir, .. } if data_dir == Path::new("./data"))
         );
         assert_eq!(config.limits.max_record_bytes, 262_144);
         assert_eq!(config.ledger.max_ledgers, 100_000);

@@ -97,7 +97,7 @@ pub async fn run(args: InitArgs) -> Result<String, InitError> {
     let config = storage.backend_config(Duration::from_secs(30))?;
     // What a fresh data directory lacks, to say what opening it created.
     let local_before = match &config {
-        BackendConfig::Local { data_dir } => Some(LocalFiles::of(data_dir)),
+        BackendConfig::Local { data_dir, .. } => Some(LocalFiles::of(data_dir)),
         BackendConfig::Aws(_) => None,
     };
     match &config {
@@ -125,7 +125,7 @@ pub async fn run(args: InitArgs) -> Result<String, InitError> {
             e @ OpenError::InvalidSettings(_) => InitError::Config(ConfigError(e.to_string())),
             e @ (OpenError::InUse(_) | OpenError::Io { .. }) => InitError::NotUsable(e.to_string()),
         })?;
-    if let (BackendConfig::Local { data_dir }, Some(before)) = (&config, local_before) {
+    if let (BackendConfig::Local { data_dir, .. }, Some(before)) = (&config, local_before) {
         let created = before.created_by_open(data_dir);
         changed |= !created.is_empty();
         line(

@@ -4,10 +4,13 @@
 //! verifier (the file stays until the next run replaces it).
 //!
 //! The file holds the two gauges the service exports for its own verifications, with the same
-//! names and help, labelled `ledger_id` and `verifier="ledger-verify"`:
+//! names, labelled `ledger_id` and `verifier="ledger-verify"`: of the one ledger it verified,
+//! how many failed (0 or 1), and when. The service's own gauges carry no ledger id (a series
+//! per ledger does not scale to a million ledgers); this file names the one ledger an operator
+//! chose to verify offline, one file per ledger scheduled.
 //!
 //! ```text
-//! ledger_verify_last_ok{ledger_id="default",verifier="ledger-verify"} 1
+//! ledger_verify_failing_ledgers{ledger_id="default",verifier="ledger-verify"} 0
 //! ledger_verify_last_timestamp_seconds{ledger_id="default",verifier="ledger-verify"} 1764763200
 //! ```
 //!
@@ -42,7 +45,7 @@ where
                 .requires("ledger")
                 .help(
                     "Also write the verdict to FILE (e.g. .../textfile/ledger-verify-ID.prom) for \
-                     node-exporter's textfile collector: ledger_verify_last_ok and \
+                     node-exporter's textfile collector: ledger_verify_failing_ledgers and \
                      ledger_verify_last_timestamp_seconds. Needs --ledger.",
                 ),
         )
@@ -60,13 +63,13 @@ pub fn render(ledger_id: &str, ok: bool, at: SystemTime) -> String {
         escape(ledger_id)
     );
     format!(
-        "# HELP ledger_verify_last_ok 1 if the last verification of the ledger found it intact, 0 if it found failures.\n\
-         # TYPE ledger_verify_last_ok gauge\n\
-         ledger_verify_last_ok{labels} {}\n\
+        "# HELP ledger_verify_failing_ledgers 1 if the last verification of the ledger found failures, 0 if it found it intact.\n\
+         # TYPE ledger_verify_failing_ledgers gauge\n\
+         ledger_verify_failing_ledgers{labels} {}\n\
          # HELP ledger_verify_last_timestamp_seconds When the ledger was last verified (Unix time).\n\
          # TYPE ledger_verify_last_timestamp_seconds gauge\n\
          ledger_verify_last_timestamp_seconds{labels} {secs}\n",
-        u8::from(ok)
+        u8::from(!ok)
     )
 }
 
@@ -123,10 +126,10 @@ mod tests {
         let at = UNIX_EPOCH + Duration::from_secs(1_764_763_200);
         let text = render("default", false, at);
         assert!(text.contains(
-            "\nledger_verify_last_ok{ledger_id=\"default\",verifier=\"ledger-verify\"} 0\n"
+            "\nledger_verify_failing_ledgers{ledger_id=\"default\",verifier=\"ledger-verify\"} 1\n"
         ));
         assert!(text.contains("\nledger_verify_last_timestamp_seconds{ledger_id=\"default\",verifier=\"ledger-verify\"} 1764763200\n"));
-        assert!(render("default", true, at).contains("} 1\n"));
+        assert!(render("default", true, at).contains("verifier=\"ledger-verify\"} 0\n"));
         assert_eq!(escape("a\"b\\c\nd"), r#"a\"b\\c\nd"#);
     }
 
@@ -137,7 +140,10 @@ mod tests {
         write(&path, "default", false, SystemTime::now()).unwrap();
         write(&path, "default", true, SystemTime::now()).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.contains("verifier=\"ledger-verify\"} 1\n"), "{text}");
+        assert!(
+            text.contains("ledger_verify_failing_ledgers{ledger_id=\"default\",verifier=\"ledger-verify\"} 0\n"),
+            "{text}"
+        );
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1, "only the .prom file: {names:?}");
     }

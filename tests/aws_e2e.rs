@@ -1664,6 +1664,106 @@ async fn requests_per_record_at_one_and_at_sixty_four_clients() {
     );
 }
 
+/// Backend requests counted in `registry` (every op when `ddb` is false, DynamoDB's only
+/// when it is true).
+fn backend_requests(registry: &prometheus::Registry, ddb: bool) -> f64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == "ledger_backend_requests_total")
+        .flat_map(|f| f.get_metric().iter())
+        .filter(|m| {
+            !ddb || m
+                .get_label()
+                .iter()
+                .any(|l| l.name() == "op" && l.value().starts_with("ddb_"))
+        })
+        .map(|m| m.get_counter().value())
+        .sum()
+}
+
+/// Issue 20 on S3 + DynamoDB: a server starting over many ledgers reads none of them, and a
+/// checkpoint round costs in proportion to the ledgers that moved. Measured with 200 ledgers
+/// (the emulator takes ~25 ms a request; the code reads no ledger at startup, so the count
+/// does not depend on how many there are; before, it was one `GetItem` per ledger).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_reads_no_ledger_and_a_checkpoint_round_costs_in_proportion_to_moved_ledgers() {
+    use eleanor_ledger::chain::checkpoint::Signer;
+    use eleanor_ledger::chain::entry::{LedgerId, Record};
+    use eleanor_ledger::ledger::{Ledger, LedgerMetrics, Options};
+    use futures::StreamExt;
+
+    const LEDGERS: usize = 200;
+    const MOVED: usize = 10;
+    let settings = aws_support::fresh_settings().await;
+    let registry = prometheus::Registry::new();
+    let stores =
+        aws_support::connect_with(&settings, BackendMetrics::new(&registry).unwrap()).await;
+    let writer = Ledger::new(
+        stores,
+        Options {
+            signer: Some(Arc::new(Signer::from_seed(&[5; 32]))),
+            checkpoint_interval: Duration::from_secs(300),
+            ..Options::default()
+        },
+        LedgerMetrics::new(&registry).unwrap(),
+    );
+    let ids: Vec<LedgerId> = (0..LEDGERS)
+        .map(|i| LedgerId::parse(&format!("many-{i:05}")).unwrap())
+        .collect();
+    let append_all = async |ids: &[LedgerId]| {
+        futures::stream::iter(ids.iter().cloned().map(|id| {
+            let writer = writer.clone();
+            async move {
+                let record = Record::parse(br#"{"event":"moved"}"#).unwrap();
+                writer.append(&id, record).await.unwrap()
+            }
+        }))
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await
+    };
+    append_all(&ids).await;
+    assert_eq!(
+        writer.checkpoint_moved_ledgers().await.unwrap(),
+        LEDGERS as u64
+    );
+
+    let before = backend_requests(&registry, false);
+    assert_eq!(writer.checkpoint_moved_ledgers().await.unwrap(), 0);
+    let idle_round = backend_requests(&registry, false) - before;
+    append_all(&ids[..MOVED]).await;
+    let before = backend_requests(&registry, false);
+    assert_eq!(
+        writer.checkpoint_moved_ledgers().await.unwrap(),
+        MOVED as u64
+    );
+    let moved_round = backend_requests(&registry, false) - before;
+    writer.shutdown().await;
+
+    let app = AwsApp::spawn(&settings, None).await;
+    let metrics = app.api.metrics().await;
+    let startup_ddb = metrics.requests(|op| op.starts_with("ddb_"), &[]);
+    let startup_all = metrics.requests(|_| true, &[]);
+    app.stop().await;
+    eprintln!(
+        "{LEDGERS} ledgers: startup {startup_ddb} DynamoDB requests ({startup_all} in all); \
+         a round with no moved ledger {idle_round} requests; with {MOVED} moved {moved_round}"
+    );
+    assert!(
+        startup_ddb <= 10.0,
+        "startup made {startup_ddb} DynamoDB requests"
+    );
+    assert_eq!(
+        idle_round, 0.0,
+        "a round with no moved ledger makes no request"
+    );
+    assert!(
+        moved_round <= (MOVED * 6) as f64,
+        "a round with {MOVED} moved ledgers of {LEDGERS} made {moved_round} requests"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // e. ledger-init, as the runbook runs it
 // ---------------------------------------------------------------------------------------------

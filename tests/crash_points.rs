@@ -96,8 +96,10 @@ async fn run_scenario(
     // The writer is dead (or, for a transient fault, simply done); a new one takes over.
     drop(writer);
 
+    // The restarted process does nothing at startup (it walks no ledger): its first touch of
+    // the ledger, a read, must find the interrupted batch whole or absent.
     let restarted = service(&base);
-    restarted.recover().await.unwrap();
+    let first_read = restarted.records(id, 0, 100).await.unwrap();
     let after = restarted.append(id, record("after", 0)).await.unwrap();
     let report = restarted.verify(id, VerifyRange::default()).await.unwrap();
     let case = format!(
@@ -121,11 +123,18 @@ async fn run_scenario(
     }
     // The interrupted batch is all there or not there at all; seqs are contiguous.
     let page = restarted.records(id, 0, 100).await.unwrap();
-    let victims = page
-        .records
-        .iter()
-        .filter(|r| r.record.get().contains("\"victim\""))
-        .count();
+    let victims_in = |page: &eleanor_ledger::ledger::RecordPage| {
+        page.records
+            .iter()
+            .filter(|r| r.record.get().contains("\"victim\""))
+            .count()
+    };
+    let victims = victims_in(&page);
+    assert_eq!(
+        victims_in(&first_read),
+        victims,
+        "{case}: the first read after the restart saw the batch as the later one did"
+    );
     assert!(
         victims == 0 || victims == BATCH,
         "{case}: {victims} of {BATCH} records of the batch survived"
@@ -263,7 +272,6 @@ async fn run_keyed_scenario(
     );
 
     let restarted = service(&base);
-    restarted.recover().await.unwrap();
     let retried = restarted.append_all(id, keyed_batch(id)).await.unwrap();
     let again = restarted.append_all(id, keyed_batch(id)).await.unwrap();
     assert!(
@@ -373,6 +381,88 @@ async fn every_crash_point_of_a_batch_in_steps_heals_on_the_embedded_backend() {
 async fn every_crash_point_of_a_batch_heals_on_the_emulator() {
     let stores = emulator().await;
     every_crash_point(async || stores.clone(), fault::wrap, false).await;
+}
+
+/// A writer killed right after its claim leaves its batch in `META` only. A restarted process
+/// does nothing at startup; the first read of the ledger (one record) rolls the batch forward,
+/// and every record of it is then served and indexed.
+async fn a_batch_left_pending_by_a_crash_after_its_claim(
+    make: impl AsyncFn() -> Stores,
+    wrap: Wrap,
+) {
+    let claim = calls_per_batch(&make, wrap)
+        .await
+        .iter()
+        .position(|op| *op == "compare_and_set_head")
+        .expect("a batch in steps has a claim");
+    let base = make().await;
+    let id = LedgerId::parse(&format!("killed-after-claim-{:08x}", fastrand::u32(..))).unwrap();
+    let seed = service(&base);
+    append_batch(&seed, &id, "seed").await;
+    seed.shutdown().await;
+    let (faulty, handle) = wrap(&base);
+    let writer = service(&faulty);
+    handle.plan(claim, Fault::CrashAfter);
+    assert!(
+        append_batch(&writer, &id, "victim")
+            .await
+            .iter()
+            .all(Result::is_err)
+    );
+    drop(writer);
+    let head = base.index.head(&id).await.unwrap().unwrap();
+    assert!(head.pending.is_some(), "the claim is in META");
+    let last = 2 * BATCH as u64;
+    assert!(
+        base.index
+            .seq_items(&id, last, last, 1)
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing of the batch is indexed before the restart"
+    );
+
+    let registry = prometheus::Registry::new();
+    let restarted = Ledger::new(
+        base.clone(),
+        Options::default(),
+        LedgerMetrics::new(&registry).unwrap(),
+    );
+    let read = restarted.record(&id, last).await.unwrap();
+    assert!(
+        read.record.get().contains("\"victim\""),
+        "{}",
+        read.record.get()
+    );
+    let rolled = registry
+        .gather()
+        .into_iter()
+        .find(|f| f.name() == "ledger_roll_forwards_total")
+        .map(|f| f.get_metric()[0].get_counter().value());
+    assert_eq!(rolled, Some(1.0), "the read rolled the batch forward");
+    let items = base.index.seq_items(&id, 1, last, 100).await.unwrap();
+    assert_eq!(
+        items.len(),
+        2 * BATCH,
+        "every seq of the batch is indexed now"
+    );
+    let report = restarted.verify(&id, VerifyRange::default()).await.unwrap();
+    assert!(report.ok, "{:?}", report.failures);
+    assert_eq!(report.verified, last);
+    restarted.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_left_pending_by_a_writer_killed_after_its_claim_is_rolled_forward_by_the_first_read_on_the_embedded_backend()
+ {
+    a_batch_left_pending_by_a_crash_after_its_claim(embedded, fault::wrap_in_steps).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_left_pending_by_a_writer_killed_after_its_claim_is_rolled_forward_by_the_first_read_on_the_emulator()
+ {
+    let stores = emulator().await;
+    a_batch_left_pending_by_a_crash_after_its_claim(async || stores.clone(), fault::wrap).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1495,7 +1495,7 @@ async fn every_alert_and_panel_uses_only_metrics_a_running_server_exports() {
     for needed in [
         "eleanor_requests_total",
         "kube_pod_container_resource_limits",
-        "ledger_verify_last_ok",
+        "ledger_verify_failing_ledgers",
         "ledger_verify_last_timestamp_seconds",
         "http_request_duration_seconds_bucket",
         "circuit_breaker_state",

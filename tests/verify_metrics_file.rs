@@ -68,9 +68,9 @@ async fn the_verdict_is_written_for_the_textfile_collector_and_kept_when_no_verd
     let (code, stderr) = verify(data.path(), &file);
     assert_eq!(code, 0, "{stderr}");
     let text = std::fs::read_to_string(&file).unwrap();
-    assert_eq!(gauge(&text, "ledger_verify_last_ok"), 1.0);
+    assert_eq!(gauge(&text, "ledger_verify_failing_ledgers"), 0.0);
     assert!(gauge(&text, "ledger_verify_last_timestamp_seconds") >= before);
-    assert!(text.contains("# TYPE ledger_verify_last_ok gauge"));
+    assert!(text.contains("# TYPE ledger_verify_failing_ledgers gauge"));
 
     // Tamper with one stored entry: the verdict is a failure, and the file says so.
     let db = data.path().join(DB_FILE);
@@ -84,7 +84,7 @@ async fn the_verdict_is_written_for_the_textfile_collector_and_kept_when_no_verd
     let (code, stderr) = verify(data.path(), &file);
     assert_eq!(code, 1, "{stderr}");
     let text = std::fs::read_to_string(&file).unwrap();
-    assert_eq!(gauge(&text, "ledger_verify_last_ok"), 0.0);
+    assert_eq!(gauge(&text, "ledger_verify_failing_ledgers"), 1.0);
 
     // No verdict (the store cannot be opened): the last result stays.
     let (code, _) = verify(&data.path().join("no-such-dir"), &file);

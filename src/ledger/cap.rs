@@ -3,9 +3,9 @@
 //! the index with ledgers.
 //!
 //! The count is kept where this process creates ledgers ([`LedgerCap::create`], the one
-//! place an append creates one), not read per append: it is taken once, by startup recovery,
-//! which lists every ledger anyway (or by the first creation, if that comes first), and is
-//! then counted up per ledger created. Appends to an existing ledger never come here, so they
+//! place an append creates one), not read per append: it is taken once, by the first creation
+//! (which lists every ledger, page by page: startup reads no ledger, so it cannot count them
+//! for free), and is then counted up per ledger created. Appends to an existing ledger never come here, so they
 //! go on at the cap. The count is this process's: replicas sharing one store each count the
 //! ledgers that existed when they started plus those they created, so together they may
 //! create up to one cap's worth more before each refuses (a bound on runaway creation, not an
@@ -64,12 +64,6 @@ impl LedgerCap {
         *known = Some(count + 1);
         Ok(meta)
     }
-
-    /// Takes `count` (from a listing of every ledger) as the count, unless one was taken
-    /// already (a creation counted for itself while the listing went on).
-    pub async fn counted(&self, count: u64) {
-        self.known.lock().await.get_or_insert(count);
-    }
 }
 
 /// Every ledger the index lists, counted page by page.
@@ -120,8 +114,5 @@ mod tests {
             None,
             "nothing written"
         );
-        // A count from a listing does not replace one already kept.
-        cap.counted(0).await;
-        assert_eq!(*cap.known.lock().await, Some(3));
     }
 }

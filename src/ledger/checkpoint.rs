@@ -8,8 +8,15 @@
 //! The latest checkpoint of a ledger is found without an index: keys sort by seq, so one list
 //! call finds it for ledgers with fewer than a thousand checkpoints, and a binary search over
 //! "is there a checkpoint after seq x?" (one list call with limit 1 each) for the others. It is
-//! cached per ledger after that.
+//! cached after that, for a bounded number of ledgers ([`CheckpointCache`]).
+//!
+//! Periodic rounds (`ELEANOR_LEDGER_CHECKPOINT_INTERVAL`) look only at the ledgers this replica
+//! committed to since its last round ([`MovedLedgers`]), never at the list of all ledgers, and
+//! skip a ledger another replica already checkpointed during the interval
+//! (`docs/PROTOCOL.md`, "Checkpoint rounds").
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use super::commit::now;
@@ -19,8 +26,135 @@ use crate::chain::entry::{LedgerId, MAX_SEQ};
 use crate::chain::keys::{checkpoint_key, checkpoints_prefix, seq_of_checkpoint_key};
 use crate::store::{NewObject, ObjectStore, PutOutcome};
 
-/// Ledgers listed per index query by a periodic round.
-const ROUND_PAGE: usize = 500;
+/// Checkpoint keys a round lists per moved ledger: those made since this replica's first
+/// commit of the interval, of which there are few (one per replica per interval at most).
+const COVERING_LISTING: usize = 100;
+
+/// What one replica committed to one ledger since its last checkpoint round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Moved {
+    /// The first and last seq it committed (or rolled forward).
+    first: u64,
+    last: u64,
+    /// A round found another replica's checkpoint of the interval and left the ledger to
+    /// the next round, which checkpoints it unless a later checkpoint covers `last`.
+    deferred: bool,
+}
+
+/// The ledgers this replica committed to since its last checkpoint round: all a round looks
+/// at, so a round costs in proportion to the ledgers that moved here, not to every ledger,
+/// and a replica that did not write a ledger does nothing for it (whoever wrote it does).
+/// Held only when rounds run (a signing key and a non-zero interval). In memory: a replica
+/// that dies before its round leaves its ledgers to their next append's round or to
+/// `POST .../checkpoints` (`docs/PROTOCOL.md`, "Checkpoint rounds").
+pub(super) struct MovedLedgers {
+    enabled: bool,
+    ledgers: Mutex<HashMap<LedgerId, Moved>>,
+}
+
+impl MovedLedgers {
+    pub(super) fn new(enabled: bool) -> MovedLedgers {
+        MovedLedgers {
+            enabled,
+            ledgers: Mutex::default(),
+        }
+    }
+
+    /// Notes that this replica committed (or rolled forward) seqs `first..=last` of `ledger`.
+    pub(super) fn note(&self, ledger: &LedgerId, first: u64, last: u64) {
+        if !self.enabled {
+            return;
+        }
+        let mut ledgers = self
+            .ledgers
+            .lock()
+            .expect("moved-ledgers lock is never poisoned");
+        match ledgers.get_mut(ledger) {
+            Some(m) => {
+                m.first = m.first.min(first);
+                m.last = m.last.max(last);
+            }
+            None => {
+                ledgers.insert(
+                    ledger.clone(),
+                    Moved {
+                        first,
+                        last,
+                        deferred: false,
+                    },
+                );
+            }
+        }
+    }
+
+    fn merge(&self, ledger: LedgerId, moved: Moved) {
+        let mut ledgers = self
+            .ledgers
+            .lock()
+            .expect("moved-ledgers lock is never poisoned");
+        let m = ledgers.entry(ledger).or_insert(moved);
+        m.first = m.first.min(moved.first);
+        m.last = m.last.max(moved.last);
+        m.deferred |= moved.deferred;
+    }
+
+    fn take(&self) -> HashMap<LedgerId, Moved> {
+        std::mem::take(
+            &mut *self
+                .ledgers
+                .lock()
+                .expect("moved-ledgers lock is never poisoned"),
+        )
+    }
+}
+
+/// Ledgers whose latest checkpoint is cached, at most (~300 bytes each).
+pub(super) const CACHED_CHECKPOINTS: usize = 4096;
+
+/// The latest checkpoint seen per ledger, for at most `capacity` ledgers: when full, a new
+/// ledger's checkpoint takes the place of one chosen at random (a miss costs one listing), so
+/// memory is bounded however many ledgers are checkpointed.
+pub(super) struct CheckpointCache {
+    capacity: usize,
+    entries: HashMap<LedgerId, Checkpoint>,
+}
+
+impl CheckpointCache {
+    pub(super) fn new(capacity: usize) -> CheckpointCache {
+        CheckpointCache {
+            capacity,
+            entries: HashMap::new(),
+        }
+    }
+
+    fn get(&self, ledger: &LedgerId) -> Option<Checkpoint> {
+        self.entries.get(ledger).cloned()
+    }
+
+    /// Keeps `checkpoint` unless a later one of its ledger is cached.
+    fn insert(&mut self, checkpoint: &Checkpoint) {
+        match self.entries.get_mut(&checkpoint.ledger_id) {
+            Some(cached) if cached.seq > checkpoint.seq => {}
+            Some(cached) => *cached = checkpoint.clone(),
+            None => {
+                if self.entries.len() >= self.capacity {
+                    let skip = fastrand::usize(..self.entries.len());
+                    let evicted = self.entries.keys().nth(skip).cloned();
+                    if let Some(evicted) = evicted {
+                        self.entries.remove(&evicted);
+                    }
+                }
+                self.entries
+                    .insert(checkpoint.ledger_id.clone(), checkpoint.clone());
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
 
 impl Ledger {
     /// Signs a checkpoint of the ledger's current head and stores it. Returns it and whether
@@ -122,64 +256,70 @@ impl Ledger {
             .lock()
             .expect("checkpoint cache lock is never poisoned")
             .get(ledger)
-            .cloned()
     }
 
     fn cache_checkpoint(&self, checkpoint: &Checkpoint) {
-        let mut cache = self
-            .inner
+        self.inner
             .latest_checkpoints
             .lock()
-            .expect("checkpoint cache lock is never poisoned");
-        let newer = cache
-            .get(&checkpoint.ledger_id)
-            .is_none_or(|c| c.seq <= checkpoint.seq);
-        if newer {
-            cache.insert(checkpoint.ledger_id.clone(), checkpoint.clone());
-        }
+            .expect("checkpoint cache lock is never poisoned")
+            .insert(checkpoint);
     }
 
-    /// One periodic round: checkpoints every ledger whose head moved past its latest
-    /// checkpoint. Returns how many checkpoints it wrote. A ledger that fails is logged and
-    /// skipped.
+    /// One periodic round over the ledgers this replica moved since the last round (see
+    /// [`MovedLedgers`]): each is checkpointed unless a checkpoint already covers what this
+    /// replica committed, or another replica checkpointed it during the interval (then it
+    /// waits for the next round). Costs nothing with no moved ledger and one listing per
+    /// moved ledger, plus the checkpoint itself where one is made. Returns how many
+    /// checkpoints it wrote. A ledger that fails is logged and left for the next round.
     pub async fn checkpoint_moved_ledgers(&self) -> Result<u64, LedgerError> {
         let mut written = 0;
-        let mut after: Option<LedgerId> = None;
-        loop {
-            let page = self
-                .stores()
-                .index
-                .ledgers(after.as_ref(), ROUND_PAGE)
-                .await?;
-            for ledger in &page {
-                let moved = match (
-                    self.head(ledger).await,
-                    self.latest_checkpoint(ledger).await,
-                ) {
-                    (Ok(head), Ok(latest)) => {
-                        head.seq > 0 && latest.is_none_or(|cp| cp.seq != head.seq)
-                    }
-                    (Err(e), _) | (_, Err(e)) => {
-                        tracing::warn!(ledger_id = %ledger, error = %e, "checkpoint round: cannot read the ledger");
-                        false
-                    }
-                };
-                if moved {
-                    match self.checkpoint(ledger).await {
-                        Ok((cp, true)) => {
-                            tracing::info!(ledger_id = %ledger, seq = cp.seq, "checkpoint signed");
-                            written += 1;
-                        }
-                        Ok((_, false)) => {}
-                        Err(e) => {
-                            tracing::warn!(ledger_id = %ledger, error = %e, "checkpoint round: cannot checkpoint the ledger");
-                        }
-                    }
+        for (ledger, moved) in self.inner.moved.take() {
+            match self.checkpoint_moved(&ledger, moved).await {
+                Ok(true) => written += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(ledger_id = %ledger, error = %e, "checkpoint round: cannot checkpoint the ledger; the next round retries");
+                    self.inner.moved.merge(ledger, moved);
                 }
             }
-            match page.last() {
-                Some(last) if page.len() == ROUND_PAGE => after = Some(last.clone()),
-                _ => return Ok(written),
+        }
+        Ok(written)
+    }
+
+    /// Decides one moved ledger of a round; `true` if it wrote a checkpoint.
+    async fn checkpoint_moved(&self, ledger: &LedgerId, moved: Moved) -> Result<bool, LedgerError> {
+        // Checkpoints at or after the first seq this replica committed since its last round:
+        // made during this interval, since that seq did not exist before.
+        let prefix = checkpoints_prefix(ledger);
+        let after = checkpoint_key(ledger, moved.first.saturating_sub(1));
+        let recent = self
+            .stores()
+            .objects
+            .list(&prefix, Some(&after), COVERING_LISTING)
+            .await?;
+        let newest = recent.iter().filter_map(|k| seq_of_checkpoint_key(k)).max();
+        match newest {
+            // Another replica's round (or a request) came after this replica's last commit.
+            Some(seq) if seq >= moved.last => Ok(false),
+            // Another replica checkpointed the ledger during this interval, before this
+            // replica's last commit: one checkpoint per interval, so the next round decides.
+            Some(_) if !moved.deferred => {
+                self.inner.moved.merge(
+                    ledger.clone(),
+                    Moved {
+                        deferred: true,
+                        ..moved
+                    },
+                );
+                Ok(false)
+            }
+            _ => {
+                let (cp, created) = self.checkpoint(ledger).await?;
+                if created {
+                    tracing::info!(ledger_id = %ledger, seq = cp.seq, "checkpoint signed");
+                }
+                Ok(created)
             }
         }
     }
@@ -234,4 +374,50 @@ pub async fn latest_checkpoint_seq(
         }
     }
     Ok(Some(hi))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::checkpoint::Signer;
+    use crate::chain::entry::Timestamp;
+    use crate::chain::hash::Hash;
+
+    fn checkpoint(ledger: &str, seq: u64) -> Checkpoint {
+        Signer::from_seed(&[7; 32]).sign_checkpoint(CheckpointBody {
+            ledger_id: LedgerId::parse(ledger).unwrap(),
+            seq,
+            last_hash: Hash::GENESIS,
+            timestamp: Timestamp::from_unix_micros(0).unwrap(),
+        })
+    }
+
+    #[test]
+    fn the_checkpoint_cache_holds_at_most_its_capacity_however_many_ledgers_pass() {
+        let mut cache = CheckpointCache::new(100);
+        let mut cp = checkpoint("l0", 1);
+        for i in 0..10_000 {
+            cp.ledger_id = LedgerId::parse(&format!("l{i}")).unwrap();
+            cache.insert(&cp);
+        }
+        assert_eq!(cache.len(), 100);
+        let last = LedgerId::parse("l9999").unwrap();
+        assert_eq!(
+            cache.get(&last).map(|c| c.seq),
+            Some(1),
+            "the newest is kept"
+        );
+    }
+
+    #[test]
+    fn the_checkpoint_cache_keeps_a_ledger_s_latest_checkpoint() {
+        let mut cache = CheckpointCache::new(2);
+        cache.insert(&checkpoint("a", 5));
+        cache.insert(&checkpoint("a", 3));
+        let a = LedgerId::parse("a").unwrap();
+        assert_eq!(cache.get(&a).map(|c| c.seq), Some(5));
+        cache.insert(&checkpoint("a", 9));
+        assert_eq!(cache.get(&a).map(|c| c.seq), Some(9));
+        assert_eq!(cache.len(), 1);
+    }
 }

@@ -25,7 +25,7 @@
 //!
 //! [`Writer`] owns what one writer knows (the head it last saw, which head it checked, how far
 //! batches are written out); [`Writer::commit`] runs a batch through every step and
-//! [`Writer::finish_pending`] (startup, reads, verification) runs steps 0-1 alone.
+//! [`Writer::finish_pending`] (reads, verification, export, checkpoints) runs steps 0-1 alone.
 //!
 //! The file is ~1000 lines (and its unit tests) on purpose: the protocol, idempotency keys
 //! included, is read in one place.
@@ -135,7 +135,7 @@ impl Writer {
                 }
                 Err(e) => {
                     // Committed (durable in META) but not yet written out: the next claim, a
-                    // read or startup recovery finishes it. Clients get 202, not an error, so
+                    // read, verification, export or checkpoint of the ledger finishes it. Clients get 202, not an error, so
                     // that they do not append the same event twice.
                     warn!(error = %e, "batch committed; writing it out failed and will be retried");
                     false
@@ -173,8 +173,8 @@ impl Writer {
     }
 
     /// Steps 0 and 1 alone, on `META` read afresh: rolls forward the ledger's pending batch if
-    /// it is not written out. `true` if it rolled one forward. For startup, and for reads and
-    /// verification that must not see a claimed batch as missing entries.
+    /// it is not written out. `true` if it rolled one forward. For reads, verification, export
+    /// and checkpoints, which must not see a claimed batch as missing entries.
     pub async fn finish_pending(&mut self) -> Result<bool, LedgerError> {
         let Some(head) = self.stores.index.head(&self.ledger).await? else {
             return Ok(false);
@@ -185,6 +185,12 @@ impl Writer {
         let rolled = self.ensure_written_out(&head).await?;
         self.head = Some(head);
         Ok(rolled)
+    }
+
+    /// The first and last seq of the pending batch of the head this writer last saw.
+    pub fn pending_seqs(&self) -> Option<(u64, u64)> {
+        let pending = self.head.as_ref()?.pending.as_ref()?;
+        Some((pending.first_seq, pending.last_seq()))
     }
 
     /// Steps 0 to 2, retried on conflicts: returns what becomes of each append, the claimed
@@ -550,6 +556,12 @@ impl Writer {
                 .await
                 .map_err(|e| self.integrity_error(e))?;
             self.metrics.roll_forwards.inc();
+            tracing::info!(
+                ledger_id = %self.ledger,
+                first_seq = pending.first_seq,
+                last_seq = pending.last_seq(),
+                "rolled forward a batch that was committed but not written out"
+            );
         }
         self.written_out_through = pending.last_seq();
         Ok(rolled)

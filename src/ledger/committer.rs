@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, info_span};
 
 use super::cap::LedgerCap;
+use super::checkpoint::MovedLedgers;
 use super::commit::Writer;
 use super::{Append, LedgerError, LedgerMetrics, Options, Receipt};
 use crate::chain::entry::LedgerId;
@@ -38,6 +39,8 @@ pub(crate) struct Committer {
     options: Arc<Options>,
     metrics: LedgerMetrics,
     writer: Writer,
+    /// Told of every batch committed, for the checkpoint rounds.
+    moved: Arc<MovedLedgers>,
 }
 
 impl Committer {
@@ -47,6 +50,7 @@ impl Committer {
         options: Arc<Options>,
         metrics: LedgerMetrics,
         cap: Arc<LedgerCap>,
+        moved: Arc<MovedLedgers>,
     ) -> Committer {
         Committer {
             writer: Writer::new(
@@ -59,6 +63,7 @@ impl Committer {
             ledger,
             options,
             metrics,
+            moved,
         }
     }
 
@@ -118,6 +123,15 @@ impl Committer {
                 let new = appended.count() - replays;
                 if new > 0 {
                     self.metrics.batch_size.observe(new as f64);
+                }
+                let seqs = committed
+                    .iter()
+                    .flatten()
+                    .flatten()
+                    .filter(|a| !a.replayed)
+                    .map(|a| a.entry.seq);
+                if let (Some(first), Some(last)) = (seqs.clone().min(), seqs.max()) {
+                    self.moved.note(&self.ledger, first, last);
                 }
                 self.metrics.replays.inc_by(replays as u64);
                 committed

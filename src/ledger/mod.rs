@@ -16,7 +16,7 @@ mod committer;
 mod read;
 pub mod verify;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::chain::checkpoint::{Checkpoint, ReceiptBody, ReceiptSignature, Signer};
+use crate::chain::checkpoint::{ReceiptBody, ReceiptSignature, Signer};
 use crate::chain::entry::{
     ENTRY_OVERHEAD, IdempotencyKey, LedgerId, Record, Timestamp, key_overhead,
 };
@@ -198,25 +198,45 @@ pub struct LedgerMetrics {
     replays: IntCounter,
     roll_forwards: IntCounter,
     corruption: IntCounter,
-    verify_last_ok: prometheus::IntGaugeVec,
-    verify_last_timestamp: prometheus::GaugeVec,
+    verifications: prometheus::IntCounterVec,
+    verify_failing: prometheus::IntGauge,
+    verify_last_timestamp: prometheus::Gauge,
+    /// The ledgers whose last verification through this replica found failures: the only
+    /// per-ledger state behind the verification metrics, which carry no ledger label.
+    failing: Arc<Mutex<HashSet<LedgerId>>>,
     verify_entries: IntCounter,
     verify_running: prometheus::IntGauge,
     committers: prometheus::IntGauge,
 }
 
 impl LedgerMetrics {
-    /// Records the outcome of a verification of `ledger`.
+    /// Records the outcome of a verification of `ledger`: counted by outcome, the ledger added
+    /// to (or, intact, removed from) the failing ones, and the time. A failure is logged with
+    /// the ledger's id, which the metrics do not carry (one series per ledger would not scale).
     pub(crate) fn verified(&self, ledger: &LedgerId, ok: bool) {
-        self.verify_last_ok
-            .with_label_values(&[ledger.as_str()])
-            .set(i64::from(ok));
+        let outcome = if ok { "ok" } else { "failed" };
+        self.verifications.with_label_values(&[outcome]).inc();
+        let failing = {
+            let mut failing = self
+                .failing
+                .lock()
+                .expect("failing-ledgers lock is never poisoned");
+            if ok {
+                failing.remove(ledger);
+            } else {
+                failing.insert(ledger.clone());
+            }
+            failing.len()
+        };
+        self.verify_failing
+            .set(i64::try_from(failing).unwrap_or(i64::MAX));
+        if !ok {
+            tracing::error!(ledger_id = %ledger, "verification found failures: see GET /v1/ledgers/{{id}}/verify for the report");
+        }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
-        self.verify_last_timestamp
-            .with_label_values(&[ledger.as_str()])
-            .set(now);
+        self.verify_last_timestamp.set(now);
     }
 
     /// Counts entries checked by a verification in progress.
@@ -264,20 +284,22 @@ impl LedgerMetrics {
                 "ledger_integrity_errors_total",
                 "Stored data found to disagree with the committed chain.",
             )?,
-            verify_last_ok: prometheus::IntGaugeVec::new(
+            verifications: prometheus::IntCounterVec::new(
                 prometheus::Opts::new(
-                    "ledger_verify_last_ok",
-                    "1 if the last verification of the ledger found it intact, 0 if it found failures.",
+                    "ledger_verifications_total",
+                    "Verifications through the service, by outcome: ok (intact) or failed (failures found).",
                 ),
-                &["ledger_id"],
+                &["outcome"],
             )?,
-            verify_last_timestamp: prometheus::GaugeVec::new(
-                prometheus::Opts::new(
-                    "ledger_verify_last_timestamp_seconds",
-                    "When the ledger was last verified (Unix time).",
-                ),
-                &["ledger_id"],
+            verify_failing: prometheus::IntGauge::new(
+                "ledger_verify_failing_ledgers",
+                "Ledgers whose last verification through this replica found failures (GET .../verify names them).",
             )?,
+            verify_last_timestamp: prometheus::Gauge::new(
+                "ledger_verify_last_timestamp_seconds",
+                "When the last verification through this replica finished, of any ledger (Unix time).",
+            )?,
+            failing: Arc::default(),
             verify_entries: IntCounter::new(
                 "ledger_verify_entries_total",
                 "Entries checked by verifications through the service; its rate is their progress.",
@@ -296,7 +318,8 @@ impl LedgerMetrics {
         registry.register(Box::new(m.replays.clone()))?;
         registry.register(Box::new(m.roll_forwards.clone()))?;
         registry.register(Box::new(m.corruption.clone()))?;
-        registry.register(Box::new(m.verify_last_ok.clone()))?;
+        registry.register(Box::new(m.verifications.clone()))?;
+        registry.register(Box::new(m.verify_failing.clone()))?;
         registry.register(Box::new(m.verify_last_timestamp.clone()))?;
         registry.register(Box::new(m.verify_entries.clone()))?;
         registry.register(Box::new(m.verify_running.clone()))?;
@@ -315,8 +338,8 @@ pub struct Receipt {
     pub timestamp: Timestamp,
     pub object_key: String,
     /// `false` when the record is committed (durable in `META`, its seq and hash final) but
-    /// not written out yet (its object and index item); it will be, by the next append, a read
-    /// or startup recovery.
+    /// not written out yet (its object and index item); it will be, by the next append, read,
+    /// verification, export or checkpoint of the ledger.
     #[serde(skip)]
     pub written_out: bool,
     /// The record's key was committed before, to this entry: this is its original receipt,
@@ -399,18 +422,27 @@ struct Inner {
     stores: Stores,
     options: Arc<Options>,
     metrics: LedgerMetrics,
-    committers: Mutex<Committers>,
-    /// The latest checkpoint seen per ledger (see [`checkpoint`]).
-    latest_checkpoints: Mutex<HashMap<LedgerId, Checkpoint>>,
+    committers: Arc<Mutex<Committers>>,
     /// Counts the ledgers appends create, against [`Options::max_ledgers`].
     cap: Arc<cap::LedgerCap>,
+    /// The latest checkpoint seen per ledger (see [`checkpoint`]).
+    latest_checkpoints: Mutex<checkpoint::CheckpointCache>,
+    /// What this replica committed since its last checkpoint round (see [`checkpoint`]).
+    moved: Arc<checkpoint::MovedLedgers>,
 }
 
+/// The running committers. A committer's entry leaves with it (it removes its own when it
+/// ends, idle), so this holds the ledgers appended to within the idle time, not every ledger
+/// ever appended to.
 #[derive(Default)]
 struct Committers {
     closed: bool,
-    queues: HashMap<LedgerId, mpsc::Sender<Request>>,
-    tasks: Vec<JoinHandle<()>>,
+    /// Numbers the committers, so one that ends removes its own entries and not a successor's.
+    started: u64,
+    queues: HashMap<LedgerId, (u64, mpsc::Sender<Request>)>,
+    /// Committers still running, including one whose queue was replaced while it finished
+    /// what it had queued.
+    tasks: HashMap<u64, JoinHandle<()>>,
 }
 
 /// Appends queued by [`Ledger::submit`], awaiting their batch.
@@ -440,14 +472,18 @@ impl Submitted {
 
 impl Ledger {
     pub fn new(stores: Stores, options: Options, metrics: LedgerMetrics) -> Ledger {
+        let rounds = options.signer.is_some() && !options.checkpoint_interval.is_zero();
         Ledger {
             inner: Arc::new(Inner {
                 stores,
                 cap: Arc::new(cap::LedgerCap::new(options.max_ledgers)),
                 options: Arc::new(options),
                 metrics,
-                committers: Mutex::new(Committers::default()),
-                latest_checkpoints: Mutex::new(HashMap::new()),
+                committers: Arc::new(Mutex::new(Committers::default())),
+                latest_checkpoints: Mutex::new(checkpoint::CheckpointCache::new(
+                    checkpoint::CACHED_CHECKPOINTS,
+                )),
+                moved: Arc::new(checkpoint::MovedLedgers::new(rounds)),
             }),
         }
     }
@@ -586,8 +622,8 @@ impl Ledger {
             return Err(LedgerError::ShuttingDown);
         }
         match committers.queues.get(ledger) {
-            Some(queue) if ended.is_some_and(|e| e.same_channel(queue)) => {}
-            Some(queue) => return Ok(queue.clone()),
+            Some((_, queue)) if ended.is_some_and(|e| e.same_channel(queue)) => {}
+            Some((_, queue)) => return Ok(queue.clone()),
             None => {}
         }
         let (tx, rx) = mpsc::channel(self.inner.options.queue_depth);
@@ -597,15 +633,27 @@ impl Ledger {
             self.inner.options.clone(),
             self.inner.metrics.clone(),
             self.inner.cap.clone(),
+            self.inner.moved.clone(),
         );
         let gauge = self.inner.metrics.committers.clone();
         gauge.inc();
-        committers.tasks.retain(|task| !task.is_finished());
-        committers.tasks.push(tokio::spawn(async move {
+        committers.started += 1;
+        let id = committers.started;
+        let (map, key) = (Arc::downgrade(&self.inner.committers), ledger.clone());
+        // Spawned under the lock, so the task's own removal below comes after its insertion.
+        let task = tokio::spawn(async move {
             committer.run(rx).await;
             gauge.dec();
-        }));
-        committers.queues.insert(ledger.clone(), tx.clone());
+            if let Some(map) = map.upgrade() {
+                let mut committers = map.lock().expect("committer map lock is never poisoned");
+                committers.tasks.remove(&id);
+                if committers.queues.get(&key).is_some_and(|(i, _)| *i == id) {
+                    committers.queues.remove(&key);
+                }
+            }
+        });
+        committers.tasks.insert(id, task);
+        committers.queues.insert(ledger.clone(), (id, tx.clone()));
         Ok(tx)
     }
 
@@ -621,48 +669,73 @@ impl Ledger {
             committers.queues.clear();
             std::mem::take(&mut committers.tasks)
         };
-        for task in tasks {
+        for task in tasks.into_values() {
             let _ = task.await;
-        }
-    }
-
-    /// Finishes any batch that a crashed writer claimed but did not write out, for every
-    /// ledger, and returns how many it finished. Run at startup; safe at any time and
-    /// alongside other writers. A ledger whose batch cannot be finished is logged and counted
-    /// and left for its next append to retry (or refuse); only failing to list ledgers is an
-    /// error. The ledgers it lists are the count that `ELEANOR_LEDGER_MAX_LEDGERS` is
-    /// checked against.
-    pub async fn recover(&self) -> Result<u64, LedgerError> {
-        let mut finished = 0;
-        let mut listed = 0;
-        let mut after: Option<LedgerId> = None;
-        loop {
-            let page = self.inner.stores.index.ledgers(after.as_ref(), 500).await?;
-            listed += page.len() as u64;
-            for ledger in &page {
-                // One damaged or unreachable ledger must not keep the others (or reads and
-                // verification of this one) from being served: report it and go on.
-                match self.finish_pending(ledger).await {
-                    Ok(true) => finished += 1,
-                    Ok(false) => {}
-                    Err(e) => {
-                        tracing::error!(ledger_id = %ledger, error = %e, "cannot finish this ledger's pending batch");
-                    }
-                }
-            }
-            match page.last() {
-                Some(last) if page.len() == 500 => after = Some(last.clone()),
-                _ => {
-                    self.inner.cap.counted(listed).await;
-                    return Ok(finished);
-                }
-            }
         }
     }
 
     /// Rolls forward the ledger's pending batch if it is not written out (the protocol's
     /// [`commit::Writer::finish_pending`]). `true` if it was.
     pub(crate) async fn finish_pending(&self, ledger: &LedgerId) -> Result<bool, LedgerError> {
-        self.writer(ledger).finish_pending().await
+        let mut writer = self.writer(ledger);
+        let rolled = writer.finish_pending().await?;
+        if rolled && let Some((first, last)) = writer.pending_seqs() {
+            // Written out here, perhaps by a writer that died before its round: this
+            // replica's round checkpoints it.
+            self.inner.moved.note(ledger, first, last);
+        }
+        Ok(rolled)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::BackendMetrics;
+    use crate::store::local::LocalStore;
+
+    /// Entries of the committer map: (queues, tasks).
+    fn committer_entries(ledger: &Ledger) -> (usize, usize) {
+        let committers = ledger
+            .inner
+            .committers
+            .lock()
+            .expect("committer map lock is never poisoned");
+        (committers.queues.len(), committers.tasks.len())
+    }
+
+    /// The committer map held a queue per ledger ever appended to (issue 20: ~2.6 KB each).
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_committer_that_ends_idle_leaves_nothing_of_its_ledger_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let stores = LocalStore::open(dir.path(), BackendMetrics::unregistered())
+            .unwrap()
+            .into_stores();
+        let idle = Duration::from_millis(100);
+        let ledger = Ledger::new(
+            stores,
+            Options {
+                committer_idle: idle,
+                ..Options::default()
+            },
+            LedgerMetrics::new(&Registry::new()).unwrap(),
+        );
+        let record = || Record::parse(br#"{"a":1}"#).unwrap();
+        for i in 0..50 {
+            let id = LedgerId::parse(&format!("l{i}")).unwrap();
+            ledger.append(&id, record()).await.unwrap();
+        }
+        assert_eq!(committer_entries(&ledger), (50, 50));
+        tokio::time::sleep(idle * 3).await;
+        assert_eq!(committer_entries(&ledger), (0, 0), "all ended, idle");
+
+        // A ledger appended to again gets a committer again, and it too leaves when idle.
+        let id = LedgerId::parse("l7").unwrap();
+        let receipt = ledger.append(&id, record()).await.unwrap();
+        assert_eq!(receipt.seq, 2);
+        assert_eq!(committer_entries(&ledger), (1, 1));
+        tokio::time::sleep(idle * 3).await;
+        assert_eq!(committer_entries(&ledger), (0, 0));
+        ledger.shutdown().await;
     }
 }

@@ -10,8 +10,12 @@ use super::{Backend, BackendMetrics, Stores};
 /// Which backend to open, and where: built by [`crate::config`] from flags and environment.
 #[derive(Debug, Clone)]
 pub enum BackendConfig {
-    /// The embedded store in this directory.
-    Local { data_dir: PathBuf },
+    /// The embedded store in this directory, with a page cache of `cache_bytes` when opened
+    /// for writing.
+    Local {
+        data_dir: PathBuf,
+        cache_bytes: usize,
+    },
     /// S3 and DynamoDB.
     Aws(AwsSettings),
 }
@@ -59,10 +63,14 @@ pub async fn open(
     metrics: BackendMetrics,
 ) -> Result<Stores, OpenError> {
     match (config, access) {
-        (BackendConfig::Local { data_dir }, Access::ReadWrite) => {
-            Ok(LocalStore::open(data_dir, metrics)?.into_stores())
-        }
-        (BackendConfig::Local { data_dir }, Access::ReadOnly) => {
+        (
+            BackendConfig::Local {
+                data_dir,
+                cache_bytes,
+            },
+            Access::ReadWrite,
+        ) => Ok(LocalStore::open_with_cache(data_dir, *cache_bytes, metrics)?.into_stores()),
+        (BackendConfig::Local { data_dir, .. }, Access::ReadOnly) => {
             Ok(LocalStore::open_read_only(data_dir, metrics)?.into_stores())
         }
         (BackendConfig::Aws(settings), _) => aws::connect(settings, metrics)

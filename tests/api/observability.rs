@@ -7,7 +7,7 @@ use crate::helpers::{expect_error, expect_json, spawn_app};
 
 /// The value of the first sample whose line starts with `name` (including its `{labels}`, if
 /// given) and contains every one of `labels`.
-fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
+pub(crate) fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
     metrics
         .lines()
         .filter(|l| !l.starts_with('#'))

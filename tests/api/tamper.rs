@@ -4,6 +4,7 @@
 use reqwest::StatusCode;
 
 use crate::helpers::{TestApp, expect_error, spawn_app, spawn_app_in};
+use crate::observability::sample;
 
 const LEDGER: &str = "tampered";
 /// The seq whose stored bytes get edited.
@@ -78,6 +79,38 @@ async fn a_byte_edited_on_disk_fails_verification_at_that_seq() {
     );
     assert_eq!(report.head.seq, 10);
     assert!(report.failures.iter().all(|f| !f.detail.is_empty()));
+}
+
+/// Verification metrics carry no ledger label (a million ledgers would be a million series):
+/// a failure is counted, and the failing ledger is counted until it verifies intact again.
+#[tokio::test]
+async fn a_failed_verification_is_counted_in_metrics_without_the_ledger_s_id() {
+    let app = ledger_with_a_marked_entry().await;
+    app.append_ok("intact-ledger-3x", r#"{"n":1}"#).await;
+    let app = edit_the_marked_entry_on_disk(app).await;
+    assert!(!app.verify_ok(LEDGER, "").await.ok);
+    assert!(app.verify_ok("intact-ledger-3x", "").await.ok);
+    assert!(!app.verify_ok(LEDGER, "").await.ok, "still failing");
+
+    let metrics = app.metrics().await;
+    let value = |name: &str, labels: &[&str]| {
+        sample(&metrics, name, labels)
+            .unwrap_or_else(|| panic!("no sample {name} {labels:?} in:\n{metrics}"))
+    };
+    assert_eq!(value("ledger_verify_failing_ledgers", &[]), 1.0);
+    let failed = r#"outcome="failed""#;
+    assert_eq!(value("ledger_verifications_total", &[failed]), 2.0);
+    assert_eq!(
+        value("ledger_verifications_total", &[r#"outcome="ok""#]),
+        1.0
+    );
+    assert!(value("ledger_verify_last_timestamp_seconds", &[]) > 1.7e9);
+    for id in [LEDGER, "intact-ledger-3x"] {
+        assert!(
+            !metrics.contains(id),
+            "{id} leaked into the metrics:\n{metrics}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -48,8 +48,8 @@ const SEQ: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("seq");
 pub(super) const KEYED_FROM: TableDefinition<&str, u64> = TableDefinition::new("keyed_from");
 
 const DEPENDENCY: &str = crate::store::Backend::Local.dependencies().0;
-/// redb's page cache.
-const CACHE_BYTES: usize = 32 * 1024 * 1024;
+/// redb's page cache by default (`ELEANOR_LEDGER_CACHE_MIB`).
+pub const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// The file name inside the data directory.
 pub const DB_FILE: &str = "ledger.redb";
@@ -128,8 +128,17 @@ impl Handle {
 }
 
 impl LocalStore {
-    /// Opens (creating if needed) the store in `data_dir`.
+    /// Opens (creating if needed) the store in `data_dir`, with the default page cache.
     pub fn open(data_dir: &Path, metrics: BackendMetrics) -> Result<LocalStore, OpenError> {
+        LocalStore::open_with_cache(data_dir, CACHE_BYTES, metrics)
+    }
+
+    /// [`open`](Self::open) with a page cache of `cache_bytes`.
+    pub fn open_with_cache(
+        data_dir: &Path,
+        cache_bytes: usize,
+        metrics: BackendMetrics,
+    ) -> Result<LocalStore, OpenError> {
         let io = |detail: String| OpenError::Io {
             path: data_dir.to_owned(),
             detail,
@@ -138,7 +147,7 @@ impl LocalStore {
         // A bounded page cache: memory stays flat however large the ledger grows (redb's
         // default cache is 1 GiB); reads beyond it come from the OS page cache.
         let db = match Database::builder()
-            .set_cache_size(CACHE_BYTES)
+            .set_cache_size(cache_bytes)
             .create(data_dir.join(DB_FILE))
         {
             Ok(db) => db,
