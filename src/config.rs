@@ -446,6 +446,9 @@ impl ServerArgs {
                 signer,
                 checkpoint_interval: Duration::from_secs(self.checkpoint_interval),
                 committer_idle: Duration::from_millis(self.committer_idle_ms),
+                // A claim retries (conflicts, throttling) only while its request may still
+                // be answered.
+                claim_deadline: request_timeout,
                 ..Options::default()
             },
             limits: Limits {

@@ -207,13 +207,15 @@ fn the_runtime_policy_grants_the_least_s3_actions_the_service_calls() {
 }
 
 #[test]
-fn the_init_policy_adds_only_creating_the_table_and_reading_the_lock_configuration() {
+fn the_init_policy_adds_only_creating_the_table_and_reading_the_lock_and_lifecycle_configuration()
+{
     let init = actions("iam-init-policy.json");
     assert_eq!(
         init,
         set(&[
             "dynamodb:CreateTable",
-            "s3:GetBucketObjectLockConfiguration"
+            "s3:GetBucketObjectLockConfiguration",
+            "s3:GetLifecycleConfiguration"
         ])
     );
     // With the runtime policy it covers every call ledger-init makes without --create-bucket
@@ -229,6 +231,7 @@ fn the_init_policy_adds_only_creating_the_table_and_reading_the_lock_configurati
         "dynamodb:PutItem",
         "s3:ListBucket",
         "s3:GetBucketObjectLockConfiguration",
+        "s3:GetLifecycleConfiguration",
     ] {
         assert!(both.contains(needed), "ledger-init needs {needed}");
     }

@@ -19,6 +19,7 @@
 pub mod admin;
 pub mod dynamodb;
 mod items;
+pub mod pending;
 pub mod s3;
 
 use std::fmt;
@@ -143,9 +144,11 @@ pub async fn connect(
     metrics: BackendMetrics,
 ) -> Result<Stores, ConnectError> {
     let (s3_client, ddb_client) = clients(settings, &metrics).await?;
+    let pending = pending::PendingObjects::new(s3_client.clone(), settings, metrics.clone());
     let objects = s3::S3Objects::new(s3_client, settings, metrics.clone());
     let index = dynamodb::DynamoIndex::new(
         ddb_client,
+        pending,
         settings.table.clone(),
         key_prefix(settings),
         metrics,
