@@ -227,9 +227,15 @@ async fn provision_bucket(
     line(report, format!("bucket {bucket}: Object Lock enabled"));
     if create && admin.ensure_pending_rule().await.map_err(unavailable)? == Provisioned::Created {
         changed = true;
-        line(report, format!("bucket {bucket}: lifecycle rule {PENDING_RULE_ID} added"));
+        line(
+            report,
+            format!("bucket {bucket}: lifecycle rule {PENDING_RULE_ID} added"),
+        );
     } else if admin.has_pending_rule().await.map_err(unavailable)? {
-        line(report, format!("bucket {bucket}: lifecycle rule {PENDING_RULE_ID} present"));
+        line(
+            report,
+            format!("bucket {bucket}: lifecycle rule {PENDING_RULE_ID} present"),
+        );
     } else {
         line(
             report,

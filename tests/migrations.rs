@@ -207,8 +207,7 @@ fn the_runtime_policy_grants_the_least_s3_actions_the_service_calls() {
 }
 
 #[test]
-fn the_init_policy_adds_only_creating_the_table_and_reading_the_lock_and_lifecycle_configuration()
-{
+fn the_init_policy_adds_only_creating_the_table_and_reading_the_lock_and_lifecycle_configuration() {
     let init = actions("iam-init-policy.json");
     assert_eq!(
         init,

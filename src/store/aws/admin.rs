@@ -295,9 +295,15 @@ impl AwsAdmin {
                     .prefix(format!("{}{PENDING_DIR}", self.prefix))
                     .build(),
             )
-            .expiration(LifecycleExpiration::builder().days(PENDING_EXPIRATION_DAYS).build())
+            .expiration(
+                LifecycleExpiration::builder()
+                    .days(PENDING_EXPIRATION_DAYS)
+                    .build(),
+            )
             .noncurrent_version_expiration(
-                NoncurrentVersionExpiration::builder().noncurrent_days(1).build(),
+                NoncurrentVersionExpiration::builder()
+                    .noncurrent_days(1)
+                    .build(),
             )
             .build()
             .expect("the rule sets its required status")
@@ -321,7 +327,11 @@ impl AwsAdmin {
     /// Whether the bucket has [`pending_rule`](Self::pending_rule) (by id and content).
     pub async fn has_pending_rule(&self) -> StoreResult<bool> {
         let wanted = self.pending_rule();
-        Ok(self.lifecycle_rules().await?.iter().any(|r| same_rule(r, &wanted)))
+        Ok(self
+            .lifecycle_rules()
+            .await?
+            .iter()
+            .any(|r| same_rule(r, &wanted)))
     }
 
     /// Adds [`pending_rule`](Self::pending_rule) to the bucket's lifecycle rules (replacing a
@@ -357,6 +367,8 @@ fn same_rule(a: &LifecycleRule, b: &LifecycleRule) -> bool {
         && a.status() == b.status()
         && a.filter().and_then(|f| f.prefix()) == b.filter().and_then(|f| f.prefix())
         && a.expiration().and_then(|e| e.days()) == b.expiration().and_then(|e| e.days())
-        && a.noncurrent_version_expiration().and_then(|e| e.noncurrent_days())
-            == b.noncurrent_version_expiration().and_then(|e| e.noncurrent_days())
+        && a.noncurrent_version_expiration()
+            .and_then(|e| e.noncurrent_days())
+            == b.noncurrent_version_expiration()
+                .and_then(|e| e.noncurrent_days())
 }

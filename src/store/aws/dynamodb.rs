@@ -130,7 +130,7 @@ impl DynamoIndex {
             .send()
             .await;
         self.record("ddb_get_item", &result);
-        Ok(result.map_err(|e| failed(e))?.item)
+        Ok(result.map_err(failed)?.item)
     }
 
     /// `PutItem` of `item` only if no item has its key.
@@ -237,7 +237,7 @@ impl DynamoIndex {
             };
             let result = request.send().await;
             self.record("ddb_query", &result);
-            let output = result.map_err(|e| failed(e))?;
+            let output = result.map_err(failed)?;
             let more = output.last_evaluated_key.filter(|k| !k.is_empty());
             items.extend(
                 output
@@ -493,6 +493,6 @@ impl IndexStore for DynamoIndex {
             .send()
             .await;
         self.record("ddb_describe_table", &result);
-        result.map(|_| ()).map_err(|e| failed(e))
+        result.map(|_| ()).map_err(failed)
     }
 }

@@ -38,10 +38,10 @@ use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue;
 use bytes::Bytes;
 
+use super::pending;
 use crate::chain::compact;
 use crate::chain::entry::{IdempotencyKey, LedgerId, Timestamp};
 use crate::chain::hash::Hash;
-use super::pending;
 use crate::store::{KeyClaim, Meta, PendingBatch, SeqItem, StoreError, StoreResult};
 
 pub(super) type Item = HashMap<String, AttributeValue>;
@@ -227,7 +227,8 @@ impl StoredMeta {
             Some(StoredPending::Object {
                 first_seq, count, ..
             }) => {
-                let body = object.ok_or_else(|| corrupt("its pending object was not read".to_owned()))?;
+                let body =
+                    object.ok_or_else(|| corrupt("its pending object was not read".to_owned()))?;
                 let entries = pending::decode(body).map_err(corrupt)?;
                 if entries.len() as u64 != count {
                     return Err(corrupt(format!(
@@ -443,7 +444,13 @@ mod tests {
             item.contains_key("pending_entries"),
             "bytes that are no chain are kept as such"
         );
-        assert_eq!(decode_meta(&ledger(), &item).unwrap().into_meta(&ledger(), None).unwrap(), meta);
+        assert_eq!(
+            decode_meta(&ledger(), &item)
+                .unwrap()
+                .into_meta(&ledger(), None)
+                .unwrap(),
+            meta
+        );
     }
 
     /// A batch as a writer builds it: three chained entries of `ledger()` from seq 6.
@@ -491,7 +498,13 @@ mod tests {
             .sum();
         let full: usize = batch.entries.iter().map(|e| e.len()).sum();
         assert!(stored + 3 * 100 < full, "{stored} bytes stored for {full}");
-        assert_eq!(decode_meta(&ledger(), &item).unwrap().into_meta(&ledger(), None).unwrap(), meta);
+        assert_eq!(
+            decode_meta(&ledger(), &item)
+                .unwrap()
+                .into_meta(&ledger(), None)
+                .unwrap(),
+            meta
+        );
         // Another ledger's, out of seq order or unchained: kept as bytes, still round-tripped.
         for broken in [
             PendingBatch {
@@ -509,7 +522,13 @@ mod tests {
             };
             let item = encode_meta(&ledger(), &meta, "");
             assert!(item.contains_key("pending_entries"));
-            assert_eq!(decode_meta(&ledger(), &item).unwrap().into_meta(&ledger(), None).unwrap(), meta);
+            assert_eq!(
+                decode_meta(&ledger(), &item)
+                    .unwrap()
+                    .into_meta(&ledger(), None)
+                    .unwrap(),
+                meta
+            );
         }
         let other = LedgerId::parse("other").unwrap();
         assert!(encode_meta(&other, &meta, "").contains_key("pending_entries"));
@@ -580,7 +599,10 @@ mod tests {
         };
         let encoded = encode_pending(&ledger(), &big, "p/");
         let (key, body) = encoded.object.clone().expect("over the inline bound");
-        assert!(key.starts_with("p/.pending/unit/000000000000000006-"), "{key}");
+        assert!(
+            key.starts_with("p/.pending/unit/000000000000000006-"),
+            "{key}"
+        );
         let mut item = Item::from([
             ("seq_counter".to_owned(), n(7)),
             ("last_hash".to_owned(), s(Hash([3; 32]).to_hex())),
@@ -597,18 +619,30 @@ mod tests {
             Some(StoredPending::Object {
                 first_seq: 6,
                 count: 2,
-                key: key.clone(),
+                key,
                 digest: pending::digest(&body),
             })
         );
-        assert_eq!(stored.clone().into_meta(&ledger(), Some(&body)).unwrap(), meta);
-        assert!(matches!(stored.clone().into_meta(&ledger(), None), Err(StoreError::Corrupt(_))));
+        assert_eq!(
+            stored.clone().into_meta(&ledger(), Some(&body)).unwrap(),
+            meta
+        );
+        assert!(matches!(
+            stored.clone().into_meta(&ledger(), None),
+            Err(StoreError::Corrupt(_))
+        ));
         // An object with other entries than META counts is corrupt.
         let short = pending::encode(&big.entries[..1]);
-        assert!(matches!(stored.into_meta(&ledger(), Some(&short)), Err(StoreError::Corrupt(_))));
+        assert!(matches!(
+            stored.into_meta(&ledger(), Some(&short)),
+            Err(StoreError::Corrupt(_))
+        ));
         // A pointer mixed with an inline form is corrupt.
         item.insert("pending_entries".to_owned(), AttributeValue::L(Vec::new()));
-        assert!(matches!(decode_meta(&ledger(), &item), Err(StoreError::Corrupt(_))));
+        assert!(matches!(
+            decode_meta(&ledger(), &item),
+            Err(StoreError::Corrupt(_))
+        ));
     }
 
     fn value_len(v: &AttributeValue) -> usize {

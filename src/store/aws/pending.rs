@@ -98,8 +98,16 @@ pub(super) fn digest(body: &[u8]) -> Hash {
 
 /// The S3 key (prefix included) of the pending object of `ledger` from `first_seq` with bytes
 /// hashing to `digest`.
-pub(super) fn object_key(key_prefix: &str, ledger: &LedgerId, first_seq: u64, digest: &Hash) -> String {
-    format!("{key_prefix}{PENDING_DIR}{ledger}/{first_seq:018}-{}", digest.to_hex())
+pub(super) fn object_key(
+    key_prefix: &str,
+    ledger: &LedgerId,
+    first_seq: u64,
+    digest: &Hash,
+) -> String {
+    format!(
+        "{key_prefix}{PENDING_DIR}{ledger}/{first_seq:018}-{}",
+        digest.to_hex()
+    )
 }
 
 /// Writes and reads pending objects in the entry bucket.
@@ -212,7 +220,11 @@ mod tests {
 
     #[test]
     fn a_pending_object_round_trips_its_entries() {
-        let entries = vec![Bytes::from_static(b"{\"a\":1}"), Bytes::new(), Bytes::from(vec![7u8; 3000])];
+        let entries = vec![
+            Bytes::from_static(b"{\"a\":1}"),
+            Bytes::new(),
+            Bytes::from(vec![7u8; 3000]),
+        ];
         let body = encode(&entries);
         assert_eq!(decode(&body).unwrap(), entries);
     }
@@ -236,7 +248,10 @@ mod tests {
         let ledger = LedgerId::parse("orders").unwrap();
         let d = digest(b"x");
         let key = object_key("audit/", &ledger, 5, &d);
-        assert_eq!(key, format!("audit/.pending/orders/000000000000000005-{}", d.to_hex()));
+        assert_eq!(
+            key,
+            format!("audit/.pending/orders/000000000000000005-{}", d.to_hex())
+        );
         assert!(LedgerId::parse(".pending").is_err());
     }
 }
