@@ -446,9 +446,10 @@ impl ServerArgs {
                 signer,
                 checkpoint_interval: Duration::from_secs(self.checkpoint_interval),
                 committer_idle: Duration::from_millis(self.committer_idle_ms),
-                // A claim retries (conflicts, throttling) only while its request may still
-                // be answered.
-                claim_deadline: request_timeout,
+                // A claim retries (conflicts, throttling) for half the request's deadline at
+                // most, leaving the rest to look for an attempt that may have been applied,
+                // write the batch out and answer before the request times out.
+                claim_deadline: request_timeout / 2,
                 ..Options::default()
             },
             limits: Limits {

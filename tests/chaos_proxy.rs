@@ -525,7 +525,7 @@ async fn a_throttled_claim_backs_off_then_answers_503_throttled_with_retry_after
         "a throttled claim's outcome is unknown: {message}"
     );
     assert!(
-        took >= Duration::from_millis(REQUEST_TIMEOUT_MS / 2),
+        took >= Duration::from_millis(REQUEST_TIMEOUT_MS / 4),
         "backed off before answering: {took:?}"
     );
     assert!(
@@ -568,7 +568,7 @@ async fn a_throttled_claim_backs_off_then_answers_503_throttled_with_retry_after
     let (status, report) = app.get("/v1/ledgers/chaos/verify").await;
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["ok"], true, "{report}");
-    let (status, page) = app.get("/v1/ledgers/chaos/records?from=1&limit=10").await;
+    let (status, page) = app.get("/v1/ledgers/chaos/records?limit=10").await;
     assert_eq!(status, 200, "{page}");
     let ns: Vec<u64> = page["records"]
         .as_array()
