@@ -108,7 +108,10 @@ fn check_resource(name: &str, sid: &str, action: &str, resource: &str) {
             "arn:aws:dynamodb:us-east-1:ACCOUNT_ID:table/eleanor-stone-tablet-ledger-index",
             "{context}"
         );
-    } else if action.starts_with("s3:ListBucket") || action.starts_with("s3:GetBucket") {
+    } else if action.starts_with("s3:ListBucket")
+        || action.starts_with("s3:GetBucket")
+        || action == "s3:GetLifecycleConfiguration"
+    {
         assert_eq!(resource, "arn:aws:s3:::BUCKET_NAME", "{context}");
     } else {
         assert_eq!(resource, "arn:aws:s3:::BUCKET_NAME/S3_PREFIX*", "{context}");

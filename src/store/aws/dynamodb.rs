@@ -64,6 +64,9 @@ pub struct DynamoIndex {
     client: Client,
     /// Pending batches stored as objects (`super::pending`), which `META` points to.
     pending: PendingObjects,
+    /// Whether large batches are written as objects ([`super::AwsSettings::pending_objects`]);
+    /// off, every batch is written inline (objects named by an existing `META` are still read).
+    write_objects: bool,
     table: String,
     /// The S3 key prefix (normalised, see [`super::key_prefix`]): `s3_key` attributes hold
     /// full S3 keys, so an auditor can fetch `s3_key` + `version_id` as they are.
@@ -82,6 +85,7 @@ impl DynamoIndex {
     pub(super) fn new(
         client: Client,
         pending: PendingObjects,
+        write_objects: bool,
         table: String,
         key_prefix: String,
         metrics: BackendMetrics,
@@ -89,6 +93,7 @@ impl DynamoIndex {
         DynamoIndex {
             client,
             pending,
+            write_objects,
             table,
             key_prefix,
             metrics,
@@ -312,7 +317,7 @@ impl IndexStore for DynamoIndex {
         let pending = new
             .pending
             .as_ref()
-            .map(|p| encode_pending(ledger, p, &self.key_prefix));
+            .map(|p| encode_pending(ledger, p, &self.key_prefix, self.write_objects));
         if let Some((key, body)) = pending.as_ref().and_then(|p| p.object.clone()) {
             // Before the claim, so that META never names an object that is not stored.
             self.pending.put(&key, body).await?;

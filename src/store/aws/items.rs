@@ -122,11 +122,13 @@ pub(super) struct EncodedPending {
 /// A pending batch's attributes: inline while its compact records (or, for bytes that are
 /// not such a chain, its entries) take at most [`pending::INLINE_MAX_BYTES`], in the compact
 /// form when its entries are a chain of this ledger's entries at their seqs, else their bytes
-/// as they are; above that, a pointer to an object holding its entries.
+/// as they are; above that (when `objects` allows it), a pointer to an object holding its
+/// entries.
 pub(super) fn encode_pending(
     ledger: &LedgerId,
     pending: &PendingBatch,
     key_prefix: &str,
+    objects: bool,
 ) -> EncodedPending {
     let first = ("pending_first_seq", n(pending.first_seq));
     let run = compact::compact(ledger, pending.first_seq, &pending.entries);
@@ -134,7 +136,7 @@ pub(super) fn encode_pending(
         Some(run) => run.records.iter().map(Vec::len).sum::<usize>(),
         None => pending.entries.iter().map(Bytes::len).sum(),
     };
-    if inline_bytes > pending::INLINE_MAX_BYTES {
+    if objects && inline_bytes > pending::INLINE_MAX_BYTES {
         let body = pending::encode(&pending.entries);
         let digest = pending::digest(&body);
         let key = pending::object_key(key_prefix, ledger, pending.first_seq, &digest);
@@ -182,15 +184,15 @@ pub(super) fn encode_pending(
     }
 }
 
-/// `META`'s attributes other than its key, for a head whose pending batch (if any) is
-/// inline: the ledger's first `META` (no pending batch), and tests.
+/// `META`'s attributes other than its key, with its pending batch (if any) inline: the
+/// ledger's first `META` (no pending batch), and tests.
 pub(super) fn encode_meta(ledger: &LedgerId, meta: &Meta, key_prefix: &str) -> Item {
     let mut item = Item::from([
         ("seq_counter".to_owned(), n(meta.seq_counter)),
         ("last_hash".to_owned(), s(meta.last_hash.to_hex())),
     ]);
     if let Some(pending) = &meta.pending {
-        for (name, value) in encode_pending(ledger, pending, key_prefix).attributes {
+        for (name, value) in encode_pending(ledger, pending, key_prefix, false).attributes {
             item.insert(name.to_owned(), value);
         }
     }
@@ -597,7 +599,13 @@ mod tests {
             last_hash: Hash([3; 32]),
             pending: Some(big.clone()),
         };
-        let encoded = encode_pending(&ledger(), &big, "p/");
+        assert!(
+            encode_pending(&ledger(), &big, "p/", false)
+                .object
+                .is_none(),
+            "inline when objects are off (a rolling upgrade)"
+        );
+        let encoded = encode_pending(&ledger(), &big, "p/", true);
         let (key, body) = encoded.object.clone().expect("over the inline bound");
         assert!(
             key.starts_with("p/.pending/unit/000000000000000006-"),

@@ -84,6 +84,11 @@ pub struct AwsSettings {
     pub lock_mode: LockMode,
     /// Entry objects are locked until now + this many days (`ELEANOR_LEDGER_RETENTION_DAYS`).
     pub retention_days: u32,
+    /// Write a pending batch over [`pending::INLINE_MAX_BYTES`] as an object that `META`
+    /// points to (`ELEANOR_LEDGER_PENDING_OBJECTS`, default on); off, every batch rides
+    /// inline, which replicas of versions before pending objects can read. Either way both
+    /// forms are read.
+    pub pending_objects: bool,
     /// The longest one store call may take, SDK retries included.
     pub request_timeout: Duration,
     /// Sees every request sent (see [`RequestObserver`]).
@@ -110,6 +115,7 @@ impl AwsSettings {
             endpoint_url: None,
             lock_mode: LockMode::default(),
             retention_days: Self::DEFAULT_RETENTION_DAYS,
+            pending_objects: true,
             request_timeout: Self::DEFAULT_REQUEST_TIMEOUT,
             observer: None,
         }
@@ -149,6 +155,7 @@ pub async fn connect(
     let index = dynamodb::DynamoIndex::new(
         ddb_client,
         pending,
+        settings.pending_objects,
         settings.table.clone(),
         key_prefix(settings),
         metrics,
