@@ -1043,7 +1043,7 @@ async fn tampering_with_s3_or_dynamodb_is_reported_at_its_seq_with_its_kind() {
         .key("ledger_id", AttributeValue::S("tail-hidden".into()))
         .key("seq", AttributeValue::S("META".into()))
         .update_expression(
-            "SET seq_counter = :two, last_hash = :h2 REMOVE pending_first_seq, pending_base, pending_records, pending_entries",
+            "SET seq_counter = :two, last_hash = :h2 REMOVE pending_first_seq, pending_base, pending_records, pending_entries, pending_count, pending_object, pending_digest",
         )
         .expression_attribute_values(":two", AttributeValue::N("2".into()))
         .expression_attribute_values(
