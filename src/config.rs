@@ -76,6 +76,16 @@ pub struct StorageArgs {
     /// Days each entry object stays locked.
     #[arg(long, env = "ELEANOR_LEDGER_RETENTION_DAYS", default_value_t = 2557)]
     pub retention_days: u32,
+    /// aws backend: write a pending batch over 768 bytes of records as one S3 object that
+    /// `META` points to (`docs/PROTOCOL.md`). `false` keeps every batch inline in `META`, as
+    /// versions before it did: set it while replicas of such a version still run.
+    #[arg(
+        long,
+        env = "ELEANOR_LEDGER_PENDING_OBJECTS",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub pending_objects: bool,
     /// DynamoDB index table (aws backend).
     #[arg(long, env = "ELEANOR_LEDGER_DDB_TABLE")]
     pub ddb_table: Option<String>,
@@ -446,6 +456,10 @@ impl ServerArgs {
                 signer,
                 checkpoint_interval: Duration::from_secs(self.checkpoint_interval),
                 committer_idle: Duration::from_millis(self.committer_idle_ms),
+                // A claim retries (conflicts, throttling) for half the request's deadline at
+                // most, leaving the rest to look for an attempt that may have been applied,
+                // write the batch out and answer before the request times out.
+                claim_deadline: request_timeout / 2,
                 ..Options::default()
             },
             limits: Limits {
@@ -532,6 +546,7 @@ impl StorageArgs {
         settings.endpoint_url = self.aws_endpoint_url.clone();
         settings.lock_mode = self.s3_lock_mode;
         settings.retention_days = self.retention_days;
+        settings.pending_objects = self.pending_objects;
         settings.request_timeout = request_timeout;
         Ok(settings)
     }

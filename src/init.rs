@@ -13,7 +13,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::config::{ConfigError, StorageArgs};
-use crate::store::aws::admin::{AwsAdmin, Provisioned, TableState};
+use crate::store::aws::admin::{AwsAdmin, PENDING_RULE_ID, Provisioned, TableState};
 use crate::store::{self, Access, BackendConfig, BackendMetrics, OpenError, Stores};
 
 /// Stands in for a bucket name that was not given; never contacted.
@@ -225,6 +225,25 @@ async fn provision_bucket(
         return Err(InitError::NotUsable(problems.join("; ")));
     }
     line(report, format!("bucket {bucket}: Object Lock enabled"));
+    if create && admin.ensure_pending_rule().await.map_err(unavailable)? == Provisioned::Created {
+        changed = true;
+        line(
+            report,
+            format!("bucket {bucket}: lifecycle rule {PENDING_RULE_ID} added"),
+        );
+    } else if admin.has_pending_rule().await.map_err(unavailable)? {
+        line(
+            report,
+            format!("bucket {bucket}: lifecycle rule {PENDING_RULE_ID} present"),
+        );
+    } else {
+        line(
+            report,
+            format!(
+                "bucket {bucket}: warning: no lifecycle rule {PENDING_RULE_ID}; pending batch objects are kept (and billed) until it exists (docs/OPERATIONS.md, \"Pending batch objects\")"
+            ),
+        );
+    }
     Ok(changed)
 }
 

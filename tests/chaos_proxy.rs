@@ -3,6 +3,8 @@
 //! `503 dependency_unavailable` within the request timeout (never hang, never 500), the
 //! circuit must open and `/health` name the dependency, nothing acknowledged may be lost, and
 //! appends must resume by themselves once the dependency is back; the ledger verifies after.
+//! The proxy can also answer DynamoDB's `UpdateItem` (the claim) with throttling errors, with
+//! or without passing it on first.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "support/aws.rs"]
@@ -16,7 +18,7 @@ use clap::Parser;
 use eleanor_ledger::app::Application;
 use eleanor_ledger::config::ServerArgs;
 use serde_json::{Value, json};
-use tokio::io::copy_bidirectional;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, copy_bidirectional};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -24,6 +26,71 @@ const PASS: u8 = 0;
 const CUT: u8 = 1;
 const STALL: u8 = 2;
 const DELAY: u8 = 3;
+/// Every DynamoDB `UpdateItem` is answered `ProvisionedThroughputExceededException` without
+/// reaching the emulator; everything else passes.
+const THROTTLE: u8 = 4;
+/// Every `UpdateItem` is passed on (and applied, when its condition holds), but its answer
+/// is replaced by `ProvisionedThroughputExceededException`: the "an earlier attempt was
+/// applied, the final error is a throttle" case.
+const APPLY_THEN_THROTTLE: u8 = 5;
+
+/// Reads one HTTP/1.1 request (headers, then `Content-Length` bytes of body) whole.
+async fn read_request(client: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap_or(0));
+            if buf.len() >= end + 4 + length {
+                return Some(buf);
+            }
+        }
+        let n = client.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn is_update_item(request: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(request).to_ascii_lowercase();
+    text.contains("x-amz-target: dynamodb_20120810.updateitem")
+}
+
+const THROTTLED_BODY: &str = r#"{"__type":"com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException","message":"The level of configured provisioned throughput for the table was exceeded."}"#;
+
+/// Answers throttling modes: the request is read whole, an `UpdateItem` is answered with a
+/// throttling error (after passing it on, for `APPLY_THEN_THROTTLE`), anything else passes.
+async fn throttling(mode: u8, mut client: TcpStream, upstream: &str) {
+    let Some(request) = read_request(&mut client).await else {
+        return;
+    };
+    let Ok(mut server) = TcpStream::connect(upstream).await else {
+        return;
+    };
+    if !is_update_item(&request) {
+        if server.write_all(&request).await.is_ok() {
+            let _ = copy_bidirectional(&mut client, &mut server).await;
+        }
+        return;
+    }
+    if mode == APPLY_THEN_THROTTLE && server.write_all(&request).await.is_ok() {
+        // The emulator answers and closes (`Connection: close`): its answer is dropped.
+        let mut discarded = Vec::new();
+        let _ = server.read_to_end(&mut discarded).await;
+    }
+    let response = format!(
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: application/x-amz-json-1.0\r\nx-amzn-RequestId: chaos-throttle\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{THROTTLED_BODY}",
+        THROTTLED_BODY.len()
+    );
+    let _ = client.write_all(response.as_bytes()).await;
+    let _ = client.shutdown().await;
+}
 
 /// A loopback TCP proxy whose behaviour can be switched while it runs. Switching away from
 /// `PASS` also ends the connections already open (they watch the mode).
@@ -55,6 +122,10 @@ impl Proxy {
                             return;
                         }
                         DELAY => tokio::time::sleep(Duration::from_millis(100)).await,
+                        m @ (THROTTLE | APPLY_THEN_THROTTLE) => {
+                            throttling(m, client, &upstream).await;
+                            return;
+                        }
                         _ => {}
                     }
                     let Ok(mut server) = TcpStream::connect(&upstream).await else {
@@ -414,4 +485,100 @@ async fn a_service_started_during_a_storage_outage_serves_once_storage_answers()
     }
     let (status, body, _) = app.append(2).await;
     assert_eq!(status, 201, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_claim_backs_off_then_answers_503_throttled_with_retry_after_and_never_duplicates()
+ {
+    let upstream = aws_support::endpoint()
+        .trim_start_matches("http://")
+        .to_owned();
+    let proxy = Proxy::start(upstream).await;
+    let app = spawn_app(&proxy.addr).await;
+    let (status, body, _) = app.append(1).await;
+    assert_eq!(status, 201, "{body}");
+
+    // Throttled all along: the claim is retried until the request's deadline, then 503
+    // throttled with Retry-After; nothing was applied, and the circuit stays closed.
+    proxy.set(THROTTLE);
+    let started = Instant::now();
+    let resp = app
+        .client
+        .post(format!("{}/v1/ledgers/chaos/records", app.base))
+        .json(&json!({"n": 2}))
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(resp.status().as_u16(), 503);
+    let retry_after: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after >= 1);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "throttled", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("Idempotency-Key") && !message.contains("nothing was committed"),
+        "a throttled claim's outcome is unknown: {message}"
+    );
+    assert!(
+        took >= Duration::from_millis(REQUEST_TIMEOUT_MS / 4),
+        "backed off before answering: {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(REQUEST_TIMEOUT_MS + 3000),
+        "answered within the request's deadline: {took:?}"
+    );
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let throttled: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ledger_claims_throttled_total "))
+        .expect("the throttling metric is exported")
+        .parse()
+        .unwrap();
+    assert!(
+        throttled >= 2.0,
+        "{throttled} throttled claim attempts counted"
+    );
+    let (_, health) = app.get("/health").await;
+    assert_ne!(health["checks"]["index"], "circuit_open", "{health}");
+
+    // Applied, then answered with a throttle on every attempt: the retries carry the same
+    // claim on the same head, so the append is found applied and acknowledged once.
+    proxy.set(APPLY_THEN_THROTTLE);
+    let (status, body, _) = app.append(3).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["seq"], 2, "{body}");
+
+    proxy.set(PASS);
+    let (status, body, _) = app.append(4).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["seq"], 3, "{body}");
+    let (status, report) = app.get("/v1/ledgers/chaos/verify").await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["ok"], true, "{report}");
+    let (status, page) = app.get("/v1/ledgers/chaos/records?limit=10").await;
+    assert_eq!(status, 200, "{page}");
+    let ns: Vec<u64> = page["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["record"]["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        ns,
+        vec![1, 3, 4],
+        "the throttled append is absent, the applied one once"
+    );
 }

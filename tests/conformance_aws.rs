@@ -14,13 +14,16 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumMode, ObjectLockMode};
 use bytes::Bytes;
 use eleanor_ledger::store::aws::admin::{AwsAdmin, BucketState, Provisioned, TableState};
 use eleanor_ledger::store::aws::{AwsSettings, RequestObserver};
 use eleanor_ledger::store::conformance::{self, Fixture};
-use eleanor_ledger::store::{BackendMetrics, CasOutcome, Meta, NewObject, PutOutcome};
+use eleanor_ledger::store::{
+    BackendMetrics, CasOutcome, Meta, NewObject, PendingBatch, PutOutcome, StoreError,
+};
 
 /// The DynamoDB actions the runbook's runtime IAM policy grants.
 const ALLOWED_DYNAMODB: [&str; 5] = ["GetItem", "PutItem", "Query", "UpdateItem", "DescribeTable"];
@@ -312,4 +315,173 @@ async fn provisioning_is_idempotent_and_reports_what_the_bucket_lacks() {
         }
     );
     assert_eq!(state.problems(&plain.bucket).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_pending_batch_is_one_locked_object_that_meta_names_by_digest() {
+    let mut settings = aws_support::fresh_settings().await;
+    settings.prefix = "audit/".into();
+    let s = aws_support::connect_with(&settings, BackendMetrics::unregistered()).await;
+    let ledger = conformance::unique_ledger();
+    s.index.create_ledger(&ledger).await.unwrap();
+    let batch = |fill: u8| PendingBatch {
+        first_seq: 1,
+        entries: vec![Bytes::from(vec![fill; 600]), Bytes::from(vec![fill; 600])],
+    };
+    let new = Meta {
+        seq_counter: 2,
+        last_hash: eleanor_ledger::chain::hash::Hash([7; 32]),
+        pending: Some(batch(b'a')),
+    };
+    assert_eq!(
+        s.index
+            .compare_and_set_head(&ledger, 0, &new)
+            .await
+            .unwrap(),
+        CasOutcome::Applied
+    );
+    assert_eq!(s.index.head(&ledger).await.unwrap(), Some(new.clone()));
+
+    // META holds a pointer and a digest, not the bytes; the object is locked like entries.
+    let item = aws_support::dynamodb_client()
+        .await
+        .get_item()
+        .table_name(&settings.table)
+        .key("ledger_id", AttributeValue::S(ledger.to_string()))
+        .key("seq", AttributeValue::S("META".into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    assert!(!item.contains_key("pending_entries") && !item.contains_key("pending_records"));
+    let key = item["pending_object"].as_s().unwrap().clone();
+    assert!(
+        key.starts_with(&format!("audit/.pending/{ledger}/000000000000000001-")),
+        "{key}"
+    );
+    let s3 = aws_support::s3_client().await;
+    let head = s3
+        .head_object()
+        .bucket(&settings.bucket)
+        .key(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.object_lock_mode(), Some(&ObjectLockMode::Compliance));
+    let until = head.object_lock_retain_until_date().unwrap().secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let days = (until - now) as f64 / 86_400.0;
+    assert!(
+        (29.9..=30.1).contains(&days),
+        "locked for {days} days, not the entries' retention"
+    );
+
+    // The same claim again (an SDK retry) is applied; a loser's object names nothing.
+    assert_eq!(
+        s.index
+            .compare_and_set_head(&ledger, 0, &new)
+            .await
+            .unwrap(),
+        CasOutcome::Applied
+    );
+    let loser = Meta {
+        pending: Some(batch(b'b')),
+        ..new.clone()
+    };
+    assert_eq!(
+        s.index
+            .compare_and_set_head(&ledger, 0, &loser)
+            .await
+            .unwrap(),
+        CasOutcome::Conflict(Some(new.clone()))
+    );
+    assert_eq!(s.index.head(&ledger).await.unwrap(), Some(new));
+
+    // Bytes put on top of the pending object (a new version; S3 keeps the locked one) fail
+    // the digest: the head is refused as corrupt, never used.
+    s3.put_object()
+        .bucket(&settings.bucket)
+        .key(&key)
+        .body(ByteStream::from_static(b"eleanor-ledger/pending/v1\n"))
+        .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Sha256)
+        .send()
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.index.head(&ledger).await,
+        Err(StoreError::Corrupt(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pending_objects_lifecycle_rule_is_added_once_and_keeps_other_rules() {
+    let mut settings = aws_support::fresh_settings().await;
+    settings.prefix = "audit".into();
+    let s3 = aws_support::s3_client().await;
+    let other = aws_sdk_s3::types::LifecycleRule::builder()
+        .id("someone-elses")
+        .status(aws_sdk_s3::types::ExpirationStatus::Enabled)
+        .filter(
+            aws_sdk_s3::types::LifecycleRuleFilter::builder()
+                .prefix("tmp/")
+                .build(),
+        )
+        .expiration(
+            aws_sdk_s3::types::LifecycleExpiration::builder()
+                .days(3)
+                .build(),
+        )
+        .build()
+        .unwrap();
+    s3.put_bucket_lifecycle_configuration()
+        .bucket(&settings.bucket)
+        .lifecycle_configuration(
+            aws_sdk_s3::types::BucketLifecycleConfiguration::builder()
+                .rules(other)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let admin = AwsAdmin::connect(&settings, BackendMetrics::unregistered())
+        .await
+        .unwrap();
+    assert!(!admin.has_pending_rule().await.unwrap());
+    assert_eq!(
+        admin.ensure_pending_rule().await.unwrap(),
+        Provisioned::Created
+    );
+    assert_eq!(
+        admin.ensure_pending_rule().await.unwrap(),
+        Provisioned::AlreadyExisted
+    );
+    assert!(admin.has_pending_rule().await.unwrap());
+    let rules = s3
+        .get_bucket_lifecycle_configuration()
+        .bucket(&settings.bucket)
+        .send()
+        .await
+        .unwrap()
+        .rules()
+        .to_vec();
+    let ids: BTreeSet<&str> = rules.iter().filter_map(|r| r.id()).collect();
+    assert_eq!(
+        ids,
+        BTreeSet::from(["someone-elses", "eleanor-ledger-pending-batches"])
+    );
+    let ours = rules
+        .iter()
+        .find(|r| r.id() == Some("eleanor-ledger-pending-batches"))
+        .unwrap();
+    assert_eq!(
+        ours.filter().and_then(|f| f.prefix()),
+        Some("audit/.pending/")
+    );
+    assert_eq!(ours.expiration().and_then(|e| e.days()), Some(31));
 }

@@ -28,7 +28,16 @@ fn service(stores: &Stores) -> Ledger {
     )
 }
 
+/// A record of ~300 bytes: a batch of [`BATCH`] of them is over the AWS backend's inline
+/// bound (`store::aws::pending::INLINE_MAX_BYTES`), so on the emulator its claim writes the
+/// pending batch as an object first (the keyed matrix's smaller records stay inline).
 fn record(tag: &str, i: usize) -> Record {
+    let pad = "p".repeat(260);
+    Record::parse(format!(r#"{{"tag":"{tag}","i":{i},"text":"entrée","pad":"{pad}"}}"#).as_bytes())
+        .unwrap()
+}
+
+fn small_record(tag: &str, i: usize) -> Record {
     Record::parse(format!(r#"{{"tag":"{tag}","i":{i},"text":"entrée"}}"#).as_bytes()).unwrap()
 }
 
@@ -239,7 +248,7 @@ fn keyed_batch(id: &LedgerId) -> Vec<Append> {
     (0..BATCH)
         .map(|i| {
             let key = IdempotencyKey::parse(&format!("{id} victim \"{i}\"")).unwrap();
-            Append::new(record("victim", i), Some(key))
+            Append::new(small_record("victim", i), Some(key))
         })
         .collect()
 }

@@ -108,7 +108,10 @@ fn check_resource(name: &str, sid: &str, action: &str, resource: &str) {
             "arn:aws:dynamodb:us-east-1:ACCOUNT_ID:table/eleanor-stone-tablet-ledger-index",
             "{context}"
         );
-    } else if action.starts_with("s3:ListBucket") || action.starts_with("s3:GetBucket") {
+    } else if action.starts_with("s3:ListBucket")
+        || action.starts_with("s3:GetBucket")
+        || action == "s3:GetLifecycleConfiguration"
+    {
         assert_eq!(resource, "arn:aws:s3:::BUCKET_NAME", "{context}");
     } else {
         assert_eq!(resource, "arn:aws:s3:::BUCKET_NAME/S3_PREFIX*", "{context}");
@@ -207,13 +210,14 @@ fn the_runtime_policy_grants_the_least_s3_actions_the_service_calls() {
 }
 
 #[test]
-fn the_init_policy_adds_only_creating_the_table_and_reading_the_lock_configuration() {
+fn the_init_policy_adds_only_creating_the_table_and_reading_the_lock_and_lifecycle_configuration() {
     let init = actions("iam-init-policy.json");
     assert_eq!(
         init,
         set(&[
             "dynamodb:CreateTable",
-            "s3:GetBucketObjectLockConfiguration"
+            "s3:GetBucketObjectLockConfiguration",
+            "s3:GetLifecycleConfiguration"
         ])
     );
     // With the runtime policy it covers every call ledger-init makes without --create-bucket
@@ -229,6 +233,7 @@ fn the_init_policy_adds_only_creating_the_table_and_reading_the_lock_configurati
         "dynamodb:PutItem",
         "s3:ListBucket",
         "s3:GetBucketObjectLockConfiguration",
+        "s3:GetLifecycleConfiguration",
     ] {
         assert!(both.contains(needed), "ledger-init needs {needed}");
     }

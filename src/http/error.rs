@@ -135,6 +135,7 @@ impl ApiError {
                     (StatusCode::SERVICE_UNAVAILABLE, "dependency_unavailable")
                 }
                 L::OutcomeUnknown(_) => (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown"),
+                L::Throttled { .. } => (StatusCode::SERVICE_UNAVAILABLE, "throttled"),
                 L::Corrupt { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "integrity_error"),
                 // Permanent until the server is configured with a key: not a 5xx to retry.
                 L::SigningDisabled => (StatusCode::CONFLICT, "signing_disabled"),
@@ -169,6 +170,9 @@ impl ApiError {
             ApiError::Ledger(L::OutcomeUnknown(_)) => {
                 "storage failed while committing and the outcome is unknown; retry with the same Idempotency-Key (a retry never appends twice), or without a key look the record up before appending it again".into()
             }
+            ApiError::Ledger(L::Throttled { dependency, .. }) => format!(
+                "the index ({dependency}) is throttling writes to this ledger; retry after Retry-After seconds with the same Idempotency-Key (the append may still be committed, and a retry with its key never appends twice; without a key, look the record up before appending it again)"
+            ),
             ApiError::Ledger(L::Contention) => {
                 "too many writers are appending to this ledger at once; nothing was committed, retry later".into()
             }
@@ -204,6 +208,8 @@ impl ApiError {
                 | LedgerError::Unavailable { .. }
                 | LedgerError::OutcomeUnknown(_),
             ) => Some(1),
+            // DynamoDB refills a partition's capacity every second; adaptive clients spread out.
+            ApiError::Ledger(LedgerError::Throttled { .. }) => Some(2),
             _ => None,
         }
     }

@@ -245,16 +245,7 @@ impl Writer {
                 }
                 None => match self.write_keys(&plan.keys, &mut known).await? {
                     false => Attempt::KeyMoved,
-                    true => match self
-                        .stores
-                        .index
-                        .compare_and_set_head(&self.ledger, head.seq_counter, &new)
-                        .await
-                    {
-                        Ok(CasOutcome::Applied) => Attempt::Applied,
-                        Ok(CasOutcome::Conflict(current)) => Attempt::Conflict(current),
-                        Err(e) => Attempt::Failed(e),
-                    },
+                    true => self.compare_and_set(head.seq_counter, &new, started).await,
                 },
             };
             match outcome {
@@ -298,7 +289,13 @@ impl Writer {
                     self.head = None;
                     return match self.was_applied(&new).await {
                         Ok(true) => Ok((plan, entries, false)),
-                        Ok(false) | Err(_) => Err(LedgerError::OutcomeUnknown(e.to_string())),
+                        Ok(false) | Err(_) => Err(match e {
+                            // Throttled until the deadline: as unknown as any failed call.
+                            StoreError::Throttled { dependency, detail } => {
+                                LedgerError::Throttled { dependency, detail }
+                            }
+                            e => LedgerError::OutcomeUnknown(e.to_string()),
+                        }),
                     };
                 }
             }
@@ -309,6 +306,37 @@ impl Writer {
                 return Err(LedgerError::Contention);
             }
             tokio::time::sleep(backoff(attempt)).await;
+        }
+    }
+
+    /// Step 2's compare-and-set. While the index throttles it, it is sent again after a
+    /// jittered, growing pause ([`throttle_backoff`]), until the claim's deadline: with the
+    /// very same `new` and the same expected head, so a retry can never apply the batch
+    /// twice (if an earlier attempt was applied after all, the retry finds `META` equal to
+    /// `new`, which the store reports as applied, or moved past it, which the caller checks).
+    async fn compare_and_set(&self, expected_seq: u64, new: &Meta, started: Instant) -> Attempt {
+        let mut throttles = 0;
+        loop {
+            match self
+                .stores
+                .index
+                .compare_and_set_head(&self.ledger, expected_seq, new)
+                .await
+            {
+                Ok(CasOutcome::Applied) => return Attempt::Applied,
+                Ok(CasOutcome::Conflict(current)) => return Attempt::Conflict(current),
+                Err(e @ StoreError::Throttled { .. }) => {
+                    self.metrics.claims_throttled.inc();
+                    throttles += 1;
+                    let pause = throttle_backoff(throttles);
+                    if started.elapsed() + pause >= self.options.claim_deadline {
+                        warn!(error = %e, throttles, "claim throttled until its deadline");
+                        return Attempt::Failed(e);
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+                Err(e) => return Attempt::Failed(e),
+            }
         }
     }
 
@@ -1039,6 +1067,13 @@ async fn check_head(stores: &Stores, ledger: &LedgerId, head: &Meta) -> Result<(
 fn backoff(attempt: u32) -> Duration {
     let cap_us = 1_000u64 << attempt.min(6);
     Duration::from_micros(fastrand::u64(cap_us / 2..=cap_us))
+}
+
+/// The pause before the `attempt`th retry of a throttled claim: full jitter up to 50 ms
+/// doubled per attempt, at most 1 s (DynamoDB refills a partition's capacity every second).
+fn throttle_backoff(attempt: u32) -> Duration {
+    let cap_ms = (50u64 << attempt.min(5)).min(1_000);
+    Duration::from_millis(fastrand::u64(cap_ms / 4..=cap_ms))
 }
 
 /// The server's clock, as entries are stamped.

@@ -99,6 +99,14 @@ pub enum LedgerError {
     )]
     KeyRepeatedInRequest { index: usize, first: usize },
     /// A batch request too large to be claimed in one batch.
+    /// The index throttled the claim (or a read before it) until the claim's deadline. The
+    /// append may still be committed (an attempt whose answer was lost may have been
+    /// applied), so it is not "not stored": retry with the same key.
+    #[error("{dependency} is throttling writes to this ledger: {detail}")]
+    Throttled {
+        dependency: &'static str,
+        detail: String,
+    },
     #[error("{0}")]
     BatchTooLarge(String),
 }
@@ -113,6 +121,9 @@ impl From<StoreError> for LedgerError {
                 dependency,
                 detail: e.to_string(),
             },
+            StoreError::Throttled { dependency, detail } => {
+                LedgerError::Throttled { dependency, detail }
+            }
             StoreError::Corrupt(detail) => LedgerError::Corrupt { seq: None, detail },
         }
     }
@@ -195,6 +206,7 @@ impl Default for Options {
 pub struct LedgerMetrics {
     batch_size: Histogram,
     conflicts: IntCounter,
+    claims_throttled: IntCounter,
     replays: IntCounter,
     roll_forwards: IntCounter,
     corruption: IntCounter,
@@ -272,6 +284,10 @@ impl LedgerMetrics {
                 "ledger_commit_conflicts_total",
                 "META compare-and-set attempts lost to another writer and retried.",
             )?,
+            claims_throttled: IntCounter::new(
+                "ledger_claims_throttled_total",
+                "META compare-and-set attempts the index throttled (DynamoDB ProvisionedThroughputExceeded/Throttling), each retried with the same claim while the claim's deadline allows.",
+            )?,
             replays: IntCounter::new(
                 "ledger_idempotent_replays_total",
                 "Appends answered with the original receipt of their idempotency key (nothing appended).",
@@ -315,6 +331,7 @@ impl LedgerMetrics {
         };
         registry.register(Box::new(m.batch_size.clone()))?;
         registry.register(Box::new(m.conflicts.clone()))?;
+        registry.register(Box::new(m.claims_throttled.clone()))?;
         registry.register(Box::new(m.replays.clone()))?;
         registry.register(Box::new(m.roll_forwards.clone()))?;
         registry.register(Box::new(m.corruption.clone()))?;
@@ -498,7 +515,9 @@ impl Ledger {
             Err(e) => {
                 tracing::warn!(store, error = %e, "health check failed");
                 match e {
-                    StoreError::Unavailable { .. } => StoreCheck::Unavailable,
+                    StoreError::Unavailable { .. } | StoreError::Throttled { .. } => {
+                        StoreCheck::Unavailable
+                    }
                     StoreError::Refused { .. } => StoreCheck::CircuitOpen,
                     StoreError::Corrupt(_) => StoreCheck::Corrupt,
                 }

@@ -40,6 +40,16 @@ pub enum StoreError {
         dependency: &'static str,
         detail: String,
     },
+    /// The dependency is throttling (DynamoDB `ProvisionedThroughputExceededException`,
+    /// `ThrottlingException`, `RequestLimitExceeded`), still after the SDK's own retries. A
+    /// normal state on DynamoDB, not an outage (it does not count towards the circuit
+    /// breaker). As with [`StoreError::Unavailable`], a write's outcome is unknown: an
+    /// earlier attempt of the same call may have been applied.
+    #[error("{dependency} is throttling requests: {detail}")]
+    Throttled {
+        dependency: &'static str,
+        detail: String,
+    },
     /// The call was refused before it was sent (an open circuit breaker): it had no effect.
     #[error(
         "{dependency} is unavailable: circuit open after repeated failures; failing fast until it recovers"

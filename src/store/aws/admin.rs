@@ -3,7 +3,9 @@
 //!
 //! These calls need more than the runtime IAM policy: `dynamodb:CreateTable` and
 //! `dynamodb:DescribeTable`; `s3:ListBucket` (for `HeadBucket`), `s3:CreateBucket`,
-//! `s3:PutBucketVersioning` and `s3:GetBucketObjectLockConfiguration`. The service itself
+//! `s3:PutBucketVersioning` and `s3:GetBucketObjectLockConfiguration`;
+//! `s3:GetLifecycleConfiguration` (and, with `--create-bucket`, `s3:PutLifecycleConfiguration`)
+//! for the rule that expires pending batch objects ([`super::pending`]). The service itself
 //! never calls the ones beyond its runtime policy.
 
 use std::time::Duration;
@@ -13,11 +15,13 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::types::{
-    BucketLocationConstraint, BucketVersioningStatus, CreateBucketConfiguration, ObjectLockEnabled,
-    VersioningConfiguration,
+    BucketLifecycleConfiguration, BucketLocationConstraint, BucketVersioningStatus,
+    CreateBucketConfiguration, ExpirationStatus, LifecycleExpiration, LifecycleRule,
+    LifecycleRuleFilter, NoncurrentVersionExpiration, ObjectLockEnabled, VersioningConfiguration,
 };
 
-use super::{AwsSettings, ConnectError, clients, unavailable};
+use super::pending::{PENDING_DIR, PENDING_EXPIRATION_DAYS};
+use super::{AwsSettings, ConnectError, clients, key_prefix, unavailable};
 use crate::store::{BackendMetrics, StoreResult};
 
 /// Whether a provisioning call made something or found it already there.
@@ -75,9 +79,14 @@ pub struct AwsAdmin {
     s3: aws_sdk_s3::Client,
     ddb: aws_sdk_dynamodb::Client,
     bucket: String,
+    /// The store's key prefix (normalised), under which pending objects live.
+    prefix: String,
     table: String,
     region: String,
 }
+
+/// The id of the lifecycle rule that expires pending batch objects.
+pub const PENDING_RULE_ID: &str = "eleanor-ledger-pending-batches";
 
 impl AwsAdmin {
     /// Builds the clients as [`connect`](super::connect) does. Sends no request.
@@ -90,6 +99,7 @@ impl AwsAdmin {
             s3,
             ddb,
             bucket: settings.bucket.clone(),
+            prefix: key_prefix(settings),
             table: settings.table.clone(),
             region: settings.region.clone(),
         })
@@ -271,4 +281,94 @@ impl AwsAdmin {
             .map_err(|e| unavailable("s3", e))?;
         Ok(Provisioned::Created)
     }
+
+    /// The lifecycle rule pending batch objects need: under `{prefix}.pending/`, the current
+    /// version expires [`PENDING_EXPIRATION_DAYS`] after it was written (one day after its
+    /// lock ends; S3 never expires a locked version early), and the version it leaves
+    /// noncurrent is removed a day later.
+    pub fn pending_rule(&self) -> LifecycleRule {
+        LifecycleRule::builder()
+            .id(PENDING_RULE_ID)
+            .status(ExpirationStatus::Enabled)
+            .filter(
+                LifecycleRuleFilter::builder()
+                    .prefix(format!("{}{PENDING_DIR}", self.prefix))
+                    .build(),
+            )
+            .expiration(
+                LifecycleExpiration::builder()
+                    .days(PENDING_EXPIRATION_DAYS)
+                    .build(),
+            )
+            .noncurrent_version_expiration(
+                NoncurrentVersionExpiration::builder()
+                    .noncurrent_days(1)
+                    .build(),
+            )
+            .build()
+            .expect("the rule sets its required status")
+    }
+
+    /// The bucket's lifecycle rules (none when it has no lifecycle configuration).
+    async fn lifecycle_rules(&self) -> StoreResult<Vec<LifecycleRule>> {
+        match self
+            .s3
+            .get_bucket_lifecycle_configuration()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(output) => Ok(output.rules().to_vec()),
+            Err(e) if e.code() == Some("NoSuchLifecycleConfiguration") => Ok(Vec::new()),
+            Err(e) => Err(unavailable("s3", e)),
+        }
+    }
+
+    /// Whether the bucket has [`pending_rule`](Self::pending_rule) (by id and content).
+    pub async fn has_pending_rule(&self) -> StoreResult<bool> {
+        let wanted = self.pending_rule();
+        Ok(self
+            .lifecycle_rules()
+            .await?
+            .iter()
+            .any(|r| same_rule(r, &wanted)))
+    }
+
+    /// Adds [`pending_rule`](Self::pending_rule) to the bucket's lifecycle rules (replacing a
+    /// rule with its id, keeping every other rule). For development buckets, like
+    /// [`create_bucket`](Self::create_bucket); production puts the rule with the bucket.
+    pub async fn ensure_pending_rule(&self) -> StoreResult<Provisioned> {
+        let wanted = self.pending_rule();
+        let mut rules = self.lifecycle_rules().await?;
+        if rules.iter().any(|r| same_rule(r, &wanted)) {
+            return Ok(Provisioned::AlreadyExisted);
+        }
+        rules.retain(|r| r.id() != Some(PENDING_RULE_ID));
+        rules.push(wanted);
+        let configuration = BucketLifecycleConfiguration::builder()
+            .set_rules(Some(rules))
+            .build()
+            .expect("the configuration has its rules");
+        self.s3
+            .put_bucket_lifecycle_configuration()
+            .bucket(&self.bucket)
+            .lifecycle_configuration(configuration)
+            .send()
+            .await
+            .map_err(|e| unavailable("s3", e))?;
+        Ok(Provisioned::Created)
+    }
+}
+
+/// Two rules with the same id, prefix, status and expirations (what S3 echoes back may
+/// differ in fields it fills in itself).
+fn same_rule(a: &LifecycleRule, b: &LifecycleRule) -> bool {
+    a.id() == b.id()
+        && a.status() == b.status()
+        && a.filter().and_then(|f| f.prefix()) == b.filter().and_then(|f| f.prefix())
+        && a.expiration().and_then(|e| e.days()) == b.expiration().and_then(|e| e.days())
+        && a.noncurrent_version_expiration()
+            .and_then(|e| e.noncurrent_days())
+            == b.noncurrent_version_expiration()
+                .and_then(|e| e.noncurrent_days())
 }

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
@@ -18,10 +18,11 @@ use aws_sdk_dynamodb::types::{
 use futures::{StreamExt, TryStreamExt};
 
 use super::items::{
-    Item, META_SK, PENDING_ATTRIBUTES, REGISTRY, REGISTRY_PREFIX, decode_key_claim, decode_meta,
-    decode_seq_item, encode_key_claim, encode_meta, encode_pending, encode_seq_item, key_sk, n, s,
-    seq_key, seqs_text, string,
+    Item, META_SK, PENDING_ATTRIBUTES, REGISTRY, REGISTRY_PREFIX, StoredPending, decode_key_claim,
+    decode_meta, decode_seq_item, encode_key_claim, encode_meta, encode_pending, encode_seq_item,
+    key_sk, n, s, seq_key, seqs_text, string,
 };
+use super::pending::PendingObjects;
 use super::unavailable;
 use crate::chain::entry::{IdempotencyKey, LedgerId, MAX_SEQ};
 use crate::store::{
@@ -30,6 +31,30 @@ use crate::store::{
 };
 
 const DEPENDENCY: &str = crate::store::Backend::Aws.dependencies().1;
+/// The error codes DynamoDB throttles with.
+const THROTTLING: [&str; 3] = [
+    "ProvisionedThroughputExceededException",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+];
+
+/// A failed call as [`StoreError::Throttled`] when DynamoDB throttled it (still after the
+/// SDK's retries), else [`StoreError::Unavailable`].
+fn failed<E, R>(err: SdkError<E, R>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match err.code() {
+        Some(code) if THROTTLING.contains(&code) => match unavailable(DEPENDENCY, err) {
+            StoreError::Unavailable { dependency, detail } => {
+                StoreError::Throttled { dependency, detail }
+            }
+            other => other,
+        },
+        _ => unavailable(DEPENDENCY, err),
+    }
+}
 /// At most this many `SEQ#` writes of one call are in flight at once.
 const PUT_CONCURRENCY: usize = 32;
 
@@ -37,6 +62,11 @@ const PUT_CONCURRENCY: usize = 32;
 #[derive(Clone)]
 pub struct DynamoIndex {
     client: Client,
+    /// Pending batches stored as objects (`super::pending`), which `META` points to.
+    pending: PendingObjects,
+    /// Whether large batches are written as objects ([`super::AwsSettings::pending_objects`]);
+    /// off, every batch is written inline (objects named by an existing `META` are still read).
+    write_objects: bool,
     table: String,
     /// The S3 key prefix (normalised, see [`super::key_prefix`]): `s3_key` attributes hold
     /// full S3 keys, so an auditor can fetch `s3_key` + `version_id` as they are.
@@ -54,16 +84,33 @@ enum Conditional<T> {
 impl DynamoIndex {
     pub(super) fn new(
         client: Client,
+        pending: PendingObjects,
+        write_objects: bool,
         table: String,
         key_prefix: String,
         metrics: BackendMetrics,
     ) -> DynamoIndex {
         DynamoIndex {
             client,
+            pending,
+            write_objects,
             table,
             key_prefix,
             metrics,
         }
+    }
+
+    /// `META` from its item: the one place a pending batch's stored form is read (its object
+    /// fetched and checked against its digest when `META` points to one).
+    async fn meta(&self, ledger: &LedgerId, item: &Item) -> StoreResult<Meta> {
+        let stored = decode_meta(ledger, item)?;
+        let object = match &stored.pending {
+            Some(StoredPending::Object { key, digest, .. }) => {
+                Some(self.pending.get(key, digest).await?)
+            }
+            _ => None,
+        };
+        stored.into_meta(ledger, object.as_ref())
     }
 
     fn record<T, E>(&self, op: &str, result: &Result<T, E>) {
@@ -88,7 +135,7 @@ impl DynamoIndex {
             .send()
             .await;
         self.record("ddb_get_item", &result);
-        Ok(result.map_err(|e| unavailable(DEPENDENCY, e))?.item)
+        Ok(result.map_err(failed)?.item)
     }
 
     /// `PutItem` of `item` only if no item has its key.
@@ -132,7 +179,7 @@ impl DynamoIndex {
             }
             Err(e) => {
                 self.metrics.record("ddb_put_item", "error", 1);
-                Err(unavailable(DEPENDENCY, e))
+                Err(failed(e))
             }
         }
     }
@@ -195,7 +242,7 @@ impl DynamoIndex {
             };
             let result = request.send().await;
             self.record("ddb_query", &result);
-            let output = result.map_err(|e| unavailable(DEPENDENCY, e))?;
+            let output = result.map_err(failed)?;
             let more = output.last_evaluated_key.filter(|k| !k.is_empty());
             items.extend(
                 output
@@ -222,10 +269,10 @@ enum KeyRange<'a> {
 #[async_trait]
 impl IndexStore for DynamoIndex {
     async fn head(&self, ledger: &LedgerId) -> StoreResult<Option<Meta>> {
-        self.get_item(ledger.as_str(), META_SK)
-            .await?
-            .map(|item| decode_meta(ledger, &item))
-            .transpose()
+        match self.get_item(ledger.as_str(), META_SK).await? {
+            Some(item) => Ok(Some(self.meta(ledger, &item).await?)),
+            None => Ok(None),
+        }
     }
 
     /// Two conditional `PutItem`s: the registry item, then `META`. A failed `META` condition
@@ -237,12 +284,12 @@ impl IndexStore for DynamoIndex {
         ]);
         // Already listed is fine: the registry item has nothing to update.
         self.put_if_absent(registry).await?;
-        let mut item = encode_meta(ledger, &Meta::empty());
+        let mut item = encode_meta(ledger, &Meta::empty(), &self.key_prefix);
         item.insert("ledger_id".to_owned(), s(ledger.as_str()));
         item.insert("seq".to_owned(), s(META_SK));
         match self.put_if_absent(item).await? {
             Conditional::Written(()) => Ok(Meta::empty()),
-            Conditional::Refused(Some(existing)) => decode_meta(ledger, &existing),
+            Conditional::Refused(Some(existing)) => self.meta(ledger, &existing).await,
             Conditional::Refused(None) => self.head(ledger).await?.ok_or_else(|| {
                 StoreError::Corrupt(format!(
                     "META of {ledger} exists for a condition but not for a read"
@@ -251,7 +298,9 @@ impl IndexStore for DynamoIndex {
         }
     }
 
-    /// One `UpdateItem` conditioned on `seq_counter = expected_seq`. If the condition fails
+    /// One `UpdateItem` conditioned on `seq_counter = expected_seq`, preceded (for a batch
+    /// over [`super::pending::INLINE_MAX_BYTES`]) by the `PutObject` of its pending object,
+    /// which is harmless if the update then fails or loses. If the condition fails
     /// but `META` already equals `new` (an SDK retry of this very update whose first
     /// response was lost), the update is reported as applied.
     async fn compare_and_set_head(
@@ -265,8 +314,15 @@ impl IndexStore for DynamoIndex {
             (":seq_counter".to_owned(), n(new.seq_counter)),
             (":last_hash".to_owned(), s(new.last_hash.to_hex())),
         ]);
-        let pending = new.pending.as_ref().map(|p| encode_pending(ledger, p));
-        let update = match pending {
+        let pending = new
+            .pending
+            .as_ref()
+            .map(|p| encode_pending(ledger, p, &self.key_prefix, self.write_objects));
+        if let Some((key, body)) = pending.as_ref().and_then(|p| p.object.clone()) {
+            // Before the claim, so that META never names an object that is not stored.
+            self.pending.put(&key, body).await?;
+        }
+        let update = match pending.map(|p| p.attributes) {
             Some(attributes) => {
                 let set: Vec<String> = attributes
                     .iter()
@@ -314,9 +370,10 @@ impl IndexStore for DynamoIndex {
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
                 self.metrics.record("ddb_update_item", "conflict", 1);
                 let current = match e.into_err() {
-                    UpdateItemError::ConditionalCheckFailedException(c) => {
-                        c.item.map(|item| decode_meta(ledger, &item)).transpose()?
-                    }
+                    UpdateItemError::ConditionalCheckFailedException(c) => match c.item {
+                        Some(item) => Some(self.meta(ledger, &item).await?),
+                        None => None,
+                    },
                     _ => None,
                 };
                 match current {
@@ -326,7 +383,7 @@ impl IndexStore for DynamoIndex {
             }
             Err(e) => {
                 self.metrics.record("ddb_update_item", "error", 1);
-                Err(unavailable(DEPENDENCY, e))
+                Err(failed(e))
             }
         }
     }
@@ -441,6 +498,6 @@ impl IndexStore for DynamoIndex {
             .send()
             .await;
         self.record("ddb_describe_table", &result);
-        result.map(|_| ()).map_err(|e| unavailable(DEPENDENCY, e))
+        result.map(|_| ()).map_err(failed)
     }
 }

@@ -38,6 +38,7 @@ use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue;
 use bytes::Bytes;
 
+use super::pending;
 use crate::chain::compact;
 use crate::chain::entry::{IdempotencyKey, LedgerId, Timestamp};
 use crate::chain::hash::Hash;
@@ -100,21 +101,56 @@ pub(super) fn n(value: u64) -> AttributeValue {
 }
 
 /// Every attribute a pending batch may use (see the module documentation).
-pub(super) const PENDING_ATTRIBUTES: [&str; 4] = [
+pub(super) const PENDING_ATTRIBUTES: [&str; 7] = [
     "pending_first_seq",
     "pending_base",
     "pending_records",
     "pending_entries",
+    "pending_count",
+    "pending_object",
+    "pending_digest",
 ];
 
-/// A pending batch's attributes: the compact form when its entries are a chain of this
-/// ledger's entries at their seqs, else their bytes as they are.
+/// How a pending batch is stored: its attributes in `META`, and for the object form the
+/// object to write before `META` names it.
+pub(super) struct EncodedPending {
+    pub attributes: Vec<(&'static str, AttributeValue)>,
+    /// `(full S3 key, bytes)` of the pending object, for a batch stored as one.
+    pub object: Option<(String, Bytes)>,
+}
+
+/// A pending batch's attributes: inline while its compact records (or, for bytes that are
+/// not such a chain, its entries) take at most [`pending::INLINE_MAX_BYTES`], in the compact
+/// form when its entries are a chain of this ledger's entries at their seqs, else their bytes
+/// as they are; above that (when `objects` allows it), a pointer to an object holding its
+/// entries.
 pub(super) fn encode_pending(
     ledger: &LedgerId,
     pending: &PendingBatch,
-) -> Vec<(&'static str, AttributeValue)> {
+    key_prefix: &str,
+    objects: bool,
+) -> EncodedPending {
     let first = ("pending_first_seq", n(pending.first_seq));
-    match compact::compact(ledger, pending.first_seq, &pending.entries) {
+    let run = compact::compact(ledger, pending.first_seq, &pending.entries);
+    let inline_bytes = match &run {
+        Some(run) => run.records.iter().map(Vec::len).sum::<usize>(),
+        None => pending.entries.iter().map(Bytes::len).sum(),
+    };
+    if objects && inline_bytes > pending::INLINE_MAX_BYTES {
+        let body = pending::encode(&pending.entries);
+        let digest = pending::digest(&body);
+        let key = pending::object_key(key_prefix, ledger, pending.first_seq, &digest);
+        return EncodedPending {
+            attributes: vec![
+                first,
+                ("pending_count", n(pending.entries.len() as u64)),
+                ("pending_object", s(key.clone())),
+                ("pending_digest", s(digest.to_hex())),
+            ],
+            object: Some((key, body)),
+        };
+    }
+    let attributes = match run {
         Some(run) => vec![
             first,
             ("pending_base", s(run.base.to_hex())),
@@ -141,35 +177,110 @@ pub(super) fn encode_pending(
                 ),
             ),
         ],
+    };
+    EncodedPending {
+        attributes,
+        object: None,
     }
 }
 
-/// `META`'s attributes other than its key.
-pub(super) fn encode_meta(ledger: &LedgerId, meta: &Meta) -> Item {
+/// `META`'s attributes other than its key, with its pending batch (if any) inline: the
+/// ledger's first `META` (no pending batch), and tests.
+pub(super) fn encode_meta(ledger: &LedgerId, meta: &Meta, key_prefix: &str) -> Item {
     let mut item = Item::from([
         ("seq_counter".to_owned(), n(meta.seq_counter)),
         ("last_hash".to_owned(), s(meta.last_hash.to_hex())),
     ]);
     if let Some(pending) = &meta.pending {
-        for (name, value) in encode_pending(ledger, pending) {
+        for (name, value) in encode_pending(ledger, pending, key_prefix, false).attributes {
             item.insert(name.to_owned(), value);
         }
     }
     item
 }
 
-pub(super) fn decode_meta(ledger: &LedgerId, item: &Item) -> StoreResult<Meta> {
+/// `META` as stored: its pending batch inline, or the object that holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct StoredMeta {
+    pub seq_counter: u64,
+    pub last_hash: Hash,
+    pub pending: Option<StoredPending>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum StoredPending {
+    Inline(PendingBatch),
+    /// In the object `key` (a full S3 key) whose bytes hash to `digest`, `count` entries.
+    Object {
+        first_seq: u64,
+        count: u64,
+        key: String,
+        digest: Hash,
+    },
+}
+
+impl StoredMeta {
+    /// The head, given the entries of its pending object (read only for the object form).
+    pub fn into_meta(self, ledger: &LedgerId, object: Option<&Bytes>) -> StoreResult<Meta> {
+        let corrupt = |what: String| StoreError::Corrupt(format!("META of {ledger}: {what}"));
+        let pending = match self.pending {
+            None => None,
+            Some(StoredPending::Inline(batch)) => Some(batch),
+            Some(StoredPending::Object {
+                first_seq, count, ..
+            }) => {
+                let body =
+                    object.ok_or_else(|| corrupt("its pending object was not read".to_owned()))?;
+                let entries = pending::decode(body).map_err(corrupt)?;
+                if entries.len() as u64 != count {
+                    return Err(corrupt(format!(
+                        "pending_count is {count} but its object holds {} entries",
+                        entries.len()
+                    )));
+                }
+                Some(PendingBatch { first_seq, entries })
+            }
+        };
+        Ok(Meta {
+            seq_counter: self.seq_counter,
+            last_hash: self.last_hash,
+            pending,
+        })
+    }
+}
+
+pub(super) fn decode_meta(ledger: &LedgerId, item: &Item) -> StoreResult<StoredMeta> {
     let corrupt = |what: String| StoreError::Corrupt(format!("META of {ledger}: {what}"));
     let seq_counter = number(item, "seq_counter").map_err(|e| corrupt(e.to_string()))?;
     let last_hash = hash(item, "last_hash").map_err(|e| corrupt(e.to_string()))?;
     let first_seq = || number(item, "pending_first_seq").map_err(|e| corrupt(e.to_string()));
+    let inline_only = !item.contains_key("pending_count")
+        && !item.contains_key("pending_object")
+        && !item.contains_key("pending_digest");
     let pending = match (
         item.get("pending_first_seq"),
         item.get("pending_entries"),
         item.get("pending_records"),
     ) {
-        (None, None, None) if !item.contains_key("pending_base") => None,
-        (Some(_), None, Some(AttributeValue::L(records))) => {
+        (None, None, None) if !item.contains_key("pending_base") && inline_only => None,
+        (Some(_), None, None) if !item.contains_key("pending_base") && !inline_only => {
+            let first_seq = first_seq()?;
+            let count = number(item, "pending_count").map_err(|e| corrupt(e.to_string()))?;
+            let key = string(item, "pending_object").map_err(|e| corrupt(e.to_string()))?;
+            let digest = hash(item, "pending_digest").map_err(|e| corrupt(e.to_string()))?;
+            if count == 0 || first_seq == 0 {
+                return Err(corrupt(
+                    "a pending batch holds no entries or starts at seq 0".to_owned(),
+                ));
+            }
+            Some(StoredPending::Object {
+                first_seq,
+                count,
+                key: key.to_owned(),
+                digest,
+            })
+        }
+        (Some(_), None, Some(AttributeValue::L(records))) if inline_only => {
             let first_seq = first_seq()?;
             let base = hash(item, "pending_base").map_err(|e| corrupt(e.to_string()))?;
             if records.is_empty() || first_seq == 0 {
@@ -191,9 +302,11 @@ pub(super) fn decode_meta(ledger: &LedgerId, item: &Item) -> StoreResult<Meta> {
                 .into_iter()
                 .map(Bytes::from)
                 .collect();
-            Some(PendingBatch { first_seq, entries })
+            Some(StoredPending::Inline(PendingBatch { first_seq, entries }))
         }
-        (Some(_), Some(AttributeValue::L(entries)), None) if !item.contains_key("pending_base") => {
+        (Some(_), Some(AttributeValue::L(entries)), None)
+            if !item.contains_key("pending_base") && inline_only =>
+        {
             let first_seq = first_seq()?;
             let entries = entries
                 .iter()
@@ -209,15 +322,15 @@ pub(super) fn decode_meta(ledger: &LedgerId, item: &Item) -> StoreResult<Meta> {
                     "a pending batch holds no entries or starts at seq 0".to_owned(),
                 ));
             }
-            Some(PendingBatch { first_seq, entries })
+            Some(StoredPending::Inline(PendingBatch { first_seq, entries }))
         }
         _ => {
             return Err(corrupt(
-                "a pending batch is pending_first_seq with pending_base and pending_records, or with pending_entries".to_owned(),
+                "a pending batch is pending_first_seq with pending_base and pending_records, with pending_entries, or with pending_count, pending_object and pending_digest".to_owned(),
             ));
         }
     };
-    Ok(Meta {
+    Ok(StoredMeta {
         seq_counter,
         last_hash,
         pending,
@@ -318,19 +431,28 @@ mod tests {
             pending: None,
         };
         assert_eq!(
-            decode_meta(&ledger(), &encode_meta(&ledger(), &meta)).unwrap(),
+            decode_meta(&ledger(), &encode_meta(&ledger(), &meta, ""))
+                .unwrap()
+                .into_meta(&ledger(), None)
+                .unwrap(),
             meta
         );
         meta.pending = Some(PendingBatch {
             first_seq: 6,
             entries: vec![Bytes::from_static(b"a"), Bytes::new()],
         });
-        let item = encode_meta(&ledger(), &meta);
+        let item = encode_meta(&ledger(), &meta, "");
         assert!(
             item.contains_key("pending_entries"),
             "bytes that are no chain are kept as such"
         );
-        assert_eq!(decode_meta(&ledger(), &item).unwrap(), meta);
+        assert_eq!(
+            decode_meta(&ledger(), &item)
+                .unwrap()
+                .into_meta(&ledger(), None)
+                .unwrap(),
+            meta
+        );
     }
 
     /// A batch as a writer builds it: three chained entries of `ledger()` from seq 6.
@@ -367,7 +489,7 @@ mod tests {
             last_hash: Hash::of_entry(batch.entries.last().unwrap()),
             pending: Some(batch.clone()),
         };
-        let item = encode_meta(&ledger(), &meta);
+        let item = encode_meta(&ledger(), &meta, "");
         assert!(item.contains_key("pending_records") && !item.contains_key("pending_entries"));
         let AttributeValue::L(records) = &item["pending_records"] else {
             panic!("a list")
@@ -378,7 +500,13 @@ mod tests {
             .sum();
         let full: usize = batch.entries.iter().map(|e| e.len()).sum();
         assert!(stored + 3 * 100 < full, "{stored} bytes stored for {full}");
-        assert_eq!(decode_meta(&ledger(), &item).unwrap(), meta);
+        assert_eq!(
+            decode_meta(&ledger(), &item)
+                .unwrap()
+                .into_meta(&ledger(), None)
+                .unwrap(),
+            meta
+        );
         // Another ledger's, out of seq order or unchained: kept as bytes, still round-tripped.
         for broken in [
             PendingBatch {
@@ -394,12 +522,18 @@ mod tests {
                 pending: Some(broken),
                 ..meta.clone()
             };
-            let item = encode_meta(&ledger(), &meta);
+            let item = encode_meta(&ledger(), &meta, "");
             assert!(item.contains_key("pending_entries"));
-            assert_eq!(decode_meta(&ledger(), &item).unwrap(), meta);
+            assert_eq!(
+                decode_meta(&ledger(), &item)
+                    .unwrap()
+                    .into_meta(&ledger(), None)
+                    .unwrap(),
+                meta
+            );
         }
         let other = LedgerId::parse("other").unwrap();
-        assert!(encode_meta(&other, &meta).contains_key("pending_entries"));
+        assert!(encode_meta(&other, &meta, "").contains_key("pending_entries"));
     }
 
     #[test]
@@ -410,7 +544,7 @@ mod tests {
             last_hash: Hash([0; 32]),
             pending: Some(batch),
         };
-        let mut item = encode_meta(&ledger(), &meta);
+        let mut item = encode_meta(&ledger(), &meta, "");
         let AttributeValue::L(records) = item["pending_records"].clone() else {
             panic!("a list")
         };
@@ -432,7 +566,7 @@ mod tests {
 
     #[test]
     fn a_half_recorded_pending_batch_is_corrupt() {
-        let mut item = encode_meta(&ledger(), &Meta::empty());
+        let mut item = encode_meta(&ledger(), &Meta::empty(), "");
         item.insert("pending_first_seq".to_owned(), n(1));
         assert!(matches!(
             decode_meta(&ledger(), &item),
@@ -445,12 +579,88 @@ mod tests {
                 last_hash: Hash([0; 32]),
                 pending: Some(chained_batch()),
             },
+            "",
         );
         both.insert("pending_entries".to_owned(), AttributeValue::L(Vec::new()));
         assert!(matches!(
             decode_meta(&ledger(), &both),
             Err(StoreError::Corrupt(_))
         ));
+    }
+
+    #[test]
+    fn a_large_batch_is_stored_as_an_object_that_meta_names_by_digest() {
+        let big = PendingBatch {
+            first_seq: 6,
+            entries: vec![Bytes::from(vec![b'x'; 500]), Bytes::from(vec![b'y'; 500])],
+        };
+        let meta = Meta {
+            seq_counter: 7,
+            last_hash: Hash([3; 32]),
+            pending: Some(big.clone()),
+        };
+        assert!(
+            encode_pending(&ledger(), &big, "p/", false)
+                .object
+                .is_none(),
+            "inline when objects are off (a rolling upgrade)"
+        );
+        let encoded = encode_pending(&ledger(), &big, "p/", true);
+        let (key, body) = encoded.object.clone().expect("over the inline bound");
+        assert!(
+            key.starts_with("p/.pending/unit/000000000000000006-"),
+            "{key}"
+        );
+        let mut item = Item::from([
+            ("seq_counter".to_owned(), n(7)),
+            ("last_hash".to_owned(), s(Hash([3; 32]).to_hex())),
+        ]);
+        for (name, value) in encoded.attributes {
+            item.insert(name.to_owned(), value);
+        }
+        // META itself stays small: a pointer and a digest, well under one write unit.
+        let size: usize = item.iter().map(|(k, v)| k.len() + value_len(v)).sum();
+        assert!(size < 400, "{size} bytes");
+        let stored = decode_meta(&ledger(), &item).unwrap();
+        assert_eq!(
+            stored.pending,
+            Some(StoredPending::Object {
+                first_seq: 6,
+                count: 2,
+                key,
+                digest: pending::digest(&body),
+            })
+        );
+        assert_eq!(
+            stored.clone().into_meta(&ledger(), Some(&body)).unwrap(),
+            meta
+        );
+        assert!(matches!(
+            stored.clone().into_meta(&ledger(), None),
+            Err(StoreError::Corrupt(_))
+        ));
+        // An object with other entries than META counts is corrupt.
+        let short = pending::encode(&big.entries[..1]);
+        assert!(matches!(
+            stored.into_meta(&ledger(), Some(&short)),
+            Err(StoreError::Corrupt(_))
+        ));
+        // A pointer mixed with an inline form is corrupt.
+        item.insert("pending_entries".to_owned(), AttributeValue::L(Vec::new()));
+        assert!(matches!(
+            decode_meta(&ledger(), &item),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+
+    fn value_len(v: &AttributeValue) -> usize {
+        match v {
+            AttributeValue::S(s) => s.len(),
+            AttributeValue::N(n) => n.len(),
+            AttributeValue::B(b) => b.as_ref().len(),
+            AttributeValue::L(l) => 3 + l.iter().map(|x| 1 + value_len(x)).sum::<usize>(),
+            _ => 0,
+        }
     }
 
     #[test]

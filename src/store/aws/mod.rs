@@ -19,6 +19,7 @@
 pub mod admin;
 pub mod dynamodb;
 mod items;
+pub mod pending;
 pub mod s3;
 
 use std::fmt;
@@ -83,6 +84,11 @@ pub struct AwsSettings {
     pub lock_mode: LockMode,
     /// Entry objects are locked until now + this many days (`ELEANOR_LEDGER_RETENTION_DAYS`).
     pub retention_days: u32,
+    /// Write a pending batch over [`pending::INLINE_MAX_BYTES`] as an object that `META`
+    /// points to (`ELEANOR_LEDGER_PENDING_OBJECTS`, default on); off, every batch rides
+    /// inline, which replicas of versions before pending objects can read. Either way both
+    /// forms are read.
+    pub pending_objects: bool,
     /// The longest one store call may take, SDK retries included.
     pub request_timeout: Duration,
     /// Sees every request sent (see [`RequestObserver`]).
@@ -109,6 +115,7 @@ impl AwsSettings {
             endpoint_url: None,
             lock_mode: LockMode::default(),
             retention_days: Self::DEFAULT_RETENTION_DAYS,
+            pending_objects: true,
             request_timeout: Self::DEFAULT_REQUEST_TIMEOUT,
             observer: None,
         }
@@ -143,9 +150,12 @@ pub async fn connect(
     metrics: BackendMetrics,
 ) -> Result<Stores, ConnectError> {
     let (s3_client, ddb_client) = clients(settings, &metrics).await?;
+    let pending = pending::PendingObjects::new(s3_client.clone(), settings, metrics.clone());
     let objects = s3::S3Objects::new(s3_client, settings, metrics.clone());
     let index = dynamodb::DynamoIndex::new(
         ddb_client,
+        pending,
+        settings.pending_objects,
         settings.table.clone(),
         key_prefix(settings),
         metrics,
